@@ -1,0 +1,368 @@
+//! `MessageBuilder`: set fields in any order, encode once into a `BytesMut`.
+//!
+//! Each `set` checks the value against the spec and stores it already encoded (BCD packed,
+//! EBCDIC mapped, hex written) in one scratch buffer, so encoding is a prefix plus a
+//! `memcpy` per field. A builder is meant to be reused (`reset`): after the first messages
+//! its buffers have grown to size and building allocates nothing.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{Error, Location, Reason, Result, Salvage};
+use crate::mti::Mti;
+use crate::spec::{BitmapEncoding, DataClass, Encoding, LengthKind, MtiEncoding, Spec};
+use crate::view::{check_content, MessageView};
+use crate::wire;
+
+/// Fields a response copies from its request when present: the ones an acquirer matches
+/// on or reconciles with. Card secrets (35, 36, 45, 52) and chip data (55) are never
+/// echoed; the issuer answers with its own.
+pub const ECHO_FIELDS: &[u8] = &[
+    2, 3, 4, 5, 6, 7, 11, 12, 13, 15, 19, 24, 25, 32, 33, 37, 41, 42, 49, 50, 51, 90, 100, 102, 103,
+];
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    field: u8,
+    units: u16,
+    start: u32,
+    len: u32,
+}
+
+/// Builds and encodes messages for one spec.
+#[derive(Clone)]
+pub struct MessageBuilder<'s> {
+    spec: &'s Spec,
+    mti: Mti,
+    data: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for MessageBuilder<'_> {
+    /// Lists field numbers only: a builder may hold card data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageBuilder")
+            .field("spec", &self.spec.name())
+            .field("mti", &self.mti)
+            .field(
+                "fields",
+                &self.entries.iter().map(|e| e.field).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl<'s> MessageBuilder<'s> {
+    /// A builder for `spec`, starting with `mti` and no fields.
+    pub fn new(spec: &'s Spec, mti: Mti) -> Self {
+        MessageBuilder {
+            spec,
+            mti,
+            data: Vec::with_capacity(512),
+            entries: Vec::with_capacity(32),
+        }
+    }
+
+    /// Start a new message, keeping the buffers.
+    pub fn reset(&mut self, mti: Mti) -> &mut Self {
+        self.mti = mti;
+        self.data.clear();
+        self.entries.clear();
+        self
+    }
+
+    /// The spec this builder encodes for.
+    pub fn spec(&self) -> &'s Spec {
+        self.spec
+    }
+
+    /// The MTI.
+    pub fn mti(&self) -> Mti {
+        self.mti
+    }
+
+    /// Change the MTI.
+    pub fn set_mti(&mut self, mti: Mti) -> &mut Self {
+        self.mti = mti;
+        self
+    }
+
+    fn definition(&self, n: u8) -> Result<&'s crate::spec::FieldSpec> {
+        let location = Location::Field(n);
+        if n == 1 || (n == 65 && self.spec.has_tertiary_bitmap()) {
+            return Err(Error::encode(location, Reason::BitmapField));
+        }
+        self.spec
+            .field(n)
+            .filter(|_| n >= 2)
+            .ok_or(Error::encode(location, Reason::NotInSpec))
+    }
+
+    /// Set field `n` from its logical value: ASCII characters for character fields (digits
+    /// for `n`, digits and `=`/`D` for track data), raw bytes for binary fields. The value
+    /// is checked against the field's class and length, then stored encoded.
+    pub fn set(&mut self, n: u8, value: impl AsRef<[u8]>) -> Result<&mut Self> {
+        let value = value.as_ref();
+        let f = self.definition(n)?;
+        let location = Location::Field(n);
+        let units = value.len();
+        if units < usize::from(f.min) || units > usize::from(f.max) {
+            let reason = Reason::BadLength {
+                length: units,
+                min: usize::from(f.min),
+                max: usize::from(f.max),
+            };
+            return Err(Error::encode(location, reason));
+        }
+        let class_ok = match (f.class, f.encoding) {
+            // Packed track data takes `=` as the separator nibble D.
+            (DataClass::Z, Encoding::Bcd | Encoding::BcdLeft) => value
+                .iter()
+                .all(|&b| b.is_ascii_digit() || matches!(b, b'=' | b'D')),
+            (class, _) => wire::class_ok(class, value),
+        };
+        if !class_ok {
+            return Err(Error::encode(
+                location,
+                Reason::InvalidCharacter { class: f.class },
+            ));
+        }
+        let start = self.data.len();
+        match f.encoding {
+            Encoding::Ascii | Encoding::Binary => self.data.extend_from_slice(value),
+            Encoding::Hex => wire::push_hex(&mut self.data, value),
+            Encoding::Ebcdic => {
+                for &a in value {
+                    let e = wire::ascii_to_ebcdic(a).ok_or(Error::encode(
+                        location,
+                        Reason::InvalidCharacter { class: f.class },
+                    ))?;
+                    self.data.push(e);
+                }
+            }
+            Encoding::Bcd => wire::ascii_to_bcd(value, true, f.pad, &mut self.data),
+            Encoding::BcdLeft => wire::ascii_to_bcd(value, false, f.pad, &mut self.data),
+        }
+        self.insert(n, units, start);
+        Ok(self)
+    }
+
+    /// Set a numeric field from an integer, zero-padded to the length of a fixed field.
+    pub fn set_u64(&mut self, n: u8, value: u64) -> Result<&mut Self> {
+        let f = self.definition(n)?;
+        let mut digits = [b'0'; 20];
+        let mut v = value;
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        let width = if f.length == LengthKind::Fixed {
+            usize::from(f.max).max(digits.len() - i)
+        } else {
+            digits.len() - i
+        };
+        let from = digits.len().saturating_sub(width);
+        self.set(n, &digits[from..])
+    }
+
+    /// Set field `n` from bytes already encoded for this spec (e.g. copied from a view of a
+    /// message in the same dialect). The length and content are checked all the same.
+    pub fn set_encoded(&mut self, n: u8, encoded: &[u8], units: usize) -> Result<&mut Self> {
+        let f = self.definition(n)?;
+        let location = Location::Field(n);
+        if encoded.len() != f.encoded_len(units) || units > usize::from(f.max) {
+            let reason = Reason::BadLength {
+                length: units,
+                min: usize::from(f.min),
+                max: usize::from(f.max),
+            };
+            return Err(Error::encode(location, reason));
+        }
+        check_content(f, encoded, units).map_err(|(_, reason)| Error::encode(location, reason))?;
+        let start = self.data.len();
+        self.data.extend_from_slice(encoded);
+        self.insert(n, units, start);
+        Ok(self)
+    }
+
+    fn insert(&mut self, field: u8, units: usize, start: usize) {
+        let entry = Entry {
+            field,
+            units: units as u16,
+            start: start as u32,
+            len: (self.data.len() - start) as u32,
+        };
+        // Fields are usually set in ascending order: check the end first.
+        match self.entries.last() {
+            Some(last) if last.field < field => self.entries.push(entry),
+            None => self.entries.push(entry),
+            _ => match self.entries.binary_search_by_key(&field, |e| e.field) {
+                Ok(i) => self.entries[i] = entry,
+                Err(i) => self.entries.insert(i, entry),
+            },
+        }
+    }
+
+    /// Remove field `n` if set.
+    pub fn remove(&mut self, n: u8) -> &mut Self {
+        if let Ok(i) = self.entries.binary_search_by_key(&n, |e| e.field) {
+            self.entries.remove(i);
+        }
+        self
+    }
+
+    /// Whether field `n` is set.
+    pub fn has(&self, n: u8) -> bool {
+        self.entries.binary_search_by_key(&n, |e| e.field).is_ok()
+    }
+
+    /// Field `n`'s encoded bytes, if set.
+    pub fn encoded(&self, n: u8) -> Option<&[u8]> {
+        let i = self.entries.binary_search_by_key(&n, |e| e.field).ok()?;
+        let e = self.entries[i];
+        self.data.get(e.start as usize..(e.start + e.len) as usize)
+    }
+
+    /// Copy field `n` from `view` if present. Same spec: the encoded bytes are copied as
+    /// they are; another spec: the logical value is re-encoded. Returns whether it was there.
+    pub fn copy_from(&mut self, view: &MessageView<'_>, n: u8) -> Result<bool> {
+        let Some(field) = view.field(n) else {
+            return Ok(false);
+        };
+        if std::ptr::eq(view.spec(), self.spec) {
+            self.set_encoded(n, field.raw, field.units)?;
+        } else {
+            self.set(n, field.value())?;
+        }
+        Ok(true)
+    }
+
+    /// Turn this builder into the response to `request`: response MTI, the request's
+    /// [`ECHO_FIELDS`] copied, field 39 set to `response_code`.
+    pub fn respond_to(
+        &mut self,
+        request: &MessageView<'_>,
+        response_code: &[u8],
+    ) -> Result<&mut Self> {
+        let mti = request
+            .mti()
+            .response()
+            .ok_or(Error::encode(Location::Mti, Reason::NotARequest))?;
+        self.reset(mti);
+        for &n in ECHO_FIELDS {
+            if self.spec.field(n).is_some() {
+                self.copy_from(request, n)?;
+            }
+        }
+        self.set(39, response_code)
+    }
+
+    /// The response to a frame that could not be decoded (usually with code 30, format
+    /// error): the response MTI and fields 11 and 41 as far as they were readable.
+    /// `frame` is the buffer that failed to decode against this builder's spec.
+    pub fn respond_to_salvage(
+        &mut self,
+        salvage: &Salvage,
+        frame: &[u8],
+        response_code: &[u8],
+    ) -> Result<&mut Self> {
+        let mti = salvage
+            .mti
+            .and_then(Mti::new)
+            .and_then(|m| m.response())
+            .ok_or(Error::encode(Location::Mti, Reason::NotARequest))?;
+        self.reset(mti);
+        for (n, raw) in [
+            (11u8, salvage.stan(frame)),
+            (41, salvage.terminal_id(frame)),
+        ] {
+            if let (Some(raw), Some(f)) = (raw, self.spec.field(n)) {
+                let units = if f.length == LengthKind::Fixed {
+                    usize::from(f.max)
+                } else {
+                    f.units_of_bytes(raw.len()).unwrap_or(0)
+                };
+                // A salvaged field may itself be malformed; then it is left out.
+                let _ = self.set_encoded(n, raw, units);
+            }
+        }
+        self.set(39, response_code)
+    }
+
+    fn bitmaps(&self) -> [u64; 3] {
+        let mut bitmap = [0u64; 3];
+        for e in &self.entries {
+            let i = usize::from(e.field) - 1;
+            bitmap[i / 64] |= 1 << (63 - i % 64);
+        }
+        if bitmap[2] != 0 {
+            bitmap[1] |= 1 << 63;
+        }
+        if bitmap[1] != 0 {
+            bitmap[0] |= 1 << 63;
+        }
+        bitmap
+    }
+
+    /// Bytes the encoded message takes.
+    pub fn encoded_len(&self) -> usize {
+        let bitmaps = self.bitmaps();
+        let n_bitmaps = 1 + usize::from(bitmaps[1] != 0) + usize::from(bitmaps[2] != 0);
+        self.spec.mti_len()
+            + n_bitmaps * self.spec.bitmap_len()
+            + self
+                .entries
+                .iter()
+                .map(|e| {
+                    usize::from(self.spec.entry(usize::from(e.field)).prefix_bytes) + e.len as usize
+                })
+                .sum::<usize>()
+    }
+
+    /// Append the encoded message to `out`.
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        let digits = self.mti.digits();
+        match self.spec.mti_encoding() {
+            MtiEncoding::Ascii => out.put_slice(&digits),
+            MtiEncoding::Ebcdic => out.extend(digits.iter().map(|&d| 0xF0 | (d - b'0'))),
+            MtiEncoding::Bcd => {
+                let d = digits.map(|d| d - b'0');
+                out.put_slice(&[d[0] << 4 | d[1], d[2] << 4 | d[3]]);
+            }
+        }
+        let bitmaps = self.bitmaps();
+        for (w, &bits) in bitmaps.iter().enumerate() {
+            if w > 0 && bits == 0 {
+                break;
+            }
+            match self.spec.bitmap_encoding() {
+                BitmapEncoding::Binary => out.put_u64(bits),
+                BitmapEncoding::Hex => wire::push_hex(out, &bits.to_be_bytes()),
+            }
+        }
+        for e in &self.entries {
+            let f = self.spec.entry(usize::from(e.field));
+            if f.length != LengthKind::Fixed {
+                wire::write_prefix(
+                    f.prefix,
+                    f.prefix_bytes,
+                    f.prefix_value(usize::from(e.units)),
+                    out,
+                );
+            }
+            out.put_slice(&self.data[e.start as usize..(e.start + e.len) as usize]);
+        }
+    }
+
+    /// Encode into a new buffer.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+}

@@ -1,0 +1,496 @@
+//! `MessageView`: a decoded message that is the frame's `Bytes` plus a table of offsets.
+//!
+//! Decoding walks the bitmap once, records where each field's data starts and how many
+//! units it holds, and (in strict mode, the default) checks every length and character
+//! class on the way. It allocates nothing: the offset table lives inside the view, and field
+//! access returns slices of the original buffer.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Location, Reason, Result, Salvage};
+use crate::mti::Mti;
+use crate::spec::{
+    BitmapEncoding, DataClass, Encoding, FieldSpec, LengthKind, MtiEncoding, PrefixCounts, Spec,
+};
+use crate::wire;
+
+/// Decoding options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Check character classes, BCD nibbles and minimum lengths (on by default). Structure
+    /// (bitmaps, prefixes, maximum lengths, bounds) is always checked.
+    pub strict: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions { strict: true }
+    }
+}
+
+/// Where one field's data sits in the buffer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    start: u16,
+    units: u16,
+}
+
+/// A decoded ISO 8583 message: the frame plus where each field is. Cheap to keep; field
+/// access never copies.
+#[derive(Clone)]
+pub struct MessageView<'s> {
+    spec: &'s Spec,
+    buf: Bytes,
+    mti: Mti,
+    bitmap: [u64; 3],
+    slots: [Slot; 193],
+}
+
+impl std::fmt::Debug for MessageView<'_> {
+    /// Masked: a view's `Debug` never shows card data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.render(false))
+    }
+}
+
+#[inline]
+fn bit(bitmap: &[u64; 3], n: usize) -> bool {
+    let (w, b) = ((n - 1) / 64, (n - 1) % 64);
+    bitmap[w] >> (63 - b) & 1 == 1
+}
+
+struct DecodeFailure {
+    location: Location,
+    offset: usize,
+    reason: Reason,
+}
+
+impl<'s> MessageView<'s> {
+    /// Decode `buf` with strict validation.
+    pub fn decode(spec: &'s Spec, buf: Bytes) -> Result<Self> {
+        Self::decode_with(spec, buf, DecodeOptions::default())
+    }
+
+    /// Decode `buf` with the given options.
+    pub fn decode_with(spec: &'s Spec, buf: Bytes, options: DecodeOptions) -> Result<Self> {
+        let mut view = MessageView {
+            spec,
+            buf,
+            mti: Mti::new(*b"0000").unwrap_or_else(|| unreachable!()),
+            bitmap: [0; 3],
+            slots: [Slot::default(); 193],
+        };
+        let mut mti_read = false;
+        let mut done_upto = 0usize;
+        match view.walk(options.strict, &mut mti_read, &mut done_upto) {
+            Ok(()) => Ok(view),
+            Err(f) => Err(view.failure(f, mti_read, done_upto)),
+        }
+    }
+
+    fn failure(&self, f: DecodeFailure, mti_read: bool, done_upto: usize) -> Error {
+        let found = |n: usize| {
+            (n < done_upto && bit(&self.bitmap, n)).then(|| {
+                let s = self.slots[n];
+                let len = self.spec.entry(n).encoded_len(usize::from(s.units));
+                (s.start, s.start.saturating_add(len as u16))
+            })
+        };
+        Error::Decode {
+            location: f.location,
+            offset: f.offset,
+            reason: f.reason,
+            salvage: Salvage {
+                mti: mti_read.then(|| self.mti.digits()),
+                stan: found(11),
+                terminal_id: found(41),
+            },
+        }
+    }
+
+    /// The structural walk. On a content error in strict mode it keeps walking (so that
+    /// fields 11 and 41 after the bad field are still found for the salvage) and reports
+    /// the first error at the end.
+    fn walk(
+        &mut self,
+        strict: bool,
+        mti_read: &mut bool,
+        done_upto: &mut usize,
+    ) -> std::result::Result<(), DecodeFailure> {
+        let spec = self.spec;
+        let data: &[u8] = &self.buf;
+        let fail = |location, offset, reason| DecodeFailure {
+            location,
+            offset,
+            reason,
+        };
+        let truncated = |location, offset: usize, needed: usize| {
+            fail(
+                location,
+                offset,
+                Reason::Truncated {
+                    needed,
+                    available: data.len().saturating_sub(offset),
+                },
+            )
+        };
+        if data.len() > usize::from(u16::MAX) {
+            return Err(fail(Location::Message, 0, Reason::TooLong));
+        }
+        // MTI
+        let mti_len = spec.mti_len();
+        let raw_mti = data
+            .get(..mti_len)
+            .ok_or_else(|| truncated(Location::Mti, 0, mti_len))?;
+        let digits = match spec.mti_encoding() {
+            MtiEncoding::Ascii => [raw_mti[0], raw_mti[1], raw_mti[2], raw_mti[3]],
+            MtiEncoding::Ebcdic => {
+                let mut d = [0u8; 4];
+                for (o, &e) in d.iter_mut().zip(raw_mti) {
+                    *o = wire::ebcdic_to_ascii(e).unwrap_or(0);
+                }
+                d
+            }
+            MtiEncoding::Bcd => {
+                let n = |b: u8| if b <= 9 { b'0' + b } else { 0 };
+                [
+                    n(raw_mti[0] >> 4),
+                    n(raw_mti[0] & 0xF),
+                    n(raw_mti[1] >> 4),
+                    n(raw_mti[1] & 0xF),
+                ]
+            }
+        };
+        self.mti = Mti::new(digits).ok_or_else(|| fail(Location::Mti, 0, Reason::BadMti))?;
+        *mti_read = true;
+        let mut pos = mti_len;
+
+        // Bitmaps: primary, then secondary if bit 1, then tertiary if bit 65 (when the
+        // spec has one).
+        for w in 0..3 {
+            let wanted = match w {
+                0 => true,
+                1 => self.bitmap[0] >> 63 == 1,
+                _ => spec.has_tertiary_bitmap() && self.bitmap[1] >> 63 == 1,
+            };
+            if !wanted {
+                break;
+            }
+            let location = Location::Bitmap(w as u8 + 1);
+            let len = spec.bitmap_len();
+            let raw = data
+                .get(pos..pos + len)
+                .ok_or_else(|| truncated(location, pos, len))?;
+            self.bitmap[w] = match spec.bitmap_encoding() {
+                BitmapEncoding::Binary => raw.iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b)),
+                BitmapEncoding::Hex => {
+                    if !wire::is_hex(raw) {
+                        return Err(fail(location, pos, Reason::BadBitmap));
+                    }
+                    raw.iter()
+                        .fold(0u64, |acc, &b| acc << 4 | u64::from(wire::hex_val(b)))
+                }
+            };
+            pos += len;
+        }
+
+        let mut first_content_error: Option<DecodeFailure> = None;
+        for w in 0..3 {
+            let mut bits = self.bitmap[w];
+            while bits != 0 {
+                let lz = bits.leading_zeros() as usize;
+                bits &= !(1u64 << (63 - lz));
+                let n = w * 64 + lz + 1;
+                *done_upto = n;
+                if spec.is_bitmap_bit(n) {
+                    continue;
+                }
+                let location = Location::Field(n as u8);
+                let f = spec.entry(n);
+                if !f.defined {
+                    return Err(fail(location, pos, Reason::UnknownField));
+                }
+                // Length: fixed, or from the prefix.
+                let (units, start) = if f.length == LengthKind::Fixed {
+                    (usize::from(f.max), pos)
+                } else {
+                    let pl = usize::from(f.prefix_bytes);
+                    let raw = data
+                        .get(pos..pos + pl)
+                        .ok_or_else(|| truncated(location, pos, pl))?;
+                    let value = wire::read_prefix(f.prefix, raw)
+                        .ok_or_else(|| fail(location, pos, Reason::BadLengthPrefix))?;
+                    let units = match f.prefix_counts {
+                        PrefixCounts::Units => value,
+                        PrefixCounts::Bytes => f
+                            .units_of_bytes(value)
+                            .ok_or_else(|| fail(location, pos, Reason::BadLengthPrefix))?,
+                    };
+                    if units > usize::from(f.max) {
+                        return Err(fail(
+                            location,
+                            pos,
+                            Reason::BadLength {
+                                length: units,
+                                min: usize::from(f.min),
+                                max: usize::from(f.max),
+                            },
+                        ));
+                    }
+                    (units, pos + pl)
+                };
+                let bytes = f.encoded_len(units);
+                let end = start + bytes;
+                if end > data.len() {
+                    return Err(truncated(location, pos, end - pos));
+                }
+                self.slots[n] = Slot {
+                    start: start as u16,
+                    units: units as u16,
+                };
+                if strict && first_content_error.is_none() {
+                    if let Err((at, reason)) = check_content(f, &data[start..end], units) {
+                        first_content_error = Some(fail(location, start + at, reason));
+                    }
+                }
+                pos = end;
+            }
+        }
+        *done_upto = 193;
+        if let Some(e) = first_content_error {
+            return Err(e);
+        }
+        if pos != data.len() {
+            return Err(fail(
+                Location::Message,
+                pos,
+                Reason::TrailingBytes {
+                    count: data.len() - pos,
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// The spec this view was decoded with.
+    pub fn spec(&self) -> &'s Spec {
+        self.spec
+    }
+
+    /// The message type indicator.
+    pub fn mti(&self) -> Mti {
+        self.mti
+    }
+
+    /// The whole frame.
+    pub fn buffer(&self) -> &Bytes {
+        &self.buf
+    }
+
+    /// Give the frame back.
+    pub fn into_bytes(self) -> Bytes {
+        self.buf
+    }
+
+    /// The three bitmaps as decoded (unused ones are zero).
+    pub fn bitmaps(&self) -> [u64; 3] {
+        self.bitmap
+    }
+
+    /// Whether field `n` is present.
+    #[inline]
+    pub fn has(&self, n: u8) -> bool {
+        let n = usize::from(n);
+        (2..=192).contains(&n) && !self.spec.is_bitmap_bit(n) && bit(&self.bitmap, n)
+    }
+
+    /// Byte range of field `n`'s data (after any length prefix) within the buffer. Used to
+    /// patch fixed-length fields in place (STAN remapping) without re-encoding.
+    #[inline]
+    pub fn range(&self, n: u8) -> Option<Range<usize>> {
+        if !self.has(n) {
+            return None;
+        }
+        let s = self.slots[usize::from(n)];
+        let start = usize::from(s.start);
+        Some(
+            start
+                ..start
+                    + self
+                        .spec
+                        .entry(usize::from(n))
+                        .encoded_len(usize::from(s.units)),
+        )
+    }
+
+    /// Field `n`'s encoded data bytes (no prefix): a slice of the frame.
+    #[inline]
+    pub fn raw(&self, n: u8) -> Option<&[u8]> {
+        self.range(n).and_then(|r| self.buf.get(r))
+    }
+
+    /// Field `n`'s encoded data as `Bytes` sharing the frame's memory.
+    pub fn raw_bytes(&self, n: u8) -> Option<Bytes> {
+        self.range(n).map(|r| self.buf.slice(r))
+    }
+
+    /// Field `n`'s length in units (characters, digits or bytes).
+    pub fn units(&self, n: u8) -> Option<usize> {
+        self.has(n)
+            .then(|| usize::from(self.slots[usize::from(n)].units))
+    }
+
+    /// Field `n` with its layout.
+    pub fn field(&self, n: u8) -> Option<Field<'_>> {
+        let raw = self.raw(n)?;
+        Some(Field {
+            number: n,
+            spec: self.spec.entry(usize::from(n)),
+            raw,
+            units: usize::from(self.slots[usize::from(n)].units),
+        })
+    }
+
+    /// Field `n` as text, without copying, when it is an ASCII character field.
+    /// (Use [`Field::value`] for BCD and EBCDIC fields.)
+    #[inline]
+    pub fn str(&self, n: u8) -> Option<&str> {
+        let f = self.spec.entry(usize::from(n));
+        if f.encoding != Encoding::Ascii {
+            return None;
+        }
+        self.raw(n).and_then(|r| std::str::from_utf8(r).ok())
+    }
+
+    /// Every present field in field-number order.
+    pub fn fields(&self) -> impl Iterator<Item = Field<'_>> + '_ {
+        (2u8..=192).filter_map(move |n| self.field(n))
+    }
+}
+
+/// Check one field's data against its class and encoding. `Err((offset in field, reason))`.
+#[inline]
+pub(crate) fn check_content(
+    f: &FieldSpec,
+    v: &[u8],
+    units: usize,
+) -> std::result::Result<(), (usize, Reason)> {
+    if units < usize::from(f.min) {
+        return Err((
+            0,
+            Reason::BadLength {
+                length: units,
+                min: usize::from(f.min),
+                max: usize::from(f.max),
+            },
+        ));
+    }
+    let invalid = Reason::InvalidCharacter { class: f.class };
+    match f.encoding {
+        Encoding::Ascii => {
+            if !wire::class_ok(f.class, v) {
+                return Err((wire::first_invalid(f.class, v).unwrap_or(0), invalid));
+            }
+        }
+        Encoding::Binary => {}
+        Encoding::Hex => {
+            if !wire::is_hex(v) {
+                return Err((
+                    v.iter().position(|&b| wire::hex_val(b) > 15).unwrap_or(0),
+                    invalid,
+                ));
+            }
+        }
+        Encoding::Ebcdic => {
+            if let Some(at) = wire::first_invalid_ebcdic(f.class, v) {
+                return Err((at, invalid));
+            }
+        }
+        Encoding::Bcd | Encoding::BcdLeft => {
+            let right = f.encoding == Encoding::Bcd;
+            // With a byte-counting prefix the digit count includes the pad nibble; the pad
+            // cannot be told apart from data, so only the nibble range is checked.
+            let track = f.class == DataClass::Z;
+            if let Err((at, pad)) = wire::bcd_check(v, units, right, track, f.pad) {
+                return Err((at, if pad { Reason::BadPadding } else { invalid }));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One present field of a [`MessageView`].
+#[derive(Debug, Clone, Copy)]
+pub struct Field<'a> {
+    /// Field number.
+    pub number: u8,
+    /// Its layout.
+    pub spec: &'a FieldSpec,
+    /// Encoded data bytes (no prefix), a slice of the frame.
+    pub raw: &'a [u8],
+    /// Length in units.
+    pub units: usize,
+}
+
+impl<'a> Field<'a> {
+    /// The field's logical value: ASCII characters for character fields, bytes for binary
+    /// fields. Borrowed when the wire form already is that (ASCII, binary), decoded
+    /// otherwise (BCD, EBCDIC, hex).
+    pub fn value(&self) -> Cow<'a, [u8]> {
+        match self.spec.encoding {
+            Encoding::Ascii | Encoding::Binary => Cow::Borrowed(self.raw),
+            _ => {
+                let mut out = Vec::with_capacity(self.units);
+                self.write_value(&mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// Append the logical value (see [`Field::value`]) to `out`.
+    pub fn write_value(&self, out: &mut Vec<u8>) {
+        match self.spec.encoding {
+            Encoding::Ascii | Encoding::Binary => out.extend_from_slice(self.raw),
+            Encoding::Ebcdic => out.extend(
+                self.raw
+                    .iter()
+                    .map(|&e| wire::ebcdic_to_ascii(e).unwrap_or(b'?')),
+            ),
+            Encoding::Bcd => wire::bcd_to_ascii(self.raw, self.units, true, out),
+            Encoding::BcdLeft => wire::bcd_to_ascii(self.raw, self.units, false, out),
+            Encoding::Hex => {
+                out.extend(
+                    self.raw
+                        .chunks_exact(2)
+                        .map(|p| wire::hex_val(p[0]) << 4 | wire::hex_val(p[1]) & 0xF),
+                );
+            }
+        }
+    }
+
+    /// The value as text for people and JSON: characters for character fields, upper-case
+    /// hex for binary fields. Unmasked: see [`crate::mask`] for what may be shown.
+    pub fn text(&self) -> String {
+        let value = self.value();
+        if self.spec.class.is_binary() {
+            wire::to_hex(&value)
+        } else {
+            String::from_utf8_lossy(&value).into_owned()
+        }
+    }
+
+    /// A numeric field as an integer (`None` for non-numeric content or more than 19 digits).
+    pub fn as_u64(&self) -> Option<u64> {
+        let value = self.value();
+        if value.is_empty() || value.len() > 19 {
+            return None;
+        }
+        value.iter().try_fold(0u64, |acc, &b| {
+            let d = b.wrapping_sub(b'0');
+            (d <= 9).then(|| acc * 10 + u64::from(d))
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! `switchyard`: the command-line entry point. Parses arguments, runs one command, maps
+//! failures to sysexits-style exit codes (64 usage, 65 bad data, 66 unreadable input).
+
+#![forbid(unsafe_code)]
+
+mod codec_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Switchyard: an ISO 8583 acquirer switch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Decode one message (hex, whitespace ignored; or raw bytes) to JSON. Masked unless --reveal.
+    Decode {
+        /// A shipped spec name (see `switchyard specs`) or a path to a spec TOML file.
+        #[arg(long)]
+        spec: String,
+        /// Show card data in full (for developers, on test data only).
+        #[arg(long)]
+        reveal: bool,
+        /// Input is raw bytes rather than hex.
+        #[arg(long)]
+        raw: bool,
+        /// Pretty-print the JSON.
+        #[arg(long)]
+        pretty: bool,
+        /// Input file; `-` or nothing for standard input.
+        input: Option<PathBuf>,
+    },
+    /// Encode a message from JSON (`{"mti":"0200","fields":{"3":"000000",...}}`) to hex or raw bytes.
+    Encode {
+        /// A shipped spec name or a path to a spec TOML file.
+        #[arg(long)]
+        spec: String,
+        /// Write raw bytes rather than hex.
+        #[arg(long)]
+        raw: bool,
+        /// Input file; `-` or nothing for standard input.
+        input: Option<PathBuf>,
+    },
+    /// List the shipped specs.
+    Specs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Decode {
+            spec,
+            reveal,
+            raw,
+            pretty,
+            input,
+        } => codec_cmd::decode(&spec, reveal, raw, pretty, input.as_deref()),
+        Command::Encode { spec, raw, input } => codec_cmd::encode(&spec, raw, input.as_deref()),
+        Command::Specs => codec_cmd::specs(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("switchyard: {:#}", failure.error);
+            ExitCode::from(failure.exit_code)
+        }
+    }
+}
