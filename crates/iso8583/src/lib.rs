@@ -44,6 +44,8 @@ pub mod mask;
 pub mod mti;
 pub mod shipped;
 pub mod spec;
+#[doc(hidden)]
+pub mod testgen;
 pub mod tlv;
 pub mod view;
 pub mod wire;
