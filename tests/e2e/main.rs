@@ -1,6 +1,9 @@
 //! End-to-end tests: the real `switchyard` binary as a process, and the codec against a
 //! real peer (pyiso8583). Linked into one test binary so the workspace builds it once.
 
+// Test helpers outside #[test] functions: a failed unwrap is a failed test here.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod interop;
 mod support;

@@ -35,6 +35,10 @@ pub struct MessageBuilder<'s> {
     mti: Mti,
     data: Vec<u8>,
     entries: Vec<Entry>,
+    /// Bits of the fields set (indicator bits 1 and 65 are added when encoding).
+    bitmap: [u64; 3],
+    /// Encoded bytes of all fields, prefixes included: `encoded_len` is O(1).
+    body_len: usize,
 }
 
 impl std::fmt::Debug for MessageBuilder<'_> {
@@ -59,6 +63,8 @@ impl<'s> MessageBuilder<'s> {
             mti,
             data: Vec::with_capacity(512),
             entries: Vec::with_capacity(32),
+            bitmap: [0; 3],
+            body_len: 0,
         }
     }
 
@@ -67,6 +73,8 @@ impl<'s> MessageBuilder<'s> {
         self.mti = mti;
         self.data.clear();
         self.entries.clear();
+        self.bitmap = [0; 3];
+        self.body_len = 0;
         self
     }
 
@@ -189,6 +197,10 @@ impl<'s> MessageBuilder<'s> {
         Ok(self)
     }
 
+    fn wire_len(&self, e: &Entry) -> usize {
+        usize::from(self.spec.entry(usize::from(e.field)).prefix_bytes) + e.len as usize
+    }
+
     fn insert(&mut self, field: u8, units: usize, start: usize) {
         let entry = Entry {
             field,
@@ -196,12 +208,18 @@ impl<'s> MessageBuilder<'s> {
             start: start as u32,
             len: (self.data.len() - start) as u32,
         };
+        self.body_len += self.wire_len(&entry);
+        let i = usize::from(field) - 1;
+        self.bitmap[i / 64] |= 1 << (63 - i % 64);
         // Fields are usually set in ascending order: check the end first.
         match self.entries.last() {
             Some(last) if last.field < field => self.entries.push(entry),
             None => self.entries.push(entry),
             _ => match self.entries.binary_search_by_key(&field, |e| e.field) {
-                Ok(i) => self.entries[i] = entry,
+                Ok(i) => {
+                    self.body_len -= self.wire_len(&self.entries[i]);
+                    self.entries[i] = entry;
+                }
                 Err(i) => self.entries.insert(i, entry),
             },
         }
@@ -210,7 +228,10 @@ impl<'s> MessageBuilder<'s> {
     /// Remove field `n` if set.
     pub fn remove(&mut self, n: u8) -> &mut Self {
         if let Ok(i) = self.entries.binary_search_by_key(&n, |e| e.field) {
-            self.entries.remove(i);
+            let e = self.entries.remove(i);
+            self.body_len -= self.wire_len(&e);
+            let b = usize::from(n) - 1;
+            self.bitmap[b / 64] &= !(1 << (63 - b % 64));
         }
         self
     }
@@ -233,7 +254,13 @@ impl<'s> MessageBuilder<'s> {
         let Some(field) = view.field(n) else {
             return Ok(false);
         };
-        if std::ptr::eq(view.spec(), self.spec) {
+        if std::ptr::eq(view.spec(), self.spec) && view.is_validated() {
+            // Same dialect and already checked by a strict decode: copy the bytes as they are.
+            self.definition(n)?;
+            let start = self.data.len();
+            self.data.extend_from_slice(field.raw);
+            self.insert(n, field.units, start);
+        } else if std::ptr::eq(view.spec(), self.spec) {
             self.set_encoded(n, field.raw, field.units)?;
         } else {
             self.set(n, field.value())?;
@@ -294,11 +321,7 @@ impl<'s> MessageBuilder<'s> {
     }
 
     fn bitmaps(&self) -> [u64; 3] {
-        let mut bitmap = [0u64; 3];
-        for e in &self.entries {
-            let i = usize::from(e.field) - 1;
-            bitmap[i / 64] |= 1 << (63 - i % 64);
-        }
+        let mut bitmap = self.bitmap;
         if bitmap[2] != 0 {
             bitmap[1] |= 1 << 63;
         }
@@ -310,17 +333,10 @@ impl<'s> MessageBuilder<'s> {
 
     /// Bytes the encoded message takes.
     pub fn encoded_len(&self) -> usize {
-        let bitmaps = self.bitmaps();
-        let n_bitmaps = 1 + usize::from(bitmaps[1] != 0) + usize::from(bitmaps[2] != 0);
-        self.spec.mti_len()
-            + n_bitmaps * self.spec.bitmap_len()
-            + self
-                .entries
-                .iter()
-                .map(|e| {
-                    usize::from(self.spec.entry(usize::from(e.field)).prefix_bytes) + e.len as usize
-                })
-                .sum::<usize>()
+        let n_bitmaps = 1
+            + usize::from(self.bitmap[1] != 0 || self.bitmap[2] != 0)
+            + usize::from(self.bitmap[2] != 0);
+        self.spec.mti_len() + n_bitmaps * self.spec.bitmap_len() + self.body_len
     }
 
     /// Append the encoded message to `out`.

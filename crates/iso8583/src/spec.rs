@@ -221,6 +221,40 @@ pub struct FieldSpec {
     pub min: u16,
     /// Encoded bytes of the length prefix (0 for fixed fields).
     pub prefix_bytes: u8,
+    /// How the decoder's fast path checks this field's content (derived).
+    pub(crate) fast: FastCheck,
+}
+
+/// Content checks the decoder can run over several adjacent fields at once. Adjacent fields
+/// with the same check (and ASCII length prefixes between them, which are digits and so
+/// valid in every one of these) are checked as one run of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FastCheck {
+    /// Nothing to check (raw binary).
+    Nothing,
+    /// ASCII digits.
+    Digits,
+    /// Printable ASCII.
+    Printable,
+    /// ASCII letters, digits and space.
+    AlnumSpace,
+    /// ASCII hex digits.
+    Hex,
+    /// Anything else: checked field by field.
+    PerField,
+}
+
+impl FastCheck {
+    fn of(class: DataClass, encoding: Encoding) -> FastCheck {
+        match (encoding, class) {
+            (Encoding::Binary, _) => FastCheck::Nothing,
+            (Encoding::Hex, _) => FastCheck::Hex,
+            (Encoding::Ascii, DataClass::N) => FastCheck::Digits,
+            (Encoding::Ascii, DataClass::Ans) => FastCheck::Printable,
+            (Encoding::Ascii, DataClass::An) => FastCheck::AlnumSpace,
+            _ => FastCheck::PerField,
+        }
+    }
 }
 
 impl FieldSpec {
@@ -237,16 +271,23 @@ impl FieldSpec {
         max: 0,
         min: 0,
         prefix_bytes: 0,
+        fast: FastCheck::Nothing,
     };
 
     /// Encoded bytes of a value that is `units` long.
     #[inline]
     pub fn encoded_len(&self, units: usize) -> usize {
-        match self.encoding {
-            Encoding::Ascii | Encoding::Ebcdic | Encoding::Binary => units,
-            Encoding::Bcd | Encoding::BcdLeft => units.div_ceil(2),
-            Encoding::Hex => units * 2,
-        }
+        // (units * mul + add) >> shift per encoding, without a branch on the hot path.
+        const SIZE: [(usize, usize, u32); 6] = [
+            (1, 0, 0), // Ascii
+            (1, 0, 0), // Ebcdic
+            (1, 1, 1), // Bcd: two digits a byte
+            (1, 1, 1), // BcdLeft
+            (1, 0, 0), // Binary
+            (2, 0, 0), // Hex: two characters a byte
+        ];
+        let (mul, add, shift) = SIZE[self.encoding as usize];
+        (units * mul + add) >> shift
     }
 
     /// Units a field of `bytes` encoded bytes holds, when the prefix counts bytes.
@@ -596,6 +637,7 @@ fn compile_field(
         max: raw.max,
         min,
         prefix_bytes: 0,
+        fast: FastCheck::of(raw.class, encoding),
     };
     let digits = raw.len.digits();
     spec.prefix_bytes = match (raw.len, prefix) {

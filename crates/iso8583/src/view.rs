@@ -15,6 +15,7 @@ use crate::mti::Mti;
 use crate::spec::{
     BitmapEncoding, DataClass, Encoding, FieldSpec, LengthKind, MtiEncoding, PrefixCounts, Spec,
 };
+use crate::spec::{FastCheck, PrefixEncoding};
 use crate::wire;
 
 /// Decoding options.
@@ -46,6 +47,8 @@ pub struct MessageView<'s> {
     buf: Bytes,
     mti: Mti,
     bitmap: [u64; 3],
+    /// Whether content was checked (strict decode).
+    validated: bool,
     slots: [Slot; 193],
 }
 
@@ -81,6 +84,7 @@ impl<'s> MessageView<'s> {
             buf,
             mti: Mti::new(*b"0000").unwrap_or_else(|| unreachable!()),
             bitmap: [0; 3],
+            validated: options.strict,
             slots: [Slot::default(); 193],
         };
         let mut mti_read = false;
@@ -197,7 +201,12 @@ impl<'s> MessageView<'s> {
             pos += len;
         }
 
-        let mut first_content_error: Option<DecodeFailure> = None;
+        // Content checks run over runs of adjacent fields with the same fast check (see
+        // `FastCheck`); only when something fails is the message walked again field by
+        // field to name the first bad field and byte.
+        let mut content_ok = true;
+        let mut run = (FastCheck::Nothing, 0usize, 0usize);
+        let flush = |run: (FastCheck, usize, usize)| run_ok(run.0, &data[run.1..run.2]);
         for w in 0..3 {
             let mut bits = self.bitmap[w];
             while bits != 0 {
@@ -242,8 +251,7 @@ impl<'s> MessageView<'s> {
                     }
                     (units, pos + pl)
                 };
-                let bytes = f.encoded_len(units);
-                let end = start + bytes;
+                let end = start + f.encoded_len(units);
                 if end > data.len() {
                     return Err(truncated(location, pos, end - pos));
                 }
@@ -251,17 +259,34 @@ impl<'s> MessageView<'s> {
                     start: start as u16,
                     units: units as u16,
                 };
-                if strict && first_content_error.is_none() {
-                    if let Err((at, reason)) = check_content(f, &data[start..end], units) {
-                        first_content_error = Some(fail(location, start + at, reason));
+                if strict {
+                    content_ok &= units >= usize::from(f.min);
+                    match f.fast {
+                        FastCheck::PerField => {
+                            content_ok &= check_content(f, &data[start..end], units).is_ok()
+                        }
+                        check => {
+                            // An ASCII length prefix is digits: valid inside any run.
+                            let from = if f.prefix == PrefixEncoding::Ascii {
+                                pos
+                            } else {
+                                start
+                            };
+                            if check != run.0 || from != run.2 {
+                                content_ok &= flush(run);
+                                run = (check, from, end);
+                            } else {
+                                run.2 = end;
+                            }
+                        }
                     }
                 }
                 pos = end;
             }
         }
         *done_upto = 193;
-        if let Some(e) = first_content_error {
-            return Err(e);
+        if strict && !(content_ok && flush(run)) {
+            return Err(self.first_content_error());
         }
         if pos != data.len() {
             return Err(fail(
@@ -275,6 +300,35 @@ impl<'s> MessageView<'s> {
         Ok(())
     }
 
+    /// The slow path after a failed content check: the first field, in order, whose content
+    /// is wrong, and the offending byte.
+    #[cold]
+    fn first_content_error(&self) -> DecodeFailure {
+        for n in 2..=192usize {
+            if self.spec.is_bitmap_bit(n) || !bit(&self.bitmap, n) {
+                continue;
+            }
+            let f = self.spec.entry(n);
+            let s = self.slots[n];
+            let start = usize::from(s.start);
+            let end = start + f.encoded_len(usize::from(s.units));
+            if let Err((at, reason)) = check_content(f, &self.buf[start..end], usize::from(s.units))
+            {
+                return DecodeFailure {
+                    location: Location::Field(n as u8),
+                    offset: start + at,
+                    reason,
+                };
+            }
+        }
+        // Unreachable in practice: a run failed, so one of its fields fails on its own.
+        DecodeFailure {
+            location: Location::Message,
+            offset: 0,
+            reason: Reason::BadLengthPrefix,
+        }
+    }
+
     /// The spec this view was decoded with.
     pub fn spec(&self) -> &'s Spec {
         self.spec
@@ -283,6 +337,11 @@ impl<'s> MessageView<'s> {
     /// The message type indicator.
     pub fn mti(&self) -> Mti {
         self.mti
+    }
+
+    /// Whether every field's content was checked (a strict decode).
+    pub fn is_validated(&self) -> bool {
+        self.validated
     }
 
     /// The whole frame.
@@ -368,6 +427,18 @@ impl<'s> MessageView<'s> {
     /// Every present field in field-number order.
     pub fn fields(&self) -> impl Iterator<Item = Field<'_>> + '_ {
         (2u8..=192).filter_map(move |n| self.field(n))
+    }
+}
+
+/// Check a run of adjacent fields' bytes (prefixes included) with one fast check.
+#[inline(always)]
+fn run_ok(check: FastCheck, v: &[u8]) -> bool {
+    match check {
+        FastCheck::Digits => wire::all_digits(v),
+        FastCheck::Printable => wire::all_printable(v),
+        FastCheck::AlnumSpace => wire::all_alnum_space(v),
+        FastCheck::Hex => wire::is_hex(v),
+        FastCheck::Nothing | FastCheck::PerField => true,
     }
 }
 

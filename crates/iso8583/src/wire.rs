@@ -101,26 +101,60 @@ fn class_mask(class: DataClass) -> u8 {
     }
 }
 
-#[inline]
-fn all_digits(v: &[u8]) -> bool {
-    v.iter()
-        .fold(0u8, |bad, &b| bad | u8::from(b.wrapping_sub(b'0') > 9))
-        == 0
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+const fn splat(b: u8) -> u64 {
+    b as u64 * 0x0101_0101_0101_0101
 }
 
-#[inline]
-fn all_printable(v: &[u8]) -> bool {
-    v.iter()
-        .fold(0u8, |bad, &b| bad | u8::from(b.wrapping_sub(0x20) > 0x5E))
-        == 0
+/// SWAR check, eight bytes a step: `bad_lanes` sets the high bit of (at least one lane of)
+/// any word holding an invalid byte. The tail is checked as an overlapping last word, or,
+/// for inputs shorter than a word, padded with `pad`, a valid byte.
+#[inline(always)]
+fn swar_ok(v: &[u8], pad: u8, bad_lanes: impl Fn(u64) -> u64) -> bool {
+    let mut bad = 0u64;
+    let mut words = v.chunks_exact(8);
+    for w in &mut words {
+        bad |= bad_lanes(u64::from_le_bytes([
+            w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7],
+        ]));
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        let mut last = [pad; 8];
+        if v.len() >= 8 {
+            last.copy_from_slice(&v[v.len() - 8..]);
+        } else {
+            last[..tail.len()].copy_from_slice(tail);
+        }
+        bad |= bad_lanes(u64::from_le_bytes(last));
+    }
+    bad & HIGH_BITS == 0
 }
 
+/// Every byte an ASCII digit. A byte below `0` borrows in `x - 0x30`, a byte above `9`
+/// reaches the high bit in `x + 0x46`; a carry between lanes only happens when some lane is
+/// already invalid, so the word's verdict stays right.
+#[inline(always)]
+pub(crate) fn all_digits(v: &[u8]) -> bool {
+    swar_ok(v, b'0', |x| {
+        x | x.wrapping_sub(splat(0x30)) | x.wrapping_add(splat(0x46))
+    })
+}
+
+/// Every byte printable ASCII (`0x20..=0x7E`), by the same reasoning.
+#[inline(always)]
+pub(crate) fn all_printable(v: &[u8]) -> bool {
+    swar_ok(v, b'0', |x| {
+        x | x.wrapping_sub(splat(0x20)) | x.wrapping_add(splat(0x01))
+    })
+}
+
+/// Every byte a letter, digit or space (table lookup: the set is not one range).
 #[inline]
-fn all_alnum_space(v: &[u8]) -> bool {
+pub(crate) fn all_alnum_space(v: &[u8]) -> bool {
     v.iter().fold(0u8, |bad, &b| {
-        let digit = b.wrapping_sub(b'0') <= 9;
-        let letter = (b | 0x20).wrapping_sub(b'a') < 26;
-        bad | u8::from(!(digit | letter | (b == b' ')))
+        bad | u8::from(CLASS_BITS[usize::from(b)] & (DIGIT | ALPHA) == 0)
     }) == 0
 }
 
@@ -185,12 +219,36 @@ pub fn first_invalid_ebcdic(class: DataClass, v: &[u8]) -> Option<usize> {
     None
 }
 
-/// Whether `v` is ASCII hex (either case).
+/// Whether `v` is ASCII hex (either case), eight bytes a step. Per lane (high bit cleared
+/// first, so no carries cross lanes): `x + (0x80 - lo)` reaches the high bit iff `x >= lo`,
+/// `x + (0x7F - hi)` iff `x > hi`.
 #[inline]
 pub fn is_hex(v: &[u8]) -> bool {
-    v.iter()
-        .fold(0u8, |bad, &b| bad | u8::from(hex_val(b) > 15))
-        == 0
+    swar_ok(v, b'0', |x| {
+        let y = x & !HIGH_BITS;
+        let in_range = |z: u64, lo: u8, hi: u8| {
+            z.wrapping_add(splat(0x80 - lo)) & !z.wrapping_add(splat(0x7F - hi))
+        };
+        let ok = in_range(y, b'0', b'9') | in_range(y | splat(0x20), b'a', b'f');
+        (x | !ok) & HIGH_BITS
+    })
+}
+
+/// Sixteen ASCII hex digits (already checked with [`is_hex`]) to their value, eight at a
+/// time: each byte becomes its nibble, then neighbouring nibbles and bytes are folded.
+#[inline]
+pub fn hex16_to_u64(v: &[u8; 16]) -> u64 {
+    let half = |w: [u8; 8]| -> u64 {
+        let x = u64::from_be_bytes(w);
+        // '0'-'9' -> 0-9 from the low nibble; letters (bit 6 set) get 9 more: 'A'/'a' -> 10.
+        let nibbles = (x & splat(0x0F)) + ((x >> 6) & splat(0x01)) * 9;
+        let bytes = ((nibbles >> 4) | nibbles) & 0x00FF_00FF_00FF_00FF;
+        let pairs = ((bytes >> 8) | bytes) & 0x0000_FFFF_0000_FFFF;
+        ((pairs >> 16) | pairs) & 0xFFFF_FFFF
+    };
+    let (hi, lo) = v.split_at(8);
+    let word = |s: &[u8]| [s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]];
+    half(word(hi)) << 32 | half(word(lo))
 }
 
 /// Value of one hex digit, or 0xFF.
@@ -464,6 +522,35 @@ mod tests {
     }
 
     #[test]
+    fn hex_bitmaps() {
+        for value in [0u64, u64::MAX, 0xF020_0000_0080_8001, 0x0123_4567_89AB_CDEF] {
+            let upper = format!("{value:016X}");
+            let lower = format!("{value:016x}");
+            assert_eq!(hex16_to_u64(upper.as_bytes().try_into().unwrap()), value);
+            assert_eq!(hex16_to_u64(lower.as_bytes().try_into().unwrap()), value);
+        }
+    }
+
+    #[test]
+    fn swar_checks_agree_with_bytewise_ones_at_every_length_and_position() {
+        for len in 0..40 {
+            for bad_at in 0..len {
+                for bad in [0u8, b'/', b':', 0x7F, 0x80, 0xB9, 0xFF, b'a'] {
+                    let mut v = vec![b'5'; len];
+                    v[bad_at] = bad;
+                    assert_eq!(all_digits(&v), v.iter().all(u8::is_ascii_digit), "{v:?}");
+                    assert_eq!(
+                        all_printable(&v),
+                        v.iter().all(|b| (0x20..=0x7E).contains(b)),
+                        "{v:?}"
+                    );
+                }
+            }
+            assert!(all_digits(&vec![b'9'; len]) && all_printable(&vec![b'~'; len]));
+        }
+    }
+
+    #[test]
     fn hex() {
         assert_eq!(to_hex(&[0x01, 0xAB]), "01AB");
         assert_eq!(from_hex(b"01ab").unwrap(), [0x01, 0xAB]);
@@ -471,5 +558,15 @@ mod tests {
         assert_eq!(from_hex(b"012"), Err(3));
         assert!(is_hex(b"00ffAA"));
         assert!(!is_hex(b"0g"));
+        for len in 0..40usize {
+            for at in 0..len {
+                for bad in [b'/', b':', b'@', b'G', b'`', b'g', 0x80, 0xC1, 0xE6, 0x10] {
+                    let mut v = vec![b'a'; len];
+                    v[at] = bad;
+                    assert!(!is_hex(&v), "{v:?}");
+                }
+            }
+            assert!(is_hex(&b"0123456789abcdefABCDEF0123456789abcdefAB"[..len]));
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! dialect: decode to the recorded values, encode the values back to the same bytes, and
 //! fail cleanly on every truncation.
 
+#![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

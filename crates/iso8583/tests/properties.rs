@@ -1,6 +1,8 @@
 //! Property tests: random valid messages round-trip in every dialect; random corruption of
 //! valid messages never panics and never decodes to something that re-encodes differently.
 
+#![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
+
 use bytes::Bytes;
 use proptest::prelude::*;
 use switchyard_iso8583::shipped::SHIPPED;

@@ -2,6 +2,7 @@
 //! A counting global allocator proves it. (Its own test binary, so no other test's
 //! allocations are counted; the counter is per thread so the harness's threads don't count.)
 
+#![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 #![allow(unsafe_code)] // A global allocator cannot be written without it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
