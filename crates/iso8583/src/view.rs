@@ -208,15 +208,14 @@ impl<'s> MessageView<'s> {
         let mut run = (FastCheck::Nothing, 0usize, 0usize);
         let flush = |run: (FastCheck, usize, usize)| run_ok(run.0, &data[run.1..run.2]);
         for w in 0..3 {
-            let mut bits = self.bitmap[w];
+            // Bits 1 and (with a tertiary bitmap) 65 announce bitmaps, not fields.
+            let indicator = w == 0 || (w == 1 && spec.has_tertiary_bitmap());
+            let mut bits = self.bitmap[w] & !(u64::from(indicator) << 63);
             while bits != 0 {
                 let lz = bits.leading_zeros() as usize;
                 bits &= !(1u64 << (63 - lz));
                 let n = w * 64 + lz + 1;
                 *done_upto = n;
-                if spec.is_bitmap_bit(n) {
-                    continue;
-                }
                 let location = Location::Field(n as u8);
                 let f = spec.entry(n);
                 if !f.defined {
