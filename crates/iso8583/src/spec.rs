@@ -223,6 +223,11 @@ pub struct FieldSpec {
     pub prefix_bytes: u8,
     /// How the decoder's fast path checks this field's content (derived).
     pub(crate) fast: FastCheck,
+    /// Encoded bytes of a fixed field (derived; 0 for variable fields).
+    pub(crate) fixed_bytes: u16,
+    /// Whether the bytes before the data (an ASCII prefix, or none) may join a run of
+    /// content checks (derived).
+    pub(crate) prefix_in_run: bool,
 }
 
 /// Content checks the decoder can run over several adjacent fields at once. Adjacent fields
@@ -240,6 +245,8 @@ pub(crate) enum FastCheck {
     AlnumSpace,
     /// ASCII hex digits.
     Hex,
+    /// ASCII track data: digits, `=` and `D`.
+    Track,
     /// Anything else: checked field by field.
     PerField,
 }
@@ -252,6 +259,7 @@ impl FastCheck {
             (Encoding::Ascii, DataClass::N) => FastCheck::Digits,
             (Encoding::Ascii, DataClass::Ans) => FastCheck::Printable,
             (Encoding::Ascii, DataClass::An) => FastCheck::AlnumSpace,
+            (Encoding::Ascii, DataClass::Z) => FastCheck::Track,
             _ => FastCheck::PerField,
         }
     }
@@ -272,6 +280,8 @@ impl FieldSpec {
         min: 0,
         prefix_bytes: 0,
         fast: FastCheck::Nothing,
+        fixed_bytes: 0,
+        prefix_in_run: false,
     };
 
     /// Encoded bytes of a value that is `units` long.
@@ -383,6 +393,12 @@ impl Spec {
     #[inline]
     pub fn field(&self, n: u8) -> Option<&FieldSpec> {
         self.fields.get(usize::from(n)).filter(|f| f.defined)
+    }
+
+    /// The whole field table, indexed by field number.
+    #[inline]
+    pub(crate) fn table(&self) -> &[FieldSpec; 193] {
+        &self.fields
     }
 
     /// The table entry for `n` (defined or not); `n` must be at most 192.
@@ -638,7 +654,12 @@ fn compile_field(
         min,
         prefix_bytes: 0,
         fast: FastCheck::of(raw.class, encoding),
+        fixed_bytes: 0,
+        prefix_in_run: raw.len == LengthKind::Fixed || prefix == PrefixEncoding::Ascii,
     };
+    if raw.len == LengthKind::Fixed {
+        spec.fixed_bytes = spec.encoded_len(usize::from(raw.max)) as u16;
+    }
     let digits = raw.len.digits();
     spec.prefix_bytes = match (raw.len, prefix) {
         (LengthKind::Fixed, _) => 0,

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use crate::error::{Error, Location, Reason, Result, Salvage};
 use crate::mti::Mti;
 use crate::spec::{
-    BitmapEncoding, DataClass, Encoding, FieldSpec, LengthKind, MtiEncoding, PrefixCounts, Spec,
+    BitmapEncoding, DataClass, Encoding, FieldSpec, MtiEncoding, PrefixCounts, Spec,
 };
-use crate::spec::{FastCheck, PrefixEncoding};
+use crate::spec::FastCheck;
 use crate::wire;
 
 /// Decoding options.
@@ -69,15 +69,25 @@ struct DecodeFailure {
     location: Location,
     offset: usize,
     reason: Reason,
+    /// Whether every field's place was known when it failed (content and trailing-byte
+    /// errors); otherwise only the fields before `location` were placed.
+    layout_done: bool,
+}
+
+#[cold]
+fn field_failure(n: usize, offset: usize, reason: Reason) -> DecodeFailure {
+    DecodeFailure { location: Location::Field(n as u8), offset, reason, layout_done: false }
 }
 
 impl<'s> MessageView<'s> {
     /// Decode `buf` with strict validation.
+    #[inline]
     pub fn decode(spec: &'s Spec, buf: Bytes) -> Result<Self> {
         Self::decode_with(spec, buf, DecodeOptions::default())
     }
 
     /// Decode `buf` with the given options.
+    #[inline]
     pub fn decode_with(spec: &'s Spec, buf: Bytes, options: DecodeOptions) -> Result<Self> {
         let mut view = MessageView {
             spec,
@@ -87,15 +97,43 @@ impl<'s> MessageView<'s> {
             validated: options.strict,
             slots: [Slot::default(); 193],
         };
-        let mut mti_read = false;
-        let mut done_upto = 0usize;
-        match view.walk(options.strict, &mut mti_read, &mut done_upto) {
-            Ok(()) => Ok(view),
-            Err(f) => Err(view.failure(f, mti_read, done_upto)),
+        let walked = view.read_header().and_then(|pos| {
+            let (table, data, tertiary) = (spec.table(), &view.buf[..], spec.has_tertiary_bitmap());
+            if options.strict {
+                read_fields::<true>(table, data, view.bitmap, tertiary, &mut view.slots, pos)
+            } else {
+                read_fields::<false>(table, data, view.bitmap, tertiary, &mut view.slots, pos)
+            }
+        });
+        let (end, content_ok) = match walked {
+            Ok(done) => done,
+            Err(f) => return Err(view.failure(f)),
+        };
+        // A bad character does not stop the walk, so that fields 11 and 41 after it are
+        // still found for the salvage; the first bad field is named afterwards.
+        if !content_ok {
+            let f = view.first_content_error();
+            return Err(view.failure(f));
         }
+        if end != view.buf.len() {
+            let f = DecodeFailure {
+                location: Location::Message,
+                offset: end,
+                reason: Reason::TrailingBytes { count: view.buf.len() - end },
+                layout_done: true,
+            };
+            return Err(view.failure(f));
+        }
+        Ok(view)
     }
 
-    fn failure(&self, f: DecodeFailure, mti_read: bool, done_upto: usize) -> Error {
+    fn failure(&self, f: DecodeFailure) -> Error {
+        // Fields before the failing one have their slots; all have after a content error.
+        let done_upto = match f.location {
+            _ if f.layout_done => 193,
+            Location::Field(n) => usize::from(n),
+            Location::Mti | Location::Bitmap(_) | Location::Message => 0,
+        };
         let found = |n: usize| {
             (n < done_upto && bit(&self.bitmap, n)).then(|| {
                 let s = self.slots[n];
@@ -103,6 +141,7 @@ impl<'s> MessageView<'s> {
                 (s.start, s.start.saturating_add(len as u16))
             })
         };
+        let mti_read = f.location != Location::Mti && f.reason != Reason::TooLong;
         Error::Decode {
             location: f.location,
             offset: f.offset,
@@ -115,40 +154,19 @@ impl<'s> MessageView<'s> {
         }
     }
 
-    /// The structural walk. On a content error in strict mode it keeps walking (so that
-    /// fields 11 and 41 after the bad field are still found for the salvage) and reports
-    /// the first error at the end.
-    fn walk(
-        &mut self,
-        strict: bool,
-        mti_read: &mut bool,
-        done_upto: &mut usize,
-    ) -> std::result::Result<(), DecodeFailure> {
+    /// MTI and bitmaps. Returns the offset of the first field.
+    fn read_header(&mut self) -> std::result::Result<usize, DecodeFailure> {
         let spec = self.spec;
         let data: &[u8] = &self.buf;
-        let fail = |location, offset, reason| DecodeFailure {
-            location,
-            offset,
-            reason,
-        };
+        let fail = |location, offset, reason| DecodeFailure { location, offset, reason, layout_done: false };
         let truncated = |location, offset: usize, needed: usize| {
-            fail(
-                location,
-                offset,
-                Reason::Truncated {
-                    needed,
-                    available: data.len().saturating_sub(offset),
-                },
-            )
+            fail(location, offset, Reason::Truncated { needed, available: data.len().saturating_sub(offset) })
         };
         if data.len() > usize::from(u16::MAX) {
             return Err(fail(Location::Message, 0, Reason::TooLong));
         }
-        // MTI
         let mti_len = spec.mti_len();
-        let raw_mti = data
-            .get(..mti_len)
-            .ok_or_else(|| truncated(Location::Mti, 0, mti_len))?;
+        let raw_mti = data.get(..mti_len).ok_or_else(|| truncated(Location::Mti, 0, mti_len))?;
         let digits = match spec.mti_encoding() {
             MtiEncoding::Ascii => [raw_mti[0], raw_mti[1], raw_mti[2], raw_mti[3]],
             MtiEncoding::Ebcdic => {
@@ -160,20 +178,12 @@ impl<'s> MessageView<'s> {
             }
             MtiEncoding::Bcd => {
                 let n = |b: u8| if b <= 9 { b'0' + b } else { 0 };
-                [
-                    n(raw_mti[0] >> 4),
-                    n(raw_mti[0] & 0xF),
-                    n(raw_mti[1] >> 4),
-                    n(raw_mti[1] & 0xF),
-                ]
+                [n(raw_mti[0] >> 4), n(raw_mti[0] & 0xF), n(raw_mti[1] >> 4), n(raw_mti[1] & 0xF)]
             }
         };
         self.mti = Mti::new(digits).ok_or_else(|| fail(Location::Mti, 0, Reason::BadMti))?;
-        *mti_read = true;
         let mut pos = mti_len;
-
-        // Bitmaps: primary, then secondary if bit 1, then tertiary if bit 65 (when the
-        // spec has one).
+        // Primary, then secondary if bit 1, then tertiary if bit 65 (when the spec has one).
         for w in 0..3 {
             let wanted = match w {
                 0 => true,
@@ -185,147 +195,35 @@ impl<'s> MessageView<'s> {
             }
             let location = Location::Bitmap(w as u8 + 1);
             let len = spec.bitmap_len();
-            let raw = data
-                .get(pos..pos + len)
-                .ok_or_else(|| truncated(location, pos, len))?;
-            self.bitmap[w] = match spec.bitmap_encoding() {
-                BitmapEncoding::Binary => raw.iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b)),
-                BitmapEncoding::Hex => {
-                    if !wire::is_hex(raw) {
-                        return Err(fail(location, pos, Reason::BadBitmap));
-                    }
-                    raw.iter()
-                        .fold(0u64, |acc, &b| acc << 4 | u64::from(wire::hex_val(b)))
-                }
+            let raw = data.get(pos..pos + len).ok_or_else(|| truncated(location, pos, len))?;
+            self.bitmap[w] = match (spec.bitmap_encoding(), raw) {
+                (BitmapEncoding::Binary, &[a, b, c, d, e, f, g, h]) => u64::from_be_bytes([a, b, c, d, e, f, g, h]),
+                (BitmapEncoding::Hex, raw) => match <&[u8; 16]>::try_from(raw) {
+                    Ok(hex) if wire::is_hex(hex) => wire::hex16_to_u64(hex),
+                    _ => return Err(fail(location, pos, Reason::BadBitmap)),
+                },
+                _ => return Err(fail(location, pos, Reason::BadBitmap)),
             };
             pos += len;
         }
-
-        // Content checks run over runs of adjacent fields with the same fast check (see
-        // `FastCheck`); only when something fails is the message walked again field by
-        // field to name the first bad field and byte.
-        let mut content_ok = true;
-        let mut run = (FastCheck::Nothing, 0usize, 0usize);
-        let flush = |run: (FastCheck, usize, usize)| run_ok(run.0, &data[run.1..run.2]);
-        for w in 0..3 {
-            // Bits 1 and (with a tertiary bitmap) 65 announce bitmaps, not fields.
-            let indicator = w == 0 || (w == 1 && spec.has_tertiary_bitmap());
-            let mut bits = self.bitmap[w] & !(u64::from(indicator) << 63);
-            while bits != 0 {
-                let lz = bits.leading_zeros() as usize;
-                bits &= !(1u64 << (63 - lz));
-                let n = w * 64 + lz + 1;
-                *done_upto = n;
-                let location = Location::Field(n as u8);
-                let f = spec.entry(n);
-                if !f.defined {
-                    return Err(fail(location, pos, Reason::UnknownField));
-                }
-                // Length: fixed, or from the prefix.
-                let (units, start) = if f.length == LengthKind::Fixed {
-                    (usize::from(f.max), pos)
-                } else {
-                    let pl = usize::from(f.prefix_bytes);
-                    let raw = data
-                        .get(pos..pos + pl)
-                        .ok_or_else(|| truncated(location, pos, pl))?;
-                    let value = wire::read_prefix(f.prefix, raw)
-                        .ok_or_else(|| fail(location, pos, Reason::BadLengthPrefix))?;
-                    let units = match f.prefix_counts {
-                        PrefixCounts::Units => value,
-                        PrefixCounts::Bytes => f
-                            .units_of_bytes(value)
-                            .ok_or_else(|| fail(location, pos, Reason::BadLengthPrefix))?,
-                    };
-                    if units > usize::from(f.max) {
-                        return Err(fail(
-                            location,
-                            pos,
-                            Reason::BadLength {
-                                length: units,
-                                min: usize::from(f.min),
-                                max: usize::from(f.max),
-                            },
-                        ));
-                    }
-                    (units, pos + pl)
-                };
-                let end = start + f.encoded_len(units);
-                if end > data.len() {
-                    return Err(truncated(location, pos, end - pos));
-                }
-                self.slots[n] = Slot {
-                    start: start as u16,
-                    units: units as u16,
-                };
-                if strict {
-                    content_ok &= units >= usize::from(f.min);
-                    match f.fast {
-                        FastCheck::PerField => {
-                            content_ok &= check_content(f, &data[start..end], units).is_ok()
-                        }
-                        check => {
-                            // An ASCII length prefix is digits: valid inside any run.
-                            let from = if f.prefix == PrefixEncoding::Ascii {
-                                pos
-                            } else {
-                                start
-                            };
-                            if check != run.0 || from != run.2 {
-                                content_ok &= flush(run);
-                                run = (check, from, end);
-                            } else {
-                                run.2 = end;
-                            }
-                        }
-                    }
-                }
-                pos = end;
-            }
-        }
-        *done_upto = 193;
-        if strict && !(content_ok && flush(run)) {
-            return Err(self.first_content_error());
-        }
-        if pos != data.len() {
-            return Err(fail(
-                Location::Message,
-                pos,
-                Reason::TrailingBytes {
-                    count: data.len() - pos,
-                },
-            ));
-        }
-        Ok(())
+        Ok(pos)
     }
 
     /// The slow path after a failed content check: the first field, in order, whose content
     /// is wrong, and the offending byte.
     #[cold]
     fn first_content_error(&self) -> DecodeFailure {
-        for n in 2..=192usize {
-            if self.spec.is_bitmap_bit(n) || !bit(&self.bitmap, n) {
-                continue;
-            }
+        for n in (2..=192usize).filter(|&n| self.has(n as u8)) {
             let f = self.spec.entry(n);
             let s = self.slots[n];
             let start = usize::from(s.start);
             let end = start + f.encoded_len(usize::from(s.units));
-            if let Err((at, reason)) = check_content(f, &self.buf[start..end], usize::from(s.units))
-            {
-                return DecodeFailure {
-                    location: Location::Field(n as u8),
-                    offset: start + at,
-                    reason,
-                };
+            if let Err((at, reason)) = check_content(f, &self.buf[start..end], usize::from(s.units)) {
+                return DecodeFailure { location: Location::Field(n as u8), offset: start + at, reason, layout_done: true };
             }
         }
         // Unreachable in practice: a run failed, so one of its fields fails on its own.
-        DecodeFailure {
-            location: Location::Message,
-            offset: 0,
-            reason: Reason::BadLengthPrefix,
-        }
+        DecodeFailure { location: Location::Message, offset: 0, reason: Reason::BadLengthPrefix, layout_done: true }
     }
 
     /// The spec this view was decoded with.
@@ -429,6 +327,91 @@ impl<'s> MessageView<'s> {
     }
 }
 
+/// The walk: where each field starts and how long it is, and (`STRICT`) whether every
+/// field's content is valid. Content checks run over runs of adjacent fields with the
+/// same fast check (see `FastCheck`), so 19 fields cost a handful of vector checks.
+/// Returns the end offset and the content verdict.
+/// A free function over plain arguments: the compiler then knows that writing `slots`
+/// cannot change the spec table or the frame, and keeps the loop in registers.
+#[inline(always)]
+fn read_fields<const STRICT: bool>(
+    table: &[FieldSpec; 193],
+    data: &[u8],
+    bitmap: [u64; 3],
+    tertiary: bool,
+    slots: &mut [Slot; 193],
+    mut pos: usize,
+) -> std::result::Result<(usize, bool), DecodeFailure> {
+    let len = data.len();
+    let mut ok = true;
+    let (mut run_check, mut run_start, mut run_end) = (FastCheck::Nothing, 0usize, 0usize);
+    for w in 0..3 {
+        // Bits 1 and (with a tertiary bitmap) 65 announce bitmaps, not fields.
+        let indicator = w == 0 || (w == 1 && tertiary);
+        let mut bits = bitmap[w] & !(u64::from(indicator) << 63);
+        while bits != 0 {
+            let lz = bits.leading_zeros() as usize;
+            bits &= !(1u64 << (63 - lz));
+            let n = w * 64 + lz + 1;
+            let f = &table[n];
+            let (start, units, end);
+            if f.prefix_bytes == 0 {
+                if !f.defined {
+                    return Err(field_failure(n, pos, Reason::UnknownField));
+                }
+                start = pos;
+                units = usize::from(f.max);
+                end = pos + usize::from(f.fixed_bytes);
+            } else {
+                let pl = usize::from(f.prefix_bytes);
+                let Some(raw) = data.get(pos..pos + pl) else {
+                    return Err(field_failure(n, pos, Reason::Truncated { needed: pl, available: len - pos }));
+                };
+                let value = wire::read_prefix(f.prefix, raw);
+                let value = match (value, f.prefix_counts) {
+                    (Some(v), PrefixCounts::Units) => Some(v),
+                    (Some(v), PrefixCounts::Bytes) => f.units_of_bytes(v),
+                    (None, _) => None,
+                };
+                let Some(value) = value else {
+                    return Err(field_failure(n, pos, Reason::BadLengthPrefix));
+                };
+                if value > usize::from(f.max) {
+                    let reason = Reason::BadLength { length: value, min: usize::from(f.min), max: usize::from(f.max) };
+                    return Err(field_failure(n, pos, reason));
+                }
+                units = value;
+                start = pos + pl;
+                end = start + f.encoded_len(units);
+                ok &= units >= usize::from(f.min);
+            }
+            if end > len {
+                return Err(field_failure(n, pos, Reason::Truncated { needed: end - pos, available: len - pos }));
+            }
+            slots[n] = Slot { start: start as u16, units: units as u16 };
+            if STRICT {
+                match f.fast {
+                    FastCheck::PerField => ok &= check_content(f, &data[start..end], units).is_ok(),
+                    check => {
+                        // An ASCII length prefix is digits: valid inside any run.
+                        let from = if f.prefix_in_run { pos } else { start };
+                        if check != run_check || from != run_end {
+                            ok &= run_ok(run_check, &data[run_start..run_end]);
+                            (run_check, run_start) = (check, from);
+                        }
+                        run_end = end;
+                    }
+                }
+            }
+            pos = end;
+        }
+    }
+    if STRICT {
+        ok &= run_ok(run_check, &data[run_start..run_end]);
+    }
+    Ok((pos, ok || !STRICT))
+}
+
 /// Check a run of adjacent fields' bytes (prefixes included) with one fast check.
 #[inline(always)]
 fn run_ok(check: FastCheck, v: &[u8]) -> bool {
@@ -437,6 +420,7 @@ fn run_ok(check: FastCheck, v: &[u8]) -> bool {
         FastCheck::Printable => wire::all_printable(v),
         FastCheck::AlnumSpace => wire::all_alnum_space(v),
         FastCheck::Hex => wire::is_hex(v),
+        FastCheck::Track => wire::all_track(v),
         FastCheck::Nothing | FastCheck::PerField => true,
     }
 }
