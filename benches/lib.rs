@@ -57,4 +57,3 @@ pub fn golden_0200() -> Bytes {
     let bytes = switchyard_iso8583::wire::from_hex(hex.trim().as_bytes()).unwrap_or_default();
     Bytes::from_static(Box::leak(bytes.into_boxed_slice()))
 }
-

@@ -12,14 +12,30 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let op = args.get(1).map_or("decode", String::as_str);
     let lib = args.get(2).map_or("switchyard", String::as_str);
-    let iterations: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let iterations: u64 = args
+        .get(3)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let spec = shipped("iso8583-1987-ascii").unwrap_or_else(|e| panic!("{e}"));
     let frame = golden_0200();
     let raw = frame.to_vec();
     let theirs = their_spec();
     let view = MessageView::decode(spec, frame.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let values: Vec<(u8, Vec<u8>)> = FIELDS.iter().map(|&n| (n, view.field(n).map(|f| f.value().into_owned()).unwrap_or_default())).collect();
-    let wire: Vec<(u8, Vec<u8>)> = FIELDS.iter().map(|&n| (n, view.raw(n).unwrap_or_default().to_vec())).collect();
+    let values: Vec<(u8, Vec<u8>)> = FIELDS
+        .iter()
+        .map(|&n| {
+            (
+                n,
+                view.field(n)
+                    .map(|f| f.value().into_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let wire: Vec<(u8, Vec<u8>)> = FIELDS
+        .iter()
+        .map(|&n| (n, view.raw(n).unwrap_or_default().to_vec()))
+        .collect();
     let mti = Mti::parse("0200").unwrap_or_else(|| unreachable!());
     let mut builder = MessageBuilder::new(spec, mti);
     let mut out = BytesMut::with_capacity(1024);
@@ -31,7 +47,8 @@ fn main() {
                 black_box(v.raw(11));
             }
             ("decode", _) => {
-                let m = iso_8583_rs::Message::parse(&theirs, black_box(&raw)).unwrap_or_else(|e| panic!("{e}"));
+                let m = iso_8583_rs::Message::parse(&theirs, black_box(&raw))
+                    .unwrap_or_else(|e| panic!("{e}"));
                 black_box(m.get(11));
             }
             ("encode", "switchyard") => {
@@ -44,7 +61,8 @@ fn main() {
                 black_box(&out);
             }
             ("encode", _) => {
-                let mut b = iso_8583_rs::Builder::new(&theirs, b"0200").unwrap_or_else(|e| panic!("{e}"));
+                let mut b =
+                    iso_8583_rs::Builder::new(&theirs, b"0200").unwrap_or_else(|e| panic!("{e}"));
                 for (n, v) in &wire {
                     b.set(usize::from(*n), v).unwrap_or_else(|e| panic!("{e}"));
                 }
@@ -54,7 +72,9 @@ fn main() {
             }
             _ => {
                 let v = MessageView::decode(spec, frame.clone()).unwrap_or_else(|e| panic!("{e}"));
-                builder.respond_to(&v, b"00").unwrap_or_else(|e| panic!("{e}"));
+                builder
+                    .respond_to(&v, b"00")
+                    .unwrap_or_else(|e| panic!("{e}"));
                 out.clear();
                 builder.encode_into(&mut out);
                 black_box(&out);

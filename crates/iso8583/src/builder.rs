@@ -201,6 +201,7 @@ impl<'s> MessageBuilder<'s> {
         usize::from(self.spec.entry(usize::from(e.field)).prefix_bytes) + e.len as usize
     }
 
+    #[inline]
     fn insert(&mut self, field: u8, units: usize, start: usize) {
         let entry = Entry {
             field,
@@ -208,21 +209,24 @@ impl<'s> MessageBuilder<'s> {
             start: start as u32,
             len: (self.data.len() - start) as u32,
         };
-        self.body_len += self.wire_len(&entry);
         let i = usize::from(field) - 1;
-        self.bitmap[i / 64] |= 1 << (63 - i % 64);
-        // Fields are usually set in ascending order: check the end first.
-        match self.entries.last() {
-            Some(last) if last.field < field => self.entries.push(entry),
-            None => self.entries.push(entry),
-            _ => match self.entries.binary_search_by_key(&field, |e| e.field) {
-                Ok(i) => {
-                    self.body_len -= self.wire_len(&self.entries[i]);
-                    self.entries[i] = entry;
+        let bit = 1u64 << (63 - i % 64);
+        let wire_len = self.wire_len(&entry);
+        // Fields are usually set in ascending order, each for the first time.
+        let in_order = self.entries.last().is_none_or(|last| last.field < field);
+        if in_order {
+            self.entries.push(entry);
+        } else {
+            match self.entries.binary_search_by_key(&field, |e| e.field) {
+                Ok(at) => {
+                    self.body_len -= self.wire_len(&self.entries[at]);
+                    self.entries[at] = entry;
                 }
-                Err(i) => self.entries.insert(i, entry),
-            },
+                Err(at) => self.entries.insert(at, entry),
+            }
         }
+        self.body_len += wire_len;
+        self.bitmap[i / 64] |= bit;
     }
 
     /// Remove field `n` if set.

@@ -12,10 +12,10 @@ use bytes::Bytes;
 
 use crate::error::{Error, Location, Reason, Result, Salvage};
 use crate::mti::Mti;
+use crate::spec::FastCheck;
 use crate::spec::{
     BitmapEncoding, DataClass, Encoding, FieldSpec, MtiEncoding, PrefixCounts, Spec,
 };
-use crate::spec::FastCheck;
 use crate::wire;
 
 /// Decoding options.
@@ -76,7 +76,12 @@ struct DecodeFailure {
 
 #[cold]
 fn field_failure(n: usize, offset: usize, reason: Reason) -> DecodeFailure {
-    DecodeFailure { location: Location::Field(n as u8), offset, reason, layout_done: false }
+    DecodeFailure {
+        location: Location::Field(n as u8),
+        offset,
+        reason,
+        layout_done: false,
+    }
 }
 
 impl<'s> MessageView<'s> {
@@ -119,7 +124,9 @@ impl<'s> MessageView<'s> {
             let f = DecodeFailure {
                 location: Location::Message,
                 offset: end,
-                reason: Reason::TrailingBytes { count: view.buf.len() - end },
+                reason: Reason::TrailingBytes {
+                    count: view.buf.len() - end,
+                },
                 layout_done: true,
             };
             return Err(view.failure(f));
@@ -158,15 +165,29 @@ impl<'s> MessageView<'s> {
     fn read_header(&mut self) -> std::result::Result<usize, DecodeFailure> {
         let spec = self.spec;
         let data: &[u8] = &self.buf;
-        let fail = |location, offset, reason| DecodeFailure { location, offset, reason, layout_done: false };
+        let fail = |location, offset, reason| DecodeFailure {
+            location,
+            offset,
+            reason,
+            layout_done: false,
+        };
         let truncated = |location, offset: usize, needed: usize| {
-            fail(location, offset, Reason::Truncated { needed, available: data.len().saturating_sub(offset) })
+            fail(
+                location,
+                offset,
+                Reason::Truncated {
+                    needed,
+                    available: data.len().saturating_sub(offset),
+                },
+            )
         };
         if data.len() > usize::from(u16::MAX) {
             return Err(fail(Location::Message, 0, Reason::TooLong));
         }
         let mti_len = spec.mti_len();
-        let raw_mti = data.get(..mti_len).ok_or_else(|| truncated(Location::Mti, 0, mti_len))?;
+        let raw_mti = data
+            .get(..mti_len)
+            .ok_or_else(|| truncated(Location::Mti, 0, mti_len))?;
         let digits = match spec.mti_encoding() {
             MtiEncoding::Ascii => [raw_mti[0], raw_mti[1], raw_mti[2], raw_mti[3]],
             MtiEncoding::Ebcdic => {
@@ -178,7 +199,12 @@ impl<'s> MessageView<'s> {
             }
             MtiEncoding::Bcd => {
                 let n = |b: u8| if b <= 9 { b'0' + b } else { 0 };
-                [n(raw_mti[0] >> 4), n(raw_mti[0] & 0xF), n(raw_mti[1] >> 4), n(raw_mti[1] & 0xF)]
+                [
+                    n(raw_mti[0] >> 4),
+                    n(raw_mti[0] & 0xF),
+                    n(raw_mti[1] >> 4),
+                    n(raw_mti[1] & 0xF),
+                ]
             }
         };
         self.mti = Mti::new(digits).ok_or_else(|| fail(Location::Mti, 0, Reason::BadMti))?;
@@ -195,9 +221,13 @@ impl<'s> MessageView<'s> {
             }
             let location = Location::Bitmap(w as u8 + 1);
             let len = spec.bitmap_len();
-            let raw = data.get(pos..pos + len).ok_or_else(|| truncated(location, pos, len))?;
+            let raw = data
+                .get(pos..pos + len)
+                .ok_or_else(|| truncated(location, pos, len))?;
             self.bitmap[w] = match (spec.bitmap_encoding(), raw) {
-                (BitmapEncoding::Binary, &[a, b, c, d, e, f, g, h]) => u64::from_be_bytes([a, b, c, d, e, f, g, h]),
+                (BitmapEncoding::Binary, &[a, b, c, d, e, f, g, h]) => {
+                    u64::from_be_bytes([a, b, c, d, e, f, g, h])
+                }
                 (BitmapEncoding::Hex, raw) => match <&[u8; 16]>::try_from(raw) {
                     Ok(hex) if wire::is_hex(hex) => wire::hex16_to_u64(hex),
                     _ => return Err(fail(location, pos, Reason::BadBitmap)),
@@ -218,12 +248,23 @@ impl<'s> MessageView<'s> {
             let s = self.slots[n];
             let start = usize::from(s.start);
             let end = start + f.encoded_len(usize::from(s.units));
-            if let Err((at, reason)) = check_content(f, &self.buf[start..end], usize::from(s.units)) {
-                return DecodeFailure { location: Location::Field(n as u8), offset: start + at, reason, layout_done: true };
+            if let Err((at, reason)) = check_content(f, &self.buf[start..end], usize::from(s.units))
+            {
+                return DecodeFailure {
+                    location: Location::Field(n as u8),
+                    offset: start + at,
+                    reason,
+                    layout_done: true,
+                };
             }
         }
         // Unreachable in practice: a run failed, so one of its fields fails on its own.
-        DecodeFailure { location: Location::Message, offset: 0, reason: Reason::BadLengthPrefix, layout_done: true }
+        DecodeFailure {
+            location: Location::Message,
+            offset: 0,
+            reason: Reason::BadLengthPrefix,
+            layout_done: true,
+        }
     }
 
     /// The spec this view was decoded with.
@@ -345,10 +386,10 @@ fn read_fields<const STRICT: bool>(
     let len = data.len();
     let mut ok = true;
     let (mut run_check, mut run_start, mut run_end) = (FastCheck::Nothing, 0usize, 0usize);
-    for w in 0..3 {
+    for (w, &word) in bitmap.iter().enumerate() {
         // Bits 1 and (with a tertiary bitmap) 65 announce bitmaps, not fields.
         let indicator = w == 0 || (w == 1 && tertiary);
-        let mut bits = bitmap[w] & !(u64::from(indicator) << 63);
+        let mut bits = word & !(u64::from(indicator) << 63);
         while bits != 0 {
             let lz = bits.leading_zeros() as usize;
             bits &= !(1u64 << (63 - lz));
@@ -365,7 +406,14 @@ fn read_fields<const STRICT: bool>(
             } else {
                 let pl = usize::from(f.prefix_bytes);
                 let Some(raw) = data.get(pos..pos + pl) else {
-                    return Err(field_failure(n, pos, Reason::Truncated { needed: pl, available: len - pos }));
+                    return Err(field_failure(
+                        n,
+                        pos,
+                        Reason::Truncated {
+                            needed: pl,
+                            available: len - pos,
+                        },
+                    ));
                 };
                 let value = wire::read_prefix(f.prefix, raw);
                 let value = match (value, f.prefix_counts) {
@@ -377,7 +425,11 @@ fn read_fields<const STRICT: bool>(
                     return Err(field_failure(n, pos, Reason::BadLengthPrefix));
                 };
                 if value > usize::from(f.max) {
-                    let reason = Reason::BadLength { length: value, min: usize::from(f.min), max: usize::from(f.max) };
+                    let reason = Reason::BadLength {
+                        length: value,
+                        min: usize::from(f.min),
+                        max: usize::from(f.max),
+                    };
                     return Err(field_failure(n, pos, reason));
                 }
                 units = value;
@@ -386,9 +438,19 @@ fn read_fields<const STRICT: bool>(
                 ok &= units >= usize::from(f.min);
             }
             if end > len {
-                return Err(field_failure(n, pos, Reason::Truncated { needed: end - pos, available: len - pos }));
+                return Err(field_failure(
+                    n,
+                    pos,
+                    Reason::Truncated {
+                        needed: end - pos,
+                        available: len - pos,
+                    },
+                ));
             }
-            slots[n] = Slot { start: start as u16, units: units as u16 };
+            slots[n] = Slot {
+                start: start as u16,
+                units: units as u16,
+            };
             if STRICT {
                 match f.fast {
                     FastCheck::PerField => ok &= check_content(f, &data[start..end], units).is_ok(),

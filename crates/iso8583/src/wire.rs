@@ -124,7 +124,8 @@ fn all_bytes<F: Fn(u8) -> bool + Copy>(v: &[u8], pad: u8, ok: F) -> bool {
         }
         bad.iter().fold(0u8, |acc, &b| acc | b) == 0
     }
-    let tail = |from: usize| <&[u8; 16]>::try_from(&v[from..from + 16]).map_or(true, |c| chunk_ok(c, ok));
+    let tail =
+        |from: usize| <&[u8; 16]>::try_from(&v[from..from + 16]).map_or(true, |c| chunk_ok(c, ok));
     match v.len() {
         0..16 => {
             let mut padded = [pad; 16];
@@ -170,7 +171,9 @@ pub(crate) fn all_printable(v: &[u8]) -> bool {
 /// Every byte a letter, digit or space.
 #[inline(always)]
 pub(crate) fn all_alnum_space(v: &[u8]) -> bool {
-    all_bytes(v, b'0', |b| is_digit(b) | ((b | 0x20).wrapping_sub(b'a') < 26) | (b == b' '))
+    all_bytes(v, b'0', |b| {
+        is_digit(b) | ((b | 0x20).wrapping_sub(b'a') < 26) | (b == b' ')
+    })
 }
 
 /// Every byte track data: a digit, `=` or `D`.
@@ -244,7 +247,9 @@ pub fn first_invalid_ebcdic(class: DataClass, v: &[u8]) -> Option<usize> {
 /// Whether `v` is ASCII hex (either case).
 #[inline]
 pub fn is_hex(v: &[u8]) -> bool {
-    all_bytes(v, b'0', |b| is_digit(b) | ((b | 0x20).wrapping_sub(b'a') < 6))
+    all_bytes(v, b'0', |b| {
+        is_digit(b) | ((b | 0x20).wrapping_sub(b'a') < 6)
+    })
 }
 
 /// Sixteen ASCII hex digits (already checked with [`is_hex`]) to their value, eight at a
@@ -277,14 +282,27 @@ pub fn hex_val(b: u8) -> u8 {
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Append `v` as upper-case hex.
+/// The two upper-case hex characters of every byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX_UPPER[i >> 4], HEX_UPPER[i & 0xF]];
+        i += 1;
+    }
+    t
+};
+
+/// Append `v` as upper-case hex, through a stack buffer so that the output grows by whole
+/// slices rather than byte by byte.
 pub fn push_hex(out: &mut impl Extend<u8>, v: &[u8]) {
-    out.extend(v.iter().flat_map(|&b| {
-        [
-            HEX_UPPER[usize::from(b >> 4)],
-            HEX_UPPER[usize::from(b & 0xF)],
-        ]
-    }));
+    let mut buf = [[0u8; 2]; 64];
+    for chunk in v.chunks(64) {
+        for (pair, &b) in buf.iter_mut().zip(chunk) {
+            *pair = HEX_PAIRS[usize::from(b)];
+        }
+        out.extend(buf[..chunk.len()].iter().flatten().copied());
+    }
 }
 
 /// Upper-case hex of `v` as a `String` (for human output).
