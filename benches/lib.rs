@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use iso_8583_rs::specfile::{FieldDescription, Spec as TheirSpec};
 use iso_8583_rs::CompiledSpec;
+use switchyard_iso8583::{shipped, MessageView, Spec};
 
 /// The fields of the bench message and the response's echo fields.
 pub const FIELDS: [u8; 19] = [
@@ -56,4 +57,45 @@ pub fn golden_0200() -> Bytes {
     let hex = include_str!("../crates/iso8583/testdata/iso8583-1987-ascii/0200.hex");
     let bytes = switchyard_iso8583::wire::from_hex(hex.trim().as_bytes()).unwrap_or_default();
     Bytes::from_static(Box::leak(bytes.into_boxed_slice()))
+}
+
+/// The bench message decoded once, with the field values each library's builder takes.
+#[derive(Debug)]
+pub struct BenchMessage {
+    /// `iso8583-1987-ascii`.
+    pub spec: &'static Spec,
+    /// The golden 0200.
+    pub frame: Bytes,
+    /// Logical values (what a Switchyard user sets: binary fields as bytes).
+    pub values: Vec<(u8, Vec<u8>)>,
+    /// Wire values (what an iso_8583_rs user sets: binary fields as hex text).
+    pub wire_values: Vec<(u8, Vec<u8>)>,
+}
+
+/// Decode the golden 0200 and extract [`FIELDS`] in both forms.
+pub fn bench_message() -> BenchMessage {
+    let spec = shipped("iso8583-1987-ascii").unwrap_or_else(|e| panic!("{e}"));
+    let frame = golden_0200();
+    let view = MessageView::decode(spec, frame.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let values = FIELDS
+        .iter()
+        .map(|&n| {
+            (
+                n,
+                view.field(n)
+                    .map(|f| f.value().into_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let wire_values = FIELDS
+        .iter()
+        .map(|&n| (n, view.raw(n).unwrap_or_default().to_vec()))
+        .collect();
+    BenchMessage {
+        spec,
+        frame,
+        values,
+        wire_values,
+    }
 }

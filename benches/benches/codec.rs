@@ -15,11 +15,11 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use criterion::Criterion;
 use iso_8583_rs::{Builder as TheirBuilder, Message as TheirMessage};
-use switchyard_benches::{golden_0200 as frame, their_spec, ECHO, FIELDS};
-use switchyard_iso8583::{shipped, MessageBuilder, MessageView, Mti, Spec};
+use switchyard_benches::{bench_message, their_spec, ECHO, FIELDS};
+use switchyard_iso8583::{MessageBuilder, MessageView, Mti};
 
 struct Counting;
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
@@ -55,42 +55,8 @@ fn allocations_per_op(mut routine: impl FnMut()) -> f64 {
     (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 1000.0
 }
 
-struct Ours {
-    spec: &'static Spec,
-    frame: Bytes,
-    /// Logical values (what a Switchyard user sets).
-    values: Vec<(u8, Vec<u8>)>,
-    /// Wire values (what an iso_8583_rs user sets: binary fields as hex text).
-    wire_values: Vec<(u8, Vec<u8>)>,
-}
-
 fn main() {
-    let ours = {
-        let spec = shipped("iso8583-1987-ascii").unwrap_or_else(|e| panic!("{e}"));
-        let frame = frame();
-        let view = MessageView::decode(spec, frame.clone()).unwrap_or_else(|e| panic!("{e}"));
-        let values = FIELDS
-            .iter()
-            .map(|&n| {
-                (
-                    n,
-                    view.field(n)
-                        .map(|f| f.value().into_owned())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
-        let wire_values = FIELDS
-            .iter()
-            .map(|&n| (n, view.raw(n).unwrap_or_default().to_vec()))
-            .collect();
-        Ours {
-            spec,
-            frame,
-            values,
-            wire_values,
-        }
-    };
+    let ours = bench_message();
     let theirs = their_spec();
     let raw: Vec<u8> = ours.frame.to_vec();
     assert_eq!(raw.len(), 440);

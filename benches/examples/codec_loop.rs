@@ -5,8 +5,8 @@
 use std::hint::black_box;
 
 use bytes::BytesMut;
-use switchyard_benches::{golden_0200, their_spec, FIELDS};
-use switchyard_iso8583::{shipped, MessageBuilder, MessageView, Mti};
+use switchyard_benches::{bench_message, their_spec, BenchMessage};
+use switchyard_iso8583::{MessageBuilder, MessageView, Mti};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -16,26 +16,14 @@ fn main() {
         .get(3)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let spec = shipped("iso8583-1987-ascii").unwrap_or_else(|e| panic!("{e}"));
-    let frame = golden_0200();
+    let BenchMessage {
+        spec,
+        frame,
+        values,
+        wire_values: wire,
+    } = bench_message();
     let raw = frame.to_vec();
     let theirs = their_spec();
-    let view = MessageView::decode(spec, frame.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let values: Vec<(u8, Vec<u8>)> = FIELDS
-        .iter()
-        .map(|&n| {
-            (
-                n,
-                view.field(n)
-                    .map(|f| f.value().into_owned())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
-    let wire: Vec<(u8, Vec<u8>)> = FIELDS
-        .iter()
-        .map(|&n| (n, view.raw(n).unwrap_or_default().to_vec()))
-        .collect();
     let mti = Mti::parse("0200").unwrap_or_else(|| unreachable!());
     let mut builder = MessageBuilder::new(spec, mti);
     let mut out = BytesMut::with_capacity(1024);
