@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{Error, Location, Reason, Result, Salvage};
 use crate::mti::Mti;
-use crate::spec::{BitmapEncoding, DataClass, Encoding, LengthKind, MtiEncoding, Spec};
+use crate::spec::{BitmapEncoding, LengthKind, MtiEncoding, Spec};
 use crate::view::{check_content, MessageView};
 use crate::wire;
 
@@ -110,46 +110,10 @@ impl<'s> MessageBuilder<'s> {
     /// is checked against the field's class and length, then stored encoded.
     pub fn set(&mut self, n: u8, value: impl AsRef<[u8]>) -> Result<&mut Self> {
         let value = value.as_ref();
-        let f = self.definition(n)?;
-        let location = Location::Field(n);
-        let units = value.len();
-        if units < usize::from(f.min) || units > usize::from(f.max) {
-            let reason = Reason::BadLength {
-                length: units,
-                min: usize::from(f.min),
-                max: usize::from(f.max),
-            };
-            return Err(Error::encode(location, reason));
-        }
-        let class_ok = match (f.class, f.encoding) {
-            // Packed track data takes `=` as the separator nibble D.
-            (DataClass::Z, Encoding::Bcd | Encoding::BcdLeft) => value
-                .iter()
-                .all(|&b| b.is_ascii_digit() || matches!(b, b'=' | b'D')),
-            (class, _) => wire::class_ok(class, value),
-        };
-        if !class_ok {
-            return Err(Error::encode(
-                location,
-                Reason::InvalidCharacter { class: f.class },
-            ));
-        }
+        let f = *self.definition(n)?;
         let start = self.data.len();
-        match f.encoding {
-            Encoding::Ascii | Encoding::Binary => self.data.extend_from_slice(value),
-            Encoding::Hex => wire::push_hex(&mut self.data, value),
-            Encoding::Ebcdic => {
-                for &a in value {
-                    let e = wire::ascii_to_ebcdic(a).ok_or(Error::encode(
-                        location,
-                        Reason::InvalidCharacter { class: f.class },
-                    ))?;
-                    self.data.push(e);
-                }
-            }
-            Encoding::Bcd => wire::ascii_to_bcd(value, true, f.pad, &mut self.data),
-            Encoding::BcdLeft => wire::ascii_to_bcd(value, false, f.pad, &mut self.data),
-        }
+        f.encode_value(value, &mut self.data)?;
+        let units = value.len();
         self.insert(n, units, start);
         Ok(self)
     }

@@ -28,7 +28,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Location, Reason, Result};
+use crate::wire;
 
 /// Highest field number a spec can define (fields 129..=192 need the tertiary bitmap).
 pub const MAX_FIELD: u8 = 192;
@@ -318,6 +319,45 @@ impl FieldSpec {
             PrefixCounts::Units => units,
             PrefixCounts::Bytes => self.encoded_len(units),
         }
+    }
+
+    /// Check `value` (the field's logical value: characters, digits, or raw bytes for binary
+    /// fields) against this field's length bounds and class, then append its encoding
+    /// (without any length prefix) to `out`. Nothing is appended when the check fails.
+    pub fn encode_value(&self, value: &[u8], out: &mut impl Extend<u8>) -> Result<()> {
+        let location = Location::Field(self.number);
+        let units = value.len();
+        if units < usize::from(self.min) || units > usize::from(self.max) {
+            let reason = Reason::BadLength {
+                length: units,
+                min: usize::from(self.min),
+                max: usize::from(self.max),
+            };
+            return Err(Error::encode(location, reason));
+        }
+        let invalid = Error::encode(location, Reason::InvalidCharacter { class: self.class });
+        let class_ok = match (self.class, self.encoding) {
+            // Packed track data takes `=` as the separator nibble D.
+            (DataClass::Z, Encoding::Bcd | Encoding::BcdLeft) => value
+                .iter()
+                .all(|&b| b.is_ascii_digit() || matches!(b, b'=' | b'D')),
+            (class, Encoding::Ebcdic) => {
+                wire::class_ok(class, value)
+                    && value.iter().all(|&a| wire::ascii_to_ebcdic(a).is_some())
+            }
+            (class, _) => wire::class_ok(class, value),
+        };
+        if !class_ok {
+            return Err(invalid);
+        }
+        match self.encoding {
+            Encoding::Ascii | Encoding::Binary => out.extend(value.iter().copied()),
+            Encoding::Hex => wire::push_hex(out, value),
+            Encoding::Ebcdic => out.extend(value.iter().filter_map(|&a| wire::ascii_to_ebcdic(a))),
+            Encoding::Bcd => wire::ascii_to_bcd(value, true, self.pad, out),
+            Encoding::BcdLeft => wire::ascii_to_bcd(value, false, self.pad, out),
+        }
+        Ok(())
     }
 
     /// Whether the data is packed BCD.

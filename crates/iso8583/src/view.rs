@@ -323,6 +323,34 @@ impl<'s> MessageView<'s> {
         )
     }
 
+    /// Replace the encoded data of fixed-length field `n` with `encoded` (same length, checked
+    /// like a decoded field), keeping every offset. Used to restore a remapped STAN on a
+    /// response: one copy of the frame, no re-encoding and no new decode.
+    pub fn patch_fixed(&mut self, n: u8, encoded: &[u8]) -> Result<()> {
+        let location = Location::Field(n);
+        let f = *self.spec.entry(usize::from(n));
+        let range = match self.range(n) {
+            Some(r) if f.length == crate::spec::LengthKind::Fixed => r,
+            _ => return Err(Error::encode(location, Reason::NotInSpec)),
+        };
+        if encoded.len() != range.len() {
+            let reason = Reason::BadLength {
+                length: encoded.len(),
+                min: range.len(),
+                max: range.len(),
+            };
+            return Err(Error::encode(location, reason));
+        }
+        check_content(&f, encoded, usize::from(f.max))
+            .map_err(|(_, reason)| Error::encode(location, reason))?;
+        let mut patched = bytes::BytesMut::with_capacity(self.buf.len());
+        patched.extend_from_slice(&self.buf[..range.start]);
+        patched.extend_from_slice(encoded);
+        patched.extend_from_slice(&self.buf[range.end..]);
+        self.buf = patched.freeze();
+        Ok(())
+    }
+
     /// Field `n`'s encoded data bytes (no prefix): a slice of the frame.
     #[inline]
     pub fn raw(&self, n: u8) -> Option<&[u8]> {
@@ -608,5 +636,66 @@ impl<'a> Field<'a> {
             let d = b.wrapping_sub(b'0');
             (d <= 9).then(|| acc * 10 + u64::from(d))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{shipped, MessageBuilder, MessageView, Mti};
+
+    fn message(spec_name: &str) -> MessageView<'static> {
+        let spec = shipped(spec_name).unwrap();
+        let mut b = MessageBuilder::new(spec, Mti::parse("0210").unwrap());
+        b.set(3, "000000").unwrap().set(11, "000123").unwrap();
+        b.set(39, "00").unwrap().set(41, "TERM0001").unwrap();
+        MessageView::decode(spec, b.encode()).unwrap()
+    }
+
+    #[test]
+    fn patch_fixed_replaces_a_fixed_field_and_keeps_the_rest() {
+        for name in ["iso8583-1987-ascii", "iso8583-1987-bcd"] {
+            let mut view = message(name);
+            let f11 = view.spec().field(11).copied().unwrap();
+            let mut stan = Vec::new();
+            f11.encode_value(b"999999", &mut stan).unwrap();
+            let before = view.buffer().clone();
+            view.patch_fixed(11, &stan).unwrap();
+            assert_eq!(view.raw(11), Some(&stan[..]), "{name}");
+            assert_eq!(view.field(41).unwrap().text(), "TERM0001");
+            assert_eq!(view.buffer().len(), before.len());
+            // The patched frame decodes to the same layout.
+            let again = MessageView::decode(view.spec(), view.buffer().clone()).unwrap();
+            assert_eq!(again.field(11).unwrap().text(), "999999");
+        }
+    }
+
+    #[test]
+    fn patch_fixed_refuses_wrong_lengths_bad_content_absent_and_variable_fields() {
+        let mut view = message("iso8583-1987-ascii");
+        let original = view.buffer().clone();
+        assert!(view.patch_fixed(11, b"12345").is_err());
+        assert!(view.patch_fixed(11, b"12345X").is_err());
+        assert!(view.patch_fixed(4, b"000000000001").is_err(), "absent");
+        assert!(
+            view.patch_fixed(2, b"4761730000000119").is_err(),
+            "absent and variable"
+        );
+        assert_eq!(
+            view.buffer(),
+            &original,
+            "nothing changed by a refused patch"
+        );
+    }
+
+    #[test]
+    fn encode_value_checks_before_it_writes() {
+        let spec = shipped("iso8583-1987-ascii").unwrap();
+        let f11 = spec.field(11).copied().unwrap();
+        let mut out = Vec::new();
+        assert!(f11.encode_value(b"12a456", &mut out).is_err());
+        assert!(f11.encode_value(b"1234567", &mut out).is_err());
+        assert!(out.is_empty());
+        f11.encode_value(b"123456", &mut out).unwrap();
+        assert_eq!(out, b"123456");
     }
 }

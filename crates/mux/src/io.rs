@@ -1,0 +1,231 @@
+//! What both sides do with a socket: the coalescing writer and the frame reader with
+//! deadlines.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+
+use crate::error::{MuxError, Result, Side};
+use crate::framing::{Frame, FrameCodec};
+
+/// The most frames gathered into one write, and the most bytes: enough to turn a burst into
+/// one syscall, small enough that one connection cannot hold a large buffer.
+const MAX_FRAMES_PER_WRITE: usize = 256;
+const MAX_BYTES_PER_WRITE: usize = 256 * 1024;
+
+/// Frames and writes on one side, to show that writes are coalesced.
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    /// Frames written.
+    pub frames_written: AtomicU64,
+    /// `write` calls (one per gathered batch of frames).
+    pub write_calls: AtomicU64,
+    /// Frames read.
+    pub frames_read: AtomicU64,
+}
+
+/// Write every frame that arrives on `rx`: each wake-up takes all frames already queued and
+/// sends them with one write (and one TLS flush). Ends when every sender is gone (after
+/// writing what they sent) or on the first error.
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+    mut out: W,
+    mut rx: mpsc::Receiver<Frame>,
+    codec: FrameCodec,
+    side: Side,
+    write_timeout: Duration,
+    counters: &IoCounters,
+) -> Result<()> {
+    let mut buf = BytesMut::with_capacity(4096);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        codec.encode_frame(&first, &mut buf)?;
+        let mut frames = 1u64;
+        while (frames as usize) < MAX_FRAMES_PER_WRITE && buf.len() < MAX_BYTES_PER_WRITE {
+            match rx.try_recv() {
+                Ok(frame) => {
+                    codec.encode_frame(&frame, &mut buf)?;
+                    frames += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let write = async {
+            out.write_all(&buf).await?;
+            out.flush().await
+        };
+        match tokio::time::timeout(write_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(MuxError::io(side, e)),
+            Err(_) => {
+                return Err(MuxError::io(
+                    side,
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"),
+                ))
+            }
+        }
+        counters.write_calls.fetch_add(1, Ordering::Relaxed);
+        counters.frames_written.fetch_add(frames, Ordering::Relaxed);
+        if buf.capacity() > 4 * MAX_BYTES_PER_WRITE {
+            buf = BytesMut::with_capacity(4096);
+        }
+    }
+    let _ = out.shutdown().await;
+    Ok(())
+}
+
+/// Why a [`FrameReader`] stopped.
+#[derive(Debug)]
+pub(crate) enum ReadEnd {
+    /// The peer closed between frames.
+    Eof,
+    /// No complete frame within the frame deadline after its first byte (slow sender).
+    FrameTimeout,
+    /// No byte within the idle timeout.
+    Idle,
+    /// Unframeable stream or socket error.
+    Error(MuxError),
+}
+
+/// Reads frames with two deadlines: a frame must be complete within `frame_timeout` of its
+/// first byte (a slowloris sender cannot hold a connection by trickling bytes), and a
+/// connection with nothing arriving is idle after `idle_timeout`. Many frames may come out
+/// of one read.
+#[derive(Debug)]
+pub(crate) struct FrameReader<R> {
+    input: R,
+    codec: FrameCodec,
+    buf: BytesMut,
+    side: Side,
+    partial_since: Option<Instant>,
+    last_byte: Instant,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(input: R, codec: FrameCodec, side: Side) -> Self {
+        FrameReader {
+            input,
+            codec,
+            buf: BytesMut::with_capacity(4096),
+            side,
+            partial_since: None,
+            last_byte: Instant::now(),
+        }
+    }
+
+    /// Restart the idle clock (the connection is busy even though nothing arrives).
+    pub(crate) fn touch(&mut self) {
+        self.last_byte = Instant::now();
+    }
+
+    /// The next frame. `idle_timeout` of `None` waits for ever between frames.
+    pub(crate) async fn next(
+        &mut self,
+        frame_timeout: Duration,
+        idle_timeout: Option<Duration>,
+    ) -> std::result::Result<Frame, ReadEnd> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => {
+                    // What is left belongs to the next frame, which starts now.
+                    self.partial_since = (!self.buf.is_empty()).then(Instant::now);
+                    return Ok(frame);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ReadEnd::Error(e)),
+            }
+            if self.buf.is_empty() {
+                self.partial_since = None;
+            } else if self.partial_since.is_none() {
+                self.partial_since = Some(Instant::now());
+            }
+            let (deadline, on_timeout) = match (self.partial_since, idle_timeout) {
+                (Some(since), _) => (Some(since + frame_timeout), ReadEnd::FrameTimeout),
+                (None, Some(idle)) => (Some(self.last_byte + idle), ReadEnd::Idle),
+                (None, None) => (None, ReadEnd::Idle),
+            };
+            let read = self.input.read_buf(&mut self.buf);
+            let n = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, read).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(on_timeout),
+                },
+                None => read.await,
+            };
+            match n {
+                Ok(0) => {
+                    return match self.codec.decode_eof(&mut self.buf) {
+                        Ok(Some(frame)) => Ok(frame),
+                        Ok(None) => Err(ReadEnd::Eof),
+                        Err(e) => Err(ReadEnd::Error(e)),
+                    }
+                }
+                Ok(_) => self.last_byte = Instant::now(),
+                Err(e) => return Err(ReadEnd::Error(MuxError::io(self.side, e))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::Framing;
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn frames_queued_together_leave_in_one_write() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::channel(200);
+        for i in 0..100u8 {
+            tx.send(Frame::new(Bytes::from(vec![i; 10]))).await.unwrap();
+        }
+        drop(tx);
+        let counters = IoCounters::default();
+        let codec = FrameCodec::new(Framing::default());
+        write_frames(
+            client,
+            rx,
+            codec,
+            Side::Upstream,
+            Duration::from_secs(5),
+            &counters,
+        )
+        .await
+        .unwrap();
+        assert_eq!(counters.frames_written.load(Ordering::Relaxed), 100);
+        assert_eq!(counters.write_calls.load(Ordering::Relaxed), 1);
+        let mut all = Vec::new();
+        server.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all.len(), 100 * 12);
+        assert_eq!(&all[..3], &[0, 10, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_trickled_in_past_its_deadline_ends_the_read() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(
+            server,
+            FrameCodec::new(Framing::default()),
+            Side::Downstream,
+        );
+        let trickle = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for b in [0u8, 20, 1, 2, 3, 4, 5, 6] {
+                client.write_all(&[b]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            client
+        });
+        let end = reader
+            .next(Duration::from_secs(1), Some(Duration::from_secs(60)))
+            .await;
+        assert!(matches!(end, Err(ReadEnd::FrameTimeout)), "{end:?}");
+        drop(trickle);
+    }
+}
