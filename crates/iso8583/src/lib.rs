@@ -11,6 +11,7 @@
 //! - [`mti`]: the message type indicator and request/response mapping.
 //! - [`tlv`]: BER-TLV (field 55) on demand; composite fields via [`spec::Composite`].
 //! - [`mask`]: masked output for people and JSON (PAN 6+4, no tracks, PIN blocks, CVVs).
+//! - [`datetime`]: UTC calendar arithmetic for field 7 and timestamps.
 //! - [`wire`]: BCD, EBCDIC, hex, character classes and length prefixes.
 //! - [`error`]: the one error type; errors carry field numbers and offsets, never values.
 //!
@@ -37,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod builder;
+pub mod datetime;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -41,7 +41,7 @@ impl Mti {
 
     /// Whether this is a request, advice or notification (even function digit).
     pub fn is_request(&self) -> bool {
-        self.function() % 2 == 0
+        self.function().is_multiple_of(2)
     }
 
     /// Whether this is a repeat (origin digit 1 or 3: 0401, 0421, ...).

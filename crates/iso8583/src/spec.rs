@@ -308,7 +308,7 @@ impl FieldSpec {
         match self.encoding {
             Encoding::Ascii | Encoding::Ebcdic | Encoding::Binary => Some(bytes),
             Encoding::Bcd | Encoding::BcdLeft => Some(bytes * 2),
-            Encoding::Hex => (bytes % 2 == 0).then_some(bytes / 2),
+            Encoding::Hex => bytes.is_multiple_of(2).then_some(bytes / 2),
         }
     }
 

@@ -314,7 +314,7 @@ pub fn to_hex(v: &[u8]) -> String {
 
 /// Decode hex text (no separators) into bytes. `Err(index)` names the first bad character.
 pub fn from_hex(text: &[u8]) -> Result<Vec<u8>, usize> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(text.len());
     }
     text.chunks_exact(2)
@@ -336,7 +336,7 @@ pub fn from_hex(text: &[u8]) -> Result<Vec<u8>, usize> {
 #[inline]
 fn nibble(v: &[u8], i: usize) -> u8 {
     let b = v[i / 2];
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         b >> 4
     } else {
         b & 0xF

@@ -34,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use switchyard_iso8583::datetime::Civil;
 use switchyard_iso8583::spec::{DataClass, FieldSpec, LengthKind};
 use switchyard_iso8583::{MessageBuilder, MessageView, Mti, Spec};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -1045,31 +1046,7 @@ fn restore_stan(mut view: MessageView<'static>, stan: Option<Stan>) -> Reply {
 /// Field 7 (MMDDhhmmss, UTC) for `now`.
 fn transmission_time(now: SystemTime) -> [u8; 10] {
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let mut out = [0u8; 10];
-    for (i, v) in [
-        month as u64,
-        day as u64,
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        out[2 * i] = b'0' + (v / 10) as u8;
-        out[2 * i + 1] = b'0' + (v % 10) as u8;
-    }
-    out
+    Civil::from_unix(i64::try_from(secs).unwrap_or(0)).mmddhhmmss()
 }
 
 /// Capped exponential backoff with jitter: attempt k waits a random time between half and

@@ -76,7 +76,7 @@ fn parse_hex_input(text: &[u8]) -> anyhow::Result<Vec<u8>> {
             "input: not hex at character {at} (use --raw for binary input)"
         ));
     }
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(anyhow!(
             "input: odd number of hex digits ({})",
             digits.len()

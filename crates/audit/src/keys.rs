@@ -1,0 +1,207 @@
+//! The two audit keys: the chain key (HMAC-SHA256 over each record and the previous chain
+//! value: tamper evidence) and the PAN key (HMAC-SHA256 of each PAN: search without storing
+//! the PAN). They are separate so that whoever may search by PAN cannot forge the chain.
+//!
+//! Keys come from files or environment variables; a missing key is an error. Demo keys
+//! exist for the embedded default configuration and say so wherever they are used.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use ring::hmac;
+
+use crate::error::{AuditError, Result};
+
+/// Where a key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A file holding the key as 64+ hex characters or 32+ raw bytes.
+    File(PathBuf),
+    /// An environment variable holding the key as hex.
+    Env(String),
+    /// The built-in demo key (for the embedded default config and tests only).
+    Demo,
+}
+
+/// The audit keys.
+pub struct AuditKeys {
+    chain: hmac::Key,
+    pan: hmac::Key,
+    demo: bool,
+}
+
+impl fmt::Debug for AuditKeys {
+    /// Never the keys: only whether they are the demo keys.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditKeys")
+            .field("demo", &self.demo)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The warning printed wherever demo keys are in use.
+pub const DEMO_WARNING: &str =
+    "DEMO AUDIT KEYS IN USE: the audit chain and PAN hashes are keyed with public demo keys; \
+     never run a real card through this configuration";
+
+const DEMO_CHAIN: &[u8] = b"switchyard demo audit chain key -- public, not for production";
+const DEMO_PAN: &[u8] = b"switchyard demo audit PAN key ---- public, not for production";
+
+fn parse_material(name: &'static str, raw: &[u8]) -> Result<Vec<u8>> {
+    let trimmed = raw.trim_ascii();
+    let is_hex = trimmed.len().is_multiple_of(2) && trimmed.iter().all(u8::is_ascii_hexdigit);
+    let key = if is_hex {
+        trimmed
+            .chunks(2)
+            .map(|p| {
+                let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                hex(p[0]) << 4 | hex(p[1])
+            })
+            .collect()
+    } else {
+        raw.to_vec()
+    };
+    if key.len() < 32 {
+        return Err(AuditError::Key {
+            name,
+            reason: format!(
+                "{} bytes of key material; at least 32 are required",
+                key.len()
+            ),
+        });
+    }
+    Ok(key)
+}
+
+fn load(name: &'static str, source: &KeySource) -> Result<(Vec<u8>, bool)> {
+    match source {
+        KeySource::Demo => Ok((
+            if name == "chain" {
+                DEMO_CHAIN
+            } else {
+                DEMO_PAN
+            }
+            .to_vec(),
+            true,
+        )),
+        KeySource::File(path) => {
+            let raw = std::fs::read(path).map_err(|e| AuditError::Key {
+                name,
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            Ok((parse_material(name, &raw)?, false))
+        }
+        KeySource::Env(var) => {
+            let raw = std::env::var(var).map_err(|_| AuditError::Key {
+                name,
+                reason: format!("environment variable {var} is not set"),
+            })?;
+            Ok((parse_material(name, raw.as_bytes())?, false))
+        }
+    }
+}
+
+impl AuditKeys {
+    /// Load both keys. They must differ.
+    pub fn load(chain: &KeySource, pan: &KeySource) -> Result<AuditKeys> {
+        let (chain_key, chain_demo) = load("chain", chain)?;
+        let (pan_key, pan_demo) = load("pan", pan)?;
+        if chain_key == pan_key {
+            return Err(AuditError::Key {
+                name: "pan",
+                reason: "the PAN key must differ from the chain key".into(),
+            });
+        }
+        let demo = chain_demo || pan_demo;
+        if demo {
+            tracing::warn!("{DEMO_WARNING}");
+        }
+        Ok(AuditKeys {
+            chain: hmac::Key::new(hmac::HMAC_SHA256, &chain_key),
+            pan: hmac::Key::new(hmac::HMAC_SHA256, &pan_key),
+            demo,
+        })
+    }
+
+    /// The demo keys.
+    pub fn demo() -> AuditKeys {
+        Self::load(&KeySource::Demo, &KeySource::Demo).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Whether any key is a demo key.
+    pub fn is_demo(&self) -> bool {
+        self.demo
+    }
+
+    /// The keyed hash of a PAN, as 64 lower-case hex characters.
+    pub fn pan_hash(&self, pan: &[u8]) -> String {
+        hex(hmac::sign(&self.pan, pan).as_ref())
+    }
+
+    pub(crate) fn chain_key(&self) -> &hmac::Key {
+        &self.chain
+    }
+}
+
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_files_and_environment_and_their_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = dir.path().join("chain.key");
+        std::fs::write(&chain, format!("{}\n", "ab".repeat(32))).unwrap();
+        let raw = dir.path().join("pan.key");
+        std::fs::write(&raw, [7u8; 40]).unwrap();
+        let keys = AuditKeys::load(&KeySource::File(chain.clone()), &KeySource::File(raw)).unwrap();
+        assert!(!keys.is_demo());
+        assert_eq!(keys.pan_hash(b"4761739001010119").len(), 64);
+        assert!(!format!("{keys:?}").contains("ab"));
+
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "abcd").unwrap();
+        let err = AuditKeys::load(&KeySource::File(short), &KeySource::Demo)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 32"), "{err}");
+        assert!(!err.contains("abcd"));
+        let err = AuditKeys::load(
+            &KeySource::Env("SWITCHYARD_TEST_UNSET_KEY".into()),
+            &KeySource::Demo,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("SWITCHYARD_TEST_UNSET_KEY is not set"),
+            "{err}"
+        );
+        let same = AuditKeys::load(&KeySource::File(chain.clone()), &KeySource::File(chain));
+        assert!(same.is_err(), "chain and PAN keys must differ");
+        assert!(AuditKeys::demo().is_demo());
+    }
+
+    #[test]
+    fn pan_hashes_are_keyed() {
+        let demo = AuditKeys::demo();
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "11".repeat(32)).unwrap();
+        std::fs::write(&b, "22".repeat(32)).unwrap();
+        let other = AuditKeys::load(&KeySource::File(a), &KeySource::File(b)).unwrap();
+        let pan = b"4761739001010119";
+        assert_eq!(demo.pan_hash(pan), demo.pan_hash(pan));
+        assert_ne!(demo.pan_hash(pan), other.pan_hash(pan));
+    }
+}

@@ -1,0 +1,33 @@
+//! `switchyard-audit`: the bank's record of every transaction the switch touches.
+//!
+//! Append-only segment files, group-committed (one write and one `fdatasync` for many
+//! records), each record CRC-checked and chained to the one before by HMAC-SHA256 under a
+//! chain key, so that any edit, deletion or reordering is found by [`verify`]. Messages are
+//! stored in protected form: PAN as 6 + 4 plus a keyed hash, tracks, PIN blocks and CVVs
+//! never, EMV data only through an allow-list.
+//!
+//! # Layout
+//! - [`format`]: segment header and record layout, CRC and chain.
+//! - [`log`]: [`AuditLog`]: recovery on open, the group-commit writer, the failed state.
+//! - [`reader`]: reading every record, and [`verify`].
+//! - [`record`]: [`PairRecord`] and the protected form of a message.
+//! - [`query`]: filters and reconciliation totals.
+//! - [`keys`]: the chain and PAN keys.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod format;
+pub mod keys;
+pub mod log;
+pub mod query;
+pub mod reader;
+pub mod record;
+
+pub use error::{AuditError, Result};
+pub use format::RecordKind;
+pub use keys::{AuditKeys, KeySource, DEMO_WARNING};
+pub use log::{AuditConfig, AuditLog, AuditStats, Recovery};
+pub use query::{query, report, Filter, ReportRow, Totals};
+pub use reader::{for_each, verify, RecordRef, VerifyReport};
+pub use record::{protect, Outcome, PairRecord, ProtectedMessage, ProtectedPan};

@@ -1,0 +1,752 @@
+//! The writer: recovery on open, group commit, rotation, and the failed state.
+//!
+//! One OS thread owns the files (writes and `fdatasync` block, so they stay off the async
+//! runtime). Appenders queue records on a bounded channel; the thread takes everything
+//! queued, waits up to the batch window for more (or until the batch is full), writes the
+//! batch with one `write` (large batches with one per few MiB) and one `fdatasync`, then
+//! answers every waiter of the batch. A write or sync error puts the log in the failed
+//! state for good: every waiter and every later append gets the error, and nothing is
+//! retried (a retried fsync can report success for data the kernel already dropped).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{AuditError, Result};
+use crate::format::{
+    self, encode_record, end_of_data, read_slot, segment_name, Chain, RecordKind, SegmentHeader,
+    Slot, HEADER_LEN, RECORD_OVERHEAD,
+};
+use crate::keys::AuditKeys;
+
+/// Settings of one audit log.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// Size of each segment file (created at this size).
+    pub segment_bytes: u64,
+    /// How long the writer waits for more records after the first of a batch.
+    pub batch_window: Duration,
+    /// Records in one batch at most.
+    pub max_batch_records: usize,
+    /// Bytes in one write at most (a torn tail is never longer than this).
+    pub max_write_bytes: usize,
+    /// Records queued for the writer at most.
+    pub queue_depth: usize,
+    /// Payload bytes of one record at most.
+    pub max_record_bytes: usize,
+    /// Test hook: fail the n-th `fdatasync` from now (the disk-failure tests).
+    #[doc(hidden)]
+    pub fault: Option<Arc<SyncFault>>,
+}
+
+/// Test hook: the number of syncs that still succeed before one fails.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SyncFault(pub AtomicI64);
+
+impl AuditConfig {
+    /// Defaults for a log in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> AuditConfig {
+        AuditConfig {
+            dir: dir.into(),
+            segment_bytes: 64 << 20,
+            batch_window: Duration::from_micros(200),
+            max_batch_records: 4096,
+            max_write_bytes: 4 << 20,
+            queue_depth: 65_536,
+            max_record_bytes: 256 << 10,
+            fault: None,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let largest = (HEADER_LEN + RECORD_OVERHEAD + self.max_record_bytes) as u64;
+        if self.segment_bytes < 2 * largest {
+            return Err(AuditError::Config(format!(
+                "segment size {} must hold at least two of the largest records ({largest} bytes)",
+                self.segment_bytes
+            )));
+        }
+        if self.max_batch_records == 0
+            || self.queue_depth == 0
+            || self.max_write_bytes < RECORD_OVERHEAD + self.max_record_bytes
+        {
+            return Err(AuditError::Config(
+                "batch size, queue depth and write size must fit at least one record".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What opening the log found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments present.
+    pub segments: usize,
+    /// Sequence number of the next record.
+    pub next_seq: u64,
+    /// Bytes of a torn tail removed from the newest segment.
+    pub torn_bytes: u64,
+    /// Where the torn bytes were copied before they were removed.
+    pub torn_copy: Option<PathBuf>,
+    /// Half-created segment files removed.
+    pub removed_incomplete: Vec<PathBuf>,
+}
+
+/// Counters of the writer (read by the switch's metrics).
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    /// Records made durable.
+    pub records: AtomicU64,
+    /// Batches committed (one fdatasync each).
+    pub batches: AtomicU64,
+    /// Bytes written.
+    pub bytes: AtomicU64,
+    /// Write or sync failures (the log fails at the first).
+    pub failures: AtomicU64,
+    /// Segments created.
+    pub segments_created: AtomicU64,
+    /// Nanoseconds spent in fdatasync, all batches together.
+    pub sync_nanos: AtomicU64,
+    /// Batches by record count: 1, 2, 3-4, 5-8, ... up to 2049+ (12 buckets).
+    pub batch_sizes: [AtomicU64; 12],
+    /// Sequence number of the last durable record.
+    pub last_seq: AtomicU64,
+}
+
+impl AuditStats {
+    /// The upper bound of each `batch_sizes` bucket (the last is unbounded).
+    pub const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048];
+
+    fn observe_batch(&self, records: u64) {
+        let i = Self::BATCH_BUCKETS
+            .iter()
+            .position(|&b| records <= b)
+            .unwrap_or(Self::BATCH_BUCKETS.len());
+        self.batch_sizes[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type Ack = oneshot::Sender<Result<u64>>;
+
+enum Command {
+    Append {
+        kind: RecordKind,
+        payload: Vec<u8>,
+        done: Option<Ack>,
+    },
+    Flush(Ack),
+}
+
+struct Shared {
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    stats: AuditStats,
+}
+
+impl Shared {
+    fn failure(&self) -> AuditError {
+        let reason = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        AuditError::Failed(reason.unwrap_or_else(|| "unknown".into()))
+    }
+}
+
+/// An open audit log. Appends from any task; one writer thread owns the files.
+pub struct AuditLog {
+    tx: Mutex<Option<mpsc::Sender<Command>>>,
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    max_record_bytes: usize,
+    queue_depth: usize,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dir", &self.dir)
+            .field("failed", &self.is_failed())
+            .finish()
+    }
+}
+
+impl AuditLog {
+    /// Open (or create) the log in `config.dir`, repairing a torn tail of the newest segment.
+    /// Corruption anywhere else refuses to open, naming the segment and offset.
+    pub fn open(config: AuditConfig, keys: Arc<AuditKeys>) -> Result<(AuditLog, Recovery)> {
+        config.validate()?;
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| AuditError::io(&dir, e))?;
+        let lock =
+            File::create(dir.join("LOCK")).map_err(|e| AuditError::io(dir.join("LOCK"), e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(AuditError::Locked(dir)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(AuditError::io(dir.join("LOCK"), e))
+            }
+        }
+        let (writer, recovery) = Writer::recover(config.clone(), keys, lock)?;
+        let shared = Arc::new(Shared {
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            stats: AuditStats::default(),
+        });
+        shared
+            .stats
+            .last_seq
+            .store(recovery.next_seq - 1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(config.queue_depth);
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx, &thread_shared))
+            .map_err(|e| AuditError::io(&dir, e))?;
+        let log = AuditLog {
+            tx: Mutex::new(Some(tx)),
+            shared,
+            writer: Mutex::new(Some(handle)),
+            max_record_bytes: config.max_record_bytes,
+            queue_depth: config.queue_depth,
+            dir,
+        };
+        Ok((log, recovery))
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Command>> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(self.shared.failure());
+        }
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(AuditError::Closed)
+    }
+
+    fn check_size(&self, payload: &[u8]) -> Result<()> {
+        if payload.is_empty() || payload.len() > self.max_record_bytes {
+            return Err(AuditError::TooLarge {
+                size: payload.len(),
+                max: self.max_record_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Append a record and wait until it is durable; its sequence number.
+    pub async fn append(&self, kind: RecordKind, payload: Vec<u8>) -> Result<u64> {
+        self.check_size(&payload)?;
+        let (done, durable) = oneshot::channel();
+        let command = Command::Append {
+            kind,
+            payload,
+            done: Some(done),
+        };
+        self.sender()?
+            .send(command)
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        durable.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Append a record without waiting for it (fire and forget). Fails at once when the log
+    /// has failed or its queue is full; a later write failure is seen by the next append.
+    pub fn append_nowait(&self, kind: RecordKind, payload: Vec<u8>) -> Result<()> {
+        self.check_size(&payload)?;
+        let command = Command::Append {
+            kind,
+            payload,
+            done: None,
+        };
+        self.sender()?.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => AuditError::QueueFull(self.queue_depth),
+            mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
+        })
+    }
+
+    /// Append a JSON-serialisable record and wait until it is durable.
+    pub async fn append_json<T: serde::Serialize>(
+        &self,
+        kind: RecordKind,
+        record: &T,
+    ) -> Result<u64> {
+        let payload = serde_json::to_vec(record).map_err(|e| AuditError::Config(e.to_string()))?;
+        self.append(kind, payload).await
+    }
+
+    /// Wait until every record queued before this call is durable; the last sequence number.
+    pub async fn flush(&self) -> Result<u64> {
+        let (done, durable) = oneshot::channel();
+        self.sender()?
+            .send(Command::Flush(done))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        durable.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Stop accepting records, write and sync what is queued, and stop the writer thread.
+    pub fn close(&self) -> Result<()> {
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(self.shared.failure());
+        }
+        Ok(())
+    }
+
+    /// Whether the log has failed (the switch must stop approving).
+    pub fn is_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &AuditStats {
+        &self.shared.stats
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Create a zero-filled file of `len` bytes at `path`, synced: the blocks exist before any
+/// record goes in, so an append never allocates and a full disk shows at creation.
+fn preallocate(path: &Path, len: u64) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = chunk.len().min((len - at) as usize);
+        file.write_all_at(&chunk[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+const SPARE_NAME: &str = "audit-next.seg.tmp";
+
+struct Writer {
+    config: AuditConfig,
+    keys: Arc<AuditKeys>,
+    _lock: File,
+    file: File,
+    path: PathBuf,
+    segment_len: u64,
+    /// Where the next record goes in the current segment.
+    offset: u64,
+    next_seq: u64,
+    chain: Chain,
+    /// The next segment, being zero-filled by a helper thread.
+    spare: Option<JoinHandle<std::io::Result<File>>>,
+    buf: Vec<u8>,
+    /// Running totals for the stats.
+    written: u64,
+    sync_nanos: u64,
+    created: u64,
+}
+
+impl Writer {
+    fn recover(
+        config: AuditConfig,
+        keys: Arc<AuditKeys>,
+        lock: File,
+    ) -> Result<(Writer, Recovery)> {
+        let dir = config.dir.clone();
+        let mut recovery = Recovery::default();
+        // A crash while creating a segment leaves only a .tmp file: it holds no record.
+        for entry in std::fs::read_dir(&dir).map_err(|e| AuditError::io(&dir, e))? {
+            let path = entry.map_err(|e| AuditError::io(&dir, e))?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                std::fs::remove_file(&path).map_err(|e| AuditError::io(&path, e))?;
+                recovery.removed_incomplete.push(path);
+            }
+        }
+        let segments = format::list_segments(&dir).map_err(|e| AuditError::io(&dir, e))?;
+        recovery.segments = segments.len().max(1);
+        let corrupt = |path: &Path, offset: u64, reason: String| AuditError::Corrupt {
+            segment: path.to_path_buf(),
+            offset,
+            reason,
+        };
+        // Older segments: their headers must read and follow each other.
+        let mut previous_first = None;
+        for (seq, path) in &segments {
+            let mut head = [0u8; HEADER_LEN];
+            let f = File::open(path).map_err(|e| AuditError::io(path, e))?;
+            f.read_exact_at(&mut head, 0)
+                .map_err(|_| corrupt(path, 0, "shorter than a segment header".into()))?;
+            let header = SegmentHeader::decode(&head).map_err(|r| corrupt(path, 0, r))?;
+            if header.first_seq != *seq || previous_first.is_some_and(|p| p >= *seq) {
+                return Err(corrupt(
+                    path,
+                    8,
+                    "first sequence number does not match the file name".into(),
+                ));
+            }
+            previous_first = Some(*seq);
+        }
+        let Some((_, path)) = segments.last() else {
+            let path = dir.join(segment_name(1));
+            let file = Self::create_segment(&config, &path, None, 1, &[0; 32])?;
+            let writer = Writer::new(
+                config,
+                keys,
+                lock,
+                file,
+                path,
+                HEADER_LEN as u64,
+                1,
+                [0; 32],
+            );
+            recovery.next_seq = 1;
+            return Ok((writer, recovery));
+        };
+        let path = path.clone();
+        let bytes = std::fs::read(&path).map_err(|e| AuditError::io(&path, e))?;
+        let header = SegmentHeader::decode(&bytes).map_err(|r| corrupt(&path, 0, r))?;
+        if bytes.len() as u64 != header.segment_len {
+            return Err(corrupt(
+                &path,
+                bytes.len() as u64,
+                format!(
+                    "segment is {} bytes, its header says {}",
+                    bytes.len(),
+                    header.segment_len
+                ),
+            ));
+        }
+        let (mut offset, mut seq, mut chain) = (HEADER_LEN, header.first_seq, header.prev_chain);
+        let damage = loop {
+            match read_slot(&bytes, offset, config.max_record_bytes) {
+                Slot::Record(r) => {
+                    if r.seq != seq {
+                        break Some(format!("sequence {} where {seq} was expected", r.seq));
+                    }
+                    if format::chain_of(keys.chain_key(), &chain, r.seq, r.kind, r.payload)
+                        != r.chain
+                    {
+                        break Some("chain value does not verify".to_string());
+                    }
+                    chain = r.chain;
+                    seq += 1;
+                    offset += r.len();
+                }
+                Slot::End if end_of_data(&bytes, offset) == offset => break None,
+                Slot::End => break Some("bytes after the end marker".into()),
+                Slot::Invalid(reason) => break Some(reason),
+            }
+        };
+        if let Some(reason) = damage {
+            let end = end_of_data(&bytes, offset);
+            // A crash tears at most the last write; anything longer is not a torn tail.
+            if end - offset > config.max_write_bytes {
+                return Err(corrupt(
+                    &path,
+                    offset as u64,
+                    format!("{reason}, followed by {} more bytes", end - offset),
+                ));
+            }
+            let torn_dir = dir.join("torn");
+            std::fs::create_dir_all(&torn_dir).map_err(|e| AuditError::io(&torn_dir, e))?;
+            let copy = torn_dir.join(format!(
+                "torn-{}-at-{offset}-{}.bin",
+                header.first_seq,
+                now_ms()
+            ));
+            let write_copy = || -> std::io::Result<()> {
+                let f = File::create(&copy)?;
+                f.write_all_at(&bytes[offset..end], 0)?;
+                f.sync_all()?;
+                sync_dir(&torn_dir)
+            };
+            write_copy().map_err(|e| AuditError::io(&copy, e))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| AuditError::io(&path, e))?;
+            f.write_all_at(&vec![0u8; end - offset], offset as u64)
+                .and_then(|_| f.sync_data())
+                .map_err(|e| AuditError::io(&path, e))?;
+            tracing::warn!(segment = %path.display(), offset, bytes = end - offset, %reason, copy = %copy.display(), "torn tail removed from the audit log");
+            recovery.torn_bytes = (end - offset) as u64;
+            recovery.torn_copy = Some(copy);
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| AuditError::io(&path, e))?;
+        recovery.next_seq = seq;
+        let writer = Writer::new(config, keys, lock, file, path, offset as u64, seq, chain);
+        Ok((writer, recovery))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        config: AuditConfig,
+        keys: Arc<AuditKeys>,
+        lock: File,
+        file: File,
+        path: PathBuf,
+        offset: u64,
+        next_seq: u64,
+        chain: Chain,
+    ) -> Writer {
+        Writer {
+            segment_len: config.segment_bytes,
+            buf: Vec::with_capacity(config.max_write_bytes.min(1 << 20)),
+            config,
+            keys,
+            _lock: lock,
+            file,
+            path,
+            offset,
+            next_seq,
+            chain,
+            spare: None,
+            written: 0,
+            sync_nanos: 0,
+            created: 0,
+        }
+    }
+
+    /// Write a new segment's header into a zero-filled file and give it its name.
+    fn create_segment(
+        config: &AuditConfig,
+        path: &Path,
+        spare: Option<File>,
+        first_seq: u64,
+        prev_chain: &Chain,
+    ) -> Result<File> {
+        let tmp = config.dir.join(SPARE_NAME);
+        let file = match spare {
+            Some(f) => f,
+            None => preallocate(&tmp, config.segment_bytes).map_err(|e| AuditError::io(&tmp, e))?,
+        };
+        let header = SegmentHeader {
+            first_seq,
+            prev_chain: *prev_chain,
+            segment_len: config.segment_bytes,
+        };
+        file.write_all_at(&header.encode(), 0)
+            .and_then(|_| file.sync_data())
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .and_then(|_| sync_dir(&config.dir))
+            .map_err(|e| AuditError::io(path, e))?;
+        Ok(file)
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Command>, shared: &Shared) {
+        let mut batch = Vec::with_capacity(self.config.max_batch_records);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            let deadline = Instant::now() + self.config.batch_window;
+            loop {
+                while batch.len() < self.config.max_batch_records {
+                    match rx.try_recv() {
+                        Ok(c) => batch.push(c),
+                        Err(_) => break,
+                    }
+                }
+                let now = Instant::now();
+                if batch.len() >= self.config.max_batch_records || now >= deadline {
+                    break;
+                }
+                std::thread::sleep((deadline - now).min(Duration::from_micros(50)));
+            }
+            self.commit(&mut batch, shared);
+        }
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+            let _ = std::fs::remove_file(self.config.dir.join(SPARE_NAME));
+        }
+    }
+
+    /// Make a batch durable and answer its waiters.
+    fn commit(&mut self, batch: &mut Vec<Command>, shared: &Shared) {
+        if shared.failed.load(Ordering::Acquire) {
+            let err = shared.failure();
+            for command in batch.drain(..) {
+                reply(command, Err(AuditError::Failed(err.to_string())));
+            }
+            return;
+        }
+        let mut acks: Vec<(Ack, u64)> = Vec::with_capacity(batch.len());
+        let mut records = 0u64;
+        let mut result = Ok(());
+        for command in batch.drain(..) {
+            match command {
+                Command::Append {
+                    kind,
+                    payload,
+                    done,
+                } => {
+                    if result.is_ok() {
+                        result = self.add(kind, &payload);
+                        records += u64::from(result.is_ok());
+                    }
+                    if let Some(done) = done {
+                        acks.push((done, self.next_seq - 1));
+                    }
+                }
+                Command::Flush(done) => acks.push((done, self.next_seq - 1)),
+            }
+        }
+        match result
+            .and_then(|_| self.write_buf())
+            .and_then(|_| self.sync())
+        {
+            Ok(()) => {
+                let s = &shared.stats;
+                s.records.fetch_add(records, Ordering::Relaxed);
+                s.batches.fetch_add(1, Ordering::Relaxed);
+                s.observe_batch(records);
+                s.last_seq.store(self.next_seq - 1, Ordering::Release);
+                s.bytes.store(self.written, Ordering::Relaxed);
+                s.sync_nanos.store(self.sync_nanos, Ordering::Relaxed);
+                s.segments_created.store(self.created, Ordering::Relaxed);
+                for (done, seq) in acks {
+                    let _ = done.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                // Nothing of this batch is known to be durable: every waiter hears why.
+                let reason = e.to_string();
+                tracing::error!(error = %reason, "audit log write failed: the log stops accepting records");
+                shared.stats.failures.fetch_add(1, Ordering::Relaxed);
+                *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+                shared.failed.store(true, Ordering::Release);
+                for (done, _) in acks {
+                    let _ = done.send(Err(AuditError::Failed(reason.clone())));
+                }
+                return;
+            }
+        }
+        // Start zero-filling the next segment once this one is half full.
+        if self.spare.is_none() && self.offset > self.segment_len / 2 {
+            let (tmp, len) = (self.config.dir.join(SPARE_NAME), self.segment_len);
+            self.spare = Some(std::thread::spawn(move || preallocate(&tmp, len)));
+        }
+    }
+
+    /// Encode one record into the buffer, rotating the segment when it does not fit.
+    fn add(&mut self, kind: RecordKind, payload: &[u8]) -> Result<()> {
+        let need = (RECORD_OVERHEAD + payload.len()) as u64;
+        if self.offset + self.buf.len() as u64 + need > self.segment_len {
+            self.write_buf()?;
+            self.sync()?;
+            self.rotate()?;
+        } else if self.buf.len() + need as usize > self.config.max_write_bytes {
+            self.write_buf()?;
+        }
+        self.chain = encode_record(
+            &mut self.buf,
+            self.keys.chain_key(),
+            &self.chain,
+            self.next_seq,
+            kind,
+            payload,
+        );
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    fn write_buf(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(&self.buf, self.offset)
+            .map_err(|e| AuditError::io(&self.path, e))?;
+        self.offset += self.buf.len() as u64;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        if let Some(fault) = &self.config.fault {
+            if fault.0.fetch_sub(1, Ordering::AcqRel) <= 0 {
+                return Err(AuditError::io(
+                    &self.path,
+                    std::io::Error::other("injected fdatasync failure"),
+                ));
+            }
+        }
+        let started = Instant::now();
+        let synced = self
+            .file
+            .sync_data()
+            .map_err(|e| AuditError::io(&self.path, e));
+        self.sync_nanos += started.elapsed().as_nanos() as u64;
+        synced
+    }
+
+    fn rotate(&mut self) -> Result<()> {
+        let spare = match self.spare.take() {
+            Some(handle) => match handle.join() {
+                Ok(Ok(file)) => Some(file),
+                Ok(Err(e)) => return Err(AuditError::io(self.config.dir.join(SPARE_NAME), e)),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let path = self.config.dir.join(segment_name(self.next_seq));
+        self.file = Self::create_segment(&self.config, &path, spare, self.next_seq, &self.chain)?;
+        self.path = path;
+        self.offset = HEADER_LEN as u64;
+        self.created += 1;
+        Ok(())
+    }
+}
+
+fn reply(command: Command, result: Result<u64>) {
+    match command {
+        Command::Append {
+            done: Some(done), ..
+        }
+        | Command::Flush(done) => {
+            let _ = done.send(result);
+        }
+        Command::Append { done: None, .. } => {}
+    }
+}

@@ -1,0 +1,189 @@
+//! Searching pair records and totalling them for reconciliation.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+use switchyard_iso8583::datetime::Civil;
+
+use crate::error::{AuditError, Result};
+use crate::format::RecordKind;
+use crate::reader::for_each;
+use crate::record::{Outcome, PairRecord};
+
+/// Which pair records a query returns; every field set must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Field 41.
+    pub terminal: Option<String>,
+    /// Field 42.
+    pub merchant: Option<String>,
+    /// Field 37.
+    pub rrn: Option<String>,
+    /// The terminal's or the issuer's STAN.
+    pub stan: Option<String>,
+    /// Field 39 of the answer.
+    pub response_code: Option<String>,
+    /// The outcome.
+    pub outcome: Option<Outcome>,
+    /// Received at or after (microseconds since the epoch).
+    pub from_us: Option<i64>,
+    /// Received before.
+    pub to_us: Option<i64>,
+    /// The PAN's keyed hash (see [`crate::AuditKeys::pan_hash`]).
+    pub pan_hash: Option<String>,
+}
+
+impl Filter {
+    /// Whether `r` matches.
+    pub fn matches(&self, r: &PairRecord) -> bool {
+        let eq = |want: &Option<String>, have: &Option<String>| {
+            want.as_ref()
+                .is_none_or(|w| have.as_deref() == Some(w.as_str()))
+        };
+        eq(&self.terminal, &r.terminal)
+            && eq(&self.merchant, &r.merchant)
+            && eq(&self.rrn, &r.rrn)
+            && self
+                .stan
+                .as_ref()
+                .is_none_or(|s| r.stan.as_deref() == Some(s) || r.issuer_stan.as_deref() == Some(s))
+            && eq(&self.response_code, &r.response_code)
+            && self.outcome.is_none_or(|o| r.outcome == Some(o))
+            && self.from_us.is_none_or(|t| r.received_us >= t)
+            && self.to_us.is_none_or(|t| r.received_us < t)
+            && self
+                .pan_hash
+                .as_ref()
+                .is_none_or(|h| r.pan.as_ref().is_some_and(|p| &p.hash == h))
+    }
+}
+
+/// Call `each` with every pair record that matches `filter`, in log order; the number of
+/// matches.
+pub fn query(dir: &Path, filter: &Filter, mut each: impl FnMut(u64, PairRecord)) -> Result<u64> {
+    let mut matched = 0;
+    for_each(dir, |r| {
+        if r.kind != Some(RecordKind::Pair) {
+            return Ok(());
+        }
+        let pair: PairRecord =
+            serde_json::from_slice(r.payload).map_err(|e| AuditError::Payload {
+                seq: r.seq,
+                reason: e.to_string(),
+            })?;
+        if filter.matches(&pair) {
+            matched += 1;
+            each(r.seq, pair);
+        }
+        Ok(())
+    })?;
+    Ok(matched)
+}
+
+/// Counts and amounts of one group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Pair records in the group.
+    pub count: u64,
+    /// Approved requests.
+    pub approved: u64,
+    /// Their amount (minor units).
+    pub approved_amount: u64,
+    /// Declined requests.
+    pub declined: u64,
+    /// Their amount.
+    pub declined_amount: u64,
+    /// Acknowledged reversals.
+    pub reversed: u64,
+    /// Their amount.
+    pub reversed_amount: u64,
+    /// Requests whose outcome was unknown (timeout or connection lost).
+    pub timed_out: u64,
+    /// Their amount.
+    pub timed_out_amount: u64,
+    /// Everything else (format errors, no route, link down, network management...).
+    pub other: u64,
+}
+
+impl Totals {
+    fn add(&mut self, r: &PairRecord) {
+        let amount = r.amount.unwrap_or(0);
+        let approved = r
+            .response_code
+            .as_deref()
+            .is_some_and(Outcome::is_approval_code);
+        self.count += 1;
+        let is_reversal = r.request_mti.get(1..2) == Some("4");
+        match r.outcome {
+            Some(Outcome::Reversed) => {
+                (self.reversed, self.reversed_amount) =
+                    (self.reversed + 1, self.reversed_amount + amount)
+            }
+            _ if is_reversal && approved => {
+                (self.reversed, self.reversed_amount) =
+                    (self.reversed + 1, self.reversed_amount + amount)
+            }
+            Some(Outcome::Approved) => {
+                (self.approved, self.approved_amount) =
+                    (self.approved + 1, self.approved_amount + amount)
+            }
+            Some(Outcome::Declined) => {
+                (self.declined, self.declined_amount) =
+                    (self.declined + 1, self.declined_amount + amount)
+            }
+            Some(Outcome::Timeout | Outcome::ConnectionLost) => {
+                (self.timed_out, self.timed_out_amount) =
+                    (self.timed_out + 1, self.timed_out_amount + amount)
+            }
+            _ => self.other += 1,
+        }
+    }
+}
+
+/// One line of a reconciliation report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportRow {
+    /// `day`, `issuer`, `merchant` or `terminal`.
+    pub dimension: &'static str,
+    /// The day (`YYYY-MM-DD`, UTC), issuer link, merchant id or terminal id.
+    pub key: String,
+    /// Field 49 (amounts are only added up within one currency).
+    pub currency: String,
+    /// The totals.
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// Totals per day, issuer, merchant and terminal (each per currency) over the pair records
+/// that match `filter`.
+pub fn report(dir: &Path, filter: &Filter) -> Result<Vec<ReportRow>> {
+    let mut groups: BTreeMap<(usize, String, String), Totals> = BTreeMap::new();
+    const DIMENSIONS: [&str; 4] = ["day", "issuer", "merchant", "terminal"];
+    query(dir, filter, |_, r| {
+        let day = Civil::from_unix(r.received_us.div_euclid(1_000_000)).date_string();
+        let currency = r.currency.clone().unwrap_or_else(|| "-".into());
+        let keys = [
+            Some(day),
+            r.issuer.clone(),
+            r.merchant.clone(),
+            r.terminal.clone(),
+        ];
+        for (i, key) in keys.into_iter().enumerate() {
+            let key = key.unwrap_or_else(|| "-".into());
+            groups
+                .entry((i, key, currency.clone()))
+                .or_default()
+                .add(&r);
+        }
+    })?;
+    Ok(groups
+        .into_iter()
+        .map(|((i, key, currency), totals)| ReportRow {
+            dimension: DIMENSIONS[i],
+            key,
+            currency,
+            totals,
+        })
+        .collect())
+}

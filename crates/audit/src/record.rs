@@ -1,0 +1,296 @@
+//! What a pair record holds, and the protected form of a message (PCI DSS 3.3, 3.4).
+//!
+//! A message is stored field by field as text (binary fields as hex), except:
+//! - the PAN (field 2, or any field whose spec class is `pan`): first 6 + last 4 only, and
+//!   beside the record an HMAC-SHA256 of the full PAN under the PAN key, for search;
+//! - track data (35, 36, 45), the PIN block (52) and anything the spec marks `track`, `pin`
+//!   or `cvv`: never stored, not even encrypted; only their presence is listed in `withheld`;
+//! - EMV data (55, or class `emv`): only the tags of [`EMV_ALLOW_LIST`], re-encoded; card
+//!   data tags are dropped even if a future allow-list named them. Malformed TLV is withheld.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use switchyard_iso8583::mask::mask_pan;
+use switchyard_iso8583::spec::Sensitivity;
+use switchyard_iso8583::tlv;
+use switchyard_iso8583::MessageView;
+
+use crate::keys::AuditKeys;
+
+/// Fields never stored whatever the spec says: tracks 2, 3 and 1, and the PIN block.
+pub const NEVER_STORED: &[u8] = &[35, 36, 45, 52];
+
+/// EMV tags kept in the audit log: cryptograms, terminal and transaction data that carry no
+/// cardholder data.
+pub const EMV_ALLOW_LIST: &[u32] = &[
+    0x4F, 0x50, 0x82, 0x84, 0x8A, 0x91, 0x95, 0x9A, 0x9B, 0x9C, 0x5F24, 0x5F2A, 0x5F34, 0x9F02,
+    0x9F03, 0x9F06, 0x9F07, 0x9F09, 0x9F10, 0x9F1A, 0x9F1E, 0x9F21, 0x9F26, 0x9F27, 0x9F33, 0x9F34,
+    0x9F35, 0x9F36, 0x9F37, 0x9F41, 0x9F53, 0x9F6E,
+];
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The issuer approved (39 = 00, 08, 10, 11, 16, Y1, Y3).
+    Approved,
+    /// The issuer declined.
+    Declined,
+    /// Sent, no answer by the deadline (outcome unknown, reversed).
+    Timeout,
+    /// No route for the card (39 = 15).
+    NoRoute,
+    /// The request did not decode (39 = 30).
+    FormatError,
+    /// The issuer link was down (39 = 91, not sent).
+    LinkDown,
+    /// The issuer link was busy (39 = 91, not sent).
+    LinkBusy,
+    /// The connection to the issuer was lost with the request on it (outcome unknown).
+    ConnectionLost,
+    /// Unsupported message type (39 = 12).
+    InvalidTransaction,
+    /// A duplicate of a request in flight (39 = 94).
+    Duplicate,
+    /// Answered by the switch itself (network management, stand-in).
+    SwitchAnswered,
+    /// A reversal the issuer acknowledged.
+    Reversed,
+    /// Internal error (39 = 96).
+    SystemError,
+}
+
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 13] = [
+        Outcome::Approved,
+        Outcome::Declined,
+        Outcome::Timeout,
+        Outcome::NoRoute,
+        Outcome::FormatError,
+        Outcome::LinkDown,
+        Outcome::LinkBusy,
+        Outcome::ConnectionLost,
+        Outcome::InvalidTransaction,
+        Outcome::Duplicate,
+        Outcome::SwitchAnswered,
+        Outcome::Reversed,
+        Outcome::SystemError,
+    ];
+
+    /// The kebab-case name used in JSON, metrics and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Approved => "approved",
+            Outcome::Declined => "declined",
+            Outcome::Timeout => "timeout",
+            Outcome::NoRoute => "no-route",
+            Outcome::FormatError => "format-error",
+            Outcome::LinkDown => "link-down",
+            Outcome::LinkBusy => "link-busy",
+            Outcome::ConnectionLost => "connection-lost",
+            Outcome::InvalidTransaction => "invalid-transaction",
+            Outcome::Duplicate => "duplicate",
+            Outcome::SwitchAnswered => "switch-answered",
+            Outcome::Reversed => "reversed",
+            Outcome::SystemError => "system-error",
+        }
+    }
+
+    /// The outcome with this name.
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.name() == name)
+    }
+
+    /// Whether a response code means approval.
+    pub fn is_approval_code(code: &str) -> bool {
+        matches!(code, "00" | "08" | "10" | "11" | "16" | "Y1" | "Y3")
+    }
+}
+
+/// A PAN as the log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtectedPan {
+    /// First 6 + last 4.
+    pub masked: String,
+    /// HMAC-SHA256 of the PAN under the PAN key, hex.
+    pub hash: String,
+}
+
+/// A message as the log keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtectedMessage {
+    /// The MTI.
+    pub mti: String,
+    /// Field number to protected text.
+    pub fields: BTreeMap<u8, String>,
+    /// Fields that were present and are not stored (tracks, PIN block, CVV, bad EMV data).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<u8>,
+}
+
+/// The protected form of `view`, and its PAN's protected form when it has one.
+pub fn protect(
+    view: &MessageView<'_>,
+    keys: &AuditKeys,
+) -> (ProtectedMessage, Option<ProtectedPan>) {
+    let mut message = ProtectedMessage {
+        mti: view.mti().as_str().to_string(),
+        ..ProtectedMessage::default()
+    };
+    let mut pan = None;
+    for field in view.fields() {
+        let n = field.number;
+        let sensitivity = field.spec.sensitivity;
+        let text = if NEVER_STORED.contains(&n)
+            || matches!(
+                sensitivity,
+                Sensitivity::Track | Sensitivity::Pin | Sensitivity::Cvv
+            ) {
+            None
+        } else if n == 2 || sensitivity == Sensitivity::Pan {
+            let value = field.value();
+            if n == 2 || pan.is_none() {
+                pan = Some(ProtectedPan {
+                    masked: mask_pan(&value),
+                    hash: keys.pan_hash(&value),
+                });
+            }
+            Some(mask_pan(&value))
+        } else if n == 55 || sensitivity == Sensitivity::Emv {
+            filter_emv(&field.value())
+        } else {
+            Some(field.text())
+        };
+        match text {
+            Some(t) => {
+                message.fields.insert(n, t);
+            }
+            None => message.withheld.push(n),
+        }
+    }
+    (message, pan)
+}
+
+/// The allowed primitive tags of `data`, re-encoded as hex; `None` when it is not BER-TLV.
+fn filter_emv(data: &[u8]) -> Option<String> {
+    let mut kept = Vec::with_capacity(data.len());
+    collect_allowed(data, &mut kept)?;
+    Some(switchyard_iso8583::wire::to_hex(&kept))
+}
+
+fn collect_allowed(data: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    for item in tlv::iter(data) {
+        let t = item.ok()?;
+        if t.constructed {
+            collect_allowed(t.value, out)?;
+        } else if EMV_ALLOW_LIST.contains(&t.tag) && !t.is_sensitive() {
+            tlv::push(out, t.tag, t.value);
+        }
+    }
+    Some(())
+}
+
+/// One transaction as the log keeps it: the terminal's request, what the switch did with it,
+/// and the answer the terminal got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairRecord {
+    /// When the request was read (microseconds since the Unix epoch).
+    pub received_us: i64,
+    /// When it was forwarded to the issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_us: Option<i64>,
+    /// When the terminal was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_us: Option<i64>,
+    /// Microseconds from receipt to answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+    /// The listener the request came in on.
+    pub listener: String,
+    /// Field 41.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<String>,
+    /// Field 42.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant: Option<String>,
+    /// The route taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The issuer link used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Request MTI.
+    pub request_mti: String,
+    /// Response MTI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_mti: Option<String>,
+    /// The terminal's STAN (field 11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stan: Option<String>,
+    /// The STAN the issuer saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_stan: Option<String>,
+    /// Field 37.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rrn: Option<String>,
+    /// Field 4, in minor units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<u64>,
+    /// Field 49.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Field 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing_code: Option<String>,
+    /// Field 39 of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_code: Option<String>,
+    /// How it ended.
+    pub outcome: Option<Outcome>,
+    /// The PAN, protected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pan: Option<ProtectedPan>,
+    /// The request, protected.
+    pub request: ProtectedMessage,
+    /// The answer, protected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<ProtectedMessage>,
+}
+
+impl PairRecord {
+    /// A record of `request` with its identifying fields filled in.
+    pub fn from_request(
+        listener: &str,
+        request: &MessageView<'_>,
+        keys: &AuditKeys,
+        received_us: i64,
+    ) -> PairRecord {
+        let (message, pan) = protect(request, keys);
+        let text = |n| request.field(n).map(|f| f.text());
+        PairRecord {
+            received_us,
+            listener: listener.to_string(),
+            terminal: text(41).map(|t| t.trim_end().to_string()),
+            merchant: text(42).map(|t| t.trim_end().to_string()),
+            request_mti: request.mti().as_str().to_string(),
+            stan: text(11),
+            rrn: text(37),
+            amount: request.field(4).and_then(|f| f.as_u64()),
+            currency: text(49),
+            processing_code: text(3),
+            pan,
+            request: message,
+            ..PairRecord::default()
+        }
+    }
+
+    /// Add the answer the terminal got.
+    pub fn set_response(&mut self, response: &MessageView<'_>, keys: &AuditKeys) {
+        let (message, _) = protect(response, keys);
+        self.response_mti = Some(message.mti.clone());
+        self.response_code = response.field(39).map(|f| f.text());
+        self.response = Some(message);
+    }
+}
