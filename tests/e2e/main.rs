@@ -4,6 +4,7 @@
 // Test helpers outside #[test] functions: a failed unwrap is a failed test here.
 #![allow(clippy::unwrap_used)]
 
+mod audit_cli;
 mod cli;
 mod interop;
 mod support;

@@ -22,7 +22,7 @@
 //! | 8..16 | sequence number (u64 LE), one more than the previous record's |
 //! | 16 | record kind |
 //! | 17..17+n | payload (JSON) |
-//! | 17+n..49+n | chain value: HMAC-SHA256(chain key, previous chain value ‖ bytes 8..17+n) |
+//! | 17+n..49+n | chain value: HMAC-SHA256(chain key, previous chain value ‖ seq ‖ kind ‖ SHA-256(payload)) |
 //!
 //! The CRC finds torn writes and bit rot; the keyed chain finds any edit, deletion,
 //! insertion or reordering by someone without the chain key.
@@ -161,13 +161,30 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(segments)
 }
 
-/// The chain value of a record: HMAC(key, previous ‖ seq ‖ kind ‖ payload).
-pub fn chain_of(key: &hmac::Key, prev: &Chain, seq: u64, kind: u8, payload: &[u8]) -> Chain {
+/// SHA-256 of a payload. Appenders compute it on their own threads, so the writer's
+/// sequential part of the chain is one short HMAC per record whatever the record's size.
+pub type Digest = [u8; 32];
+
+/// The digest of `payload`.
+pub fn digest(payload: &[u8]) -> Digest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, payload).as_ref());
+    out
+}
+
+/// The chain value of a record: HMAC(key, previous ‖ seq ‖ kind ‖ SHA-256(payload)).
+pub fn chain_of(
+    key: &hmac::Key,
+    prev: &Chain,
+    seq: u64,
+    kind: u8,
+    payload_digest: &Digest,
+) -> Chain {
     let mut ctx = hmac::Context::with_key(key);
     ctx.update(prev);
     ctx.update(&seq.to_le_bytes());
     ctx.update(&[kind]);
-    ctx.update(payload);
+    ctx.update(payload_digest);
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.sign().as_ref());
     out
@@ -181,8 +198,9 @@ pub fn encode_record(
     seq: u64,
     kind: RecordKind,
     payload: &[u8],
+    payload_digest: &Digest,
 ) -> Chain {
-    let chain = chain_of(key, prev, seq, kind.code(), payload);
+    let chain = chain_of(key, prev, seq, kind.code(), payload_digest);
     let start = out.len();
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -292,8 +310,17 @@ mod tests {
     fn records_round_trip_and_damage_is_seen() {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &[9u8; 32]);
         let mut seg = vec![0u8; HEADER_LEN];
-        let c1 = encode_record(&mut seg, &key, &[0; 32], 1, RecordKind::Pair, b"{\"a\":1}");
-        let c2 = encode_record(&mut seg, &key, &c1, 2, RecordKind::Event, b"{}");
+        let (p1, p2) = (&b"{\"a\":1}"[..], &b"{}"[..]);
+        let c1 = encode_record(
+            &mut seg,
+            &key,
+            &[0; 32],
+            1,
+            RecordKind::Pair,
+            p1,
+            &digest(p1),
+        );
+        let c2 = encode_record(&mut seg, &key, &c1, 2, RecordKind::Event, p2, &digest(p2));
         seg.resize(seg.len() + 100, 0);
         let Slot::Record(r1) = read_slot(&seg, HEADER_LEN, 1 << 20) else {
             panic!()
@@ -306,7 +333,7 @@ mod tests {
             panic!()
         };
         assert_eq!((r2.seq, r2.chain), (2, c2));
-        assert_eq!(chain_of(&key, &c1, 2, r2.kind, r2.payload), c2);
+        assert_eq!(chain_of(&key, &c1, 2, r2.kind, &digest(r2.payload)), c2);
         assert!(matches!(
             read_slot(&seg, HEADER_LEN + r1.len() + r2.len(), 1 << 20),
             Slot::End

@@ -23,22 +23,6 @@ pub enum KeySource {
     Demo,
 }
 
-/// The audit keys.
-pub struct AuditKeys {
-    chain: hmac::Key,
-    pan: hmac::Key,
-    demo: bool,
-}
-
-impl fmt::Debug for AuditKeys {
-    /// Never the keys: only whether they are the demo keys.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuditKeys")
-            .field("demo", &self.demo)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The warning printed wherever demo keys are in use.
 pub const DEMO_WARNING: &str =
     "DEMO AUDIT KEYS IN USE: the audit chain and PAN hashes are keyed with public demo keys; \
@@ -101,6 +85,63 @@ fn load(name: &'static str, source: &KeySource) -> Result<(Vec<u8>, bool)> {
     }
 }
 
+/// The chain key: HMAC-SHA256 over every record and the chain value before it.
+pub struct ChainKey(hmac::Key);
+
+/// The PAN key: HMAC-SHA256 of PANs, so that records can be found by card.
+pub struct PanKey(hmac::Key);
+
+impl fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChainKey(..)")
+    }
+}
+
+impl fmt::Debug for PanKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PanKey(..)")
+    }
+}
+
+impl ChainKey {
+    /// Load the chain key alone (what `audit verify` needs).
+    pub fn load(source: &KeySource) -> Result<ChainKey> {
+        let (key, demo) = load("chain", source)?;
+        if demo {
+            tracing::warn!("{DEMO_WARNING}");
+        }
+        Ok(ChainKey(hmac::Key::new(hmac::HMAC_SHA256, &key)))
+    }
+
+    pub(crate) fn hmac(&self) -> &hmac::Key {
+        &self.0
+    }
+}
+
+impl PanKey {
+    /// Load the PAN key alone (what `audit query --pan` needs).
+    pub fn load(source: &KeySource) -> Result<PanKey> {
+        let (key, demo) = load("pan", source)?;
+        if demo {
+            tracing::warn!("{DEMO_WARNING}");
+        }
+        Ok(PanKey(hmac::Key::new(hmac::HMAC_SHA256, &key)))
+    }
+
+    /// The keyed hash of a PAN, as 64 lower-case hex characters.
+    pub fn hash(&self, pan: &[u8]) -> String {
+        hex(hmac::sign(&self.0, pan).as_ref())
+    }
+}
+
+/// Both audit keys, as the writer needs them.
+#[derive(Debug)]
+pub struct AuditKeys {
+    chain: ChainKey,
+    pan: PanKey,
+    demo: bool,
+}
+
 impl AuditKeys {
     /// Load both keys. They must differ.
     pub fn load(chain: &KeySource, pan: &KeySource) -> Result<AuditKeys> {
@@ -117,8 +158,8 @@ impl AuditKeys {
             tracing::warn!("{DEMO_WARNING}");
         }
         Ok(AuditKeys {
-            chain: hmac::Key::new(hmac::HMAC_SHA256, &chain_key),
-            pan: hmac::Key::new(hmac::HMAC_SHA256, &pan_key),
+            chain: ChainKey(hmac::Key::new(hmac::HMAC_SHA256, &chain_key)),
+            pan: PanKey(hmac::Key::new(hmac::HMAC_SHA256, &pan_key)),
             demo,
         })
     }
@@ -135,11 +176,17 @@ impl AuditKeys {
 
     /// The keyed hash of a PAN, as 64 lower-case hex characters.
     pub fn pan_hash(&self, pan: &[u8]) -> String {
-        hex(hmac::sign(&self.pan, pan).as_ref())
+        self.pan.hash(pan)
     }
 
-    pub(crate) fn chain_key(&self) -> &hmac::Key {
+    /// The chain key.
+    pub fn chain(&self) -> &ChainKey {
         &self.chain
+    }
+
+    /// The PAN key.
+    pub fn pan(&self) -> &PanKey {
+        &self.pan
     }
 }
 

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{AuditError, Result};
 use crate::format::{
@@ -142,7 +144,9 @@ enum Command {
     Append {
         kind: RecordKind,
         payload: Vec<u8>,
+        digest: format::Digest,
         done: Option<Ack>,
+        _permit: OwnedSemaphorePermit,
     },
     Flush(Ack),
 }
@@ -167,6 +171,8 @@ impl Shared {
 /// An open audit log. Appends from any task; one writer thread owns the files.
 pub struct AuditLog {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
+    /// Bounds the queue: a permit per queued record, returned when it is committed.
+    queue: Arc<Semaphore>,
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
     max_record_bytes: usize,
@@ -209,7 +215,7 @@ impl AuditLog {
             .stats
             .last_seq
             .store(recovery.next_seq - 1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(config.queue_depth);
+        let (tx, rx) = mpsc::channel();
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -217,6 +223,7 @@ impl AuditLog {
             .map_err(|e| AuditError::io(&dir, e))?;
         let log = AuditLog {
             tx: Mutex::new(Some(tx)),
+            queue: Arc::new(Semaphore::new(config.queue_depth)),
             shared,
             writer: Mutex::new(Some(handle)),
             max_record_bytes: config.max_record_bytes,
@@ -247,18 +254,26 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Append a record and wait until it is durable; its sequence number.
+    /// Append a record and wait until it is durable; its sequence number. Waits for room
+    /// when the queue is full.
     pub async fn append(&self, kind: RecordKind, payload: Vec<u8>) -> Result<u64> {
         self.check_size(&payload)?;
+        let permit = self
+            .queue
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AuditError::Closed)?;
         let (done, durable) = oneshot::channel();
         let command = Command::Append {
             kind,
+            digest: format::digest(&payload),
             payload,
             done: Some(done),
+            _permit: permit,
         };
         self.sender()?
             .send(command)
-            .await
             .map_err(|_| AuditError::Closed)?;
         durable.await.map_err(|_| AuditError::Closed)?
     }
@@ -267,15 +282,20 @@ impl AuditLog {
     /// has failed or its queue is full; a later write failure is seen by the next append.
     pub fn append_nowait(&self, kind: RecordKind, payload: Vec<u8>) -> Result<()> {
         self.check_size(&payload)?;
+        let sender = self.sender()?;
+        let permit = self
+            .queue
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| AuditError::QueueFull(self.queue_depth))?;
         let command = Command::Append {
             kind,
+            digest: format::digest(&payload),
             payload,
             done: None,
+            _permit: permit,
         };
-        self.sender()?.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => AuditError::QueueFull(self.queue_depth),
-            mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
-        })
+        sender.send(command).map_err(|_| AuditError::Closed)
     }
 
     /// Append a JSON-serialisable record and wait until it is durable.
@@ -293,7 +313,6 @@ impl AuditLog {
         let (done, durable) = oneshot::channel();
         self.sender()?
             .send(Command::Flush(done))
-            .await
             .map_err(|_| AuditError::Closed)?;
         durable.await.map_err(|_| AuditError::Closed)?
     }
@@ -357,6 +376,29 @@ fn preallocate(path: &Path, len: u64) -> std::io::Result<File> {
         let n = chunk.len().min((len - at) as usize);
         file.write_all_at(&chunk[..n], at)?;
         at += n as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// [`preallocate`] for the next segment while the current one takes appends: small
+/// chunks, each flushed, with pauses between, so that the zero-filling does not hold up the
+/// appends' fdatasync behind megabytes of its own writeback.
+fn preallocate_gently(path: &Path, len: u64) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let chunk = vec![0u8; 256 << 10];
+    let mut at = 0u64;
+    while at < len {
+        let n = chunk.len().min((len - at) as usize);
+        file.write_all_at(&chunk[..n], at)?;
+        file.sync_data()?;
+        at += n as u64;
+        std::thread::sleep(Duration::from_millis(2));
     }
     file.sync_all()?;
     Ok(file)
@@ -461,8 +503,13 @@ impl Writer {
                     if r.seq != seq {
                         break Some(format!("sequence {} where {seq} was expected", r.seq));
                     }
-                    if format::chain_of(keys.chain_key(), &chain, r.seq, r.kind, r.payload)
-                        != r.chain
+                    if format::chain_of(
+                        keys.chain().hmac(),
+                        &chain,
+                        r.seq,
+                        r.kind,
+                        &format::digest(r.payload),
+                    ) != r.chain
                     {
                         break Some("chain value does not verify".to_string());
                     }
@@ -575,23 +622,34 @@ impl Writer {
         Ok(file)
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Command>, shared: &Shared) {
-        let mut batch = Vec::with_capacity(self.config.max_batch_records);
-        while let Some(first) = rx.blocking_recv() {
+    fn run(mut self, rx: mpsc::Receiver<Command>, shared: &Shared) {
+        let max = self.config.max_batch_records;
+        let window = self.config.batch_window;
+        // Once nothing has arrived for this long the batch is taken as complete, so a lone
+        // record does not wait out the whole window.
+        let gap = window / 10;
+        let mut batch = Vec::with_capacity(max);
+        while let Ok(first) = rx.recv() {
             batch.push(first);
-            let deadline = Instant::now() + self.config.batch_window;
-            loop {
-                while batch.len() < self.config.max_batch_records {
-                    match rx.try_recv() {
-                        Ok(c) => batch.push(c),
-                        Err(_) => break,
+            let deadline = Instant::now() + window;
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        batch.push(c);
+                        continue;
                     }
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                    Err(mpsc::TryRecvError::Empty) => {}
                 }
                 let now = Instant::now();
-                if batch.len() >= self.config.max_batch_records || now >= deadline {
+                if now >= deadline {
                     break;
                 }
-                std::thread::sleep((deadline - now).min(Duration::from_micros(50)));
+                // A blocking wait with a timeout: woken the moment a record arrives.
+                match rx.recv_timeout((deadline - now).min(gap)) {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
             }
             self.commit(&mut batch, shared);
         }
@@ -618,10 +676,12 @@ impl Writer {
                 Command::Append {
                     kind,
                     payload,
+                    digest,
                     done,
+                    ..
                 } => {
                     if result.is_ok() {
-                        result = self.add(kind, &payload);
+                        result = self.add(kind, &payload, &digest);
                         records += u64::from(result.is_ok());
                     }
                     if let Some(done) = done {
@@ -664,12 +724,12 @@ impl Writer {
         // Start zero-filling the next segment once this one is half full.
         if self.spare.is_none() && self.offset > self.segment_len / 2 {
             let (tmp, len) = (self.config.dir.join(SPARE_NAME), self.segment_len);
-            self.spare = Some(std::thread::spawn(move || preallocate(&tmp, len)));
+            self.spare = Some(std::thread::spawn(move || preallocate_gently(&tmp, len)));
         }
     }
 
     /// Encode one record into the buffer, rotating the segment when it does not fit.
-    fn add(&mut self, kind: RecordKind, payload: &[u8]) -> Result<()> {
+    fn add(&mut self, kind: RecordKind, payload: &[u8], digest: &format::Digest) -> Result<()> {
         let need = (RECORD_OVERHEAD + payload.len()) as u64;
         if self.offset + self.buf.len() as u64 + need > self.segment_len {
             self.write_buf()?;
@@ -680,11 +740,12 @@ impl Writer {
         }
         self.chain = encode_record(
             &mut self.buf,
-            self.keys.chain_key(),
+            self.keys.chain().hmac(),
             &self.chain,
             self.next_seq,
             kind,
             payload,
+            digest,
         );
         self.next_seq += 1;
         Ok(())

@@ -7,7 +7,7 @@ use crate::error::{AuditError, Result};
 use crate::format::{
     self, end_of_data, read_slot, Chain, RecordKind, SegmentHeader, Slot, HEADER_LEN,
 };
-use crate::keys::{hex, AuditKeys};
+use crate::keys::{hex, ChainKey};
 
 /// Payloads larger than this are not records (a reader's bound; writers use less).
 pub const MAX_PAYLOAD: usize = 16 << 20;
@@ -89,7 +89,7 @@ pub struct VerifyReport {
 /// Check every segment and record: headers, sizes, CRCs, sequence numbers without gaps or
 /// reordering, and the keyed chain across records and segments. The first problem is an
 /// [`AuditError::Corrupt`] naming the segment and byte offset.
-pub fn verify(dir: &Path, keys: &AuditKeys) -> Result<VerifyReport> {
+pub fn verify(dir: &Path, key: &ChainKey) -> Result<VerifyReport> {
     let all = segments(dir)?;
     let mut report = VerifyReport {
         segments: all.len(),
@@ -156,8 +156,13 @@ pub fn verify(dir: &Path, keys: &AuditKeys) -> Result<VerifyReport> {
                             format!("sequence {} where {seq} was expected: records missing or reordered", r.seq),
                         ));
                     }
-                    if format::chain_of(keys.chain_key(), &chain, r.seq, r.kind, r.payload)
-                        != r.chain
+                    if format::chain_of(
+                        key.hmac(),
+                        &chain,
+                        r.seq,
+                        r.kind,
+                        &format::digest(r.payload),
+                    ) != r.chain
                     {
                         return Err(corrupt(
                             path,

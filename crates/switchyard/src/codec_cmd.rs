@@ -17,20 +17,22 @@ pub struct Failure {
     pub exit_code: u8,
 }
 
+/// sysexits: the command was used incorrectly.
+pub const EX_USAGE: u8 = 64;
 /// sysexits: the input data was incorrect.
-const EX_DATAERR: u8 = 65;
+pub const EX_DATAERR: u8 = 65;
 /// sysexits: an input file did not exist or was not readable.
-const EX_NOINPUT: u8 = 66;
+pub const EX_NOINPUT: u8 = 66;
 /// sysexits: output could not be written.
-const EX_IOERR: u8 = 74;
+pub const EX_IOERR: u8 = 74;
 /// sysexits: configuration (here: a spec file) is wrong.
-const EX_CONFIG: u8 = 78;
+pub const EX_CONFIG: u8 = 78;
 
-fn fail(exit_code: u8) -> impl FnOnce(anyhow::Error) -> Failure {
+pub fn fail(exit_code: u8) -> impl FnOnce(anyhow::Error) -> Failure {
     move |error| Failure { error, exit_code }
 }
 
-type CmdResult = Result<(), Failure>;
+pub type CmdResult = Result<(), Failure>;
 
 /// Resolve a shipped spec name or a spec file path. File specs live for the process.
 pub fn resolve_spec(name_or_path: &str) -> anyhow::Result<&'static Spec> {

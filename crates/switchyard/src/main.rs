@@ -1,8 +1,10 @@
 //! `switchyard`: the command-line entry point. Parses arguments, runs one command, maps
-//! failures to sysexits-style exit codes (64 usage, 65 bad data, 66 unreadable input).
+//! failures to sysexits-style exit codes (64 usage, 65 bad data, 66 unreadable input,
+//! 74 output error, 78 bad configuration or key).
 
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod codec_cmd;
 
 use std::path::PathBuf;
@@ -53,6 +55,11 @@ enum Command {
     },
     /// List the shipped specs.
     Specs,
+    /// The audit log: verify its chain, query it, total it for reconciliation.
+    Audit {
+        #[command(subcommand)]
+        command: Box<audit_cmd::AuditCommand>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +74,7 @@ fn main() -> ExitCode {
         } => codec_cmd::decode(&spec, reveal, raw, pretty, input.as_deref()),
         Command::Encode { spec, raw, input } => codec_cmd::encode(&spec, raw, input.as_deref()),
         Command::Specs => codec_cmd::specs(),
+        Command::Audit { command } => audit_cmd::run(*command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -124,7 +124,7 @@ fn a_writer_killed_mid_append_loses_no_acknowledged_record() {
                 "round {round}: acknowledged record {seq} lost or changed"
             );
         }
-        switchyard_audit::verify(dir.path(), &keys()).unwrap();
+        switchyard_audit::verify(dir.path(), keys().chain()).unwrap();
     }
     eprintln!(
         "{iterations} kill cycles, {} acknowledged records kept, {repaired} torn tails repaired",
@@ -194,7 +194,7 @@ async fn a_torn_tail_is_copied_aside_removed_and_the_chain_continues() {
         41
     );
     log.close().unwrap();
-    switchyard_audit::verify(dir.path(), &keys()).unwrap();
+    switchyard_audit::verify(dir.path(), keys().chain()).unwrap();
 }
 
 #[tokio::test]

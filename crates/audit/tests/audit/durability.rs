@@ -54,7 +54,7 @@ async fn appends_round_trip_across_segments_and_reopen_continues_the_chain() {
         assert!(n["n"].as_u64().unwrap() < 600);
     }
     assert_eq!(all[600].1, Some(RecordKind::Operator));
-    let report = switchyard_audit::verify(dir.path(), &keys()).unwrap();
+    let report = switchyard_audit::verify(dir.path(), keys().chain()).unwrap();
     assert_eq!(
         (report.records, report.first_seq, report.last_seq),
         (601, Some(1), Some(601))
@@ -129,7 +129,7 @@ async fn an_fsync_failure_fails_every_waiter_and_the_log_never_retries() {
     drop(log);
     // What was acknowledged is there, and the log is still a valid chain.
     assert!(records(dir.path()).len() >= 3);
-    switchyard_audit::verify(dir.path(), &keys()).unwrap();
+    switchyard_audit::verify(dir.path(), keys().chain()).unwrap();
 }
 
 /// A real full filesystem: a 2 MiB tmpfs. Needs permission to mount (root in CI); where
@@ -181,5 +181,5 @@ async fn a_full_disk_fails_the_log_at_segment_creation() {
         acknowledged,
         "every acknowledged record is there"
     );
-    switchyard_audit::verify(&mount, &keys()).unwrap();
+    switchyard_audit::verify(&mount, keys().chain()).unwrap();
 }

@@ -20,7 +20,7 @@ async fn sample_log(dir: &Path) -> Vec<PathBuf> {
         .map(|(_, p)| p)
         .collect();
     assert!(segments.len() >= 3, "{} segments", segments.len());
-    switchyard_audit::verify(dir, &keys()).unwrap();
+    switchyard_audit::verify(dir, keys().chain()).unwrap();
     segments
 }
 
@@ -36,7 +36,7 @@ fn layout(bytes: &[u8]) -> Vec<(usize, usize)> {
 }
 
 fn expect_corrupt(dir: &Path, segment: &Path, offset: Option<u64>, words: &str) {
-    match switchyard_audit::verify(dir, &keys()) {
+    match switchyard_audit::verify(dir, keys().chain()) {
         Err(AuditError::Corrupt {
             segment: s,
             offset: o,
@@ -150,6 +150,6 @@ async fn data_hidden_after_the_end_marker_and_a_wrong_key_are_found() {
         &switchyard_audit::KeySource::File(p),
     )
     .unwrap();
-    let err = switchyard_audit::verify(other.path(), &wrong).unwrap_err();
+    let err = switchyard_audit::verify(other.path(), wrong.chain()).unwrap_err();
     assert!(err.to_string().contains("chain"), "{err}");
 }

@@ -1,0 +1,432 @@
+//! `switchyard audit verify|query|report`: the audit log's tools.
+//!
+//! Keys come from a file (`--*-key-file`), an environment variable (`--*-key-env`) or, for
+//! the demo configuration only, `--demo-keys`; a command that needs a key and gets none is
+//! a usage error, never a silent default. A PAN given to `query` is hashed with the PAN key
+//! and never printed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand, ValueEnum};
+use switchyard_audit::{
+    AuditError, ChainKey, Filter, KeySource, Outcome, PairRecord, PanKey, ReportRow,
+};
+use switchyard_iso8583::datetime::Civil;
+
+use crate::codec_cmd::{fail, CmdResult, EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_USAGE};
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check every record's CRC, sequence number and keyed chain; exit 65 at the first problem.
+    Verify {
+        /// The audit log directory.
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        key: ChainKeyArgs,
+    },
+    /// List pair records that match every filter given.
+    Query {
+        /// The audit log directory.
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Find a card: the PAN is hashed with the PAN key and never printed.
+        #[arg(long, value_name = "PAN")]
+        pan: Option<String>,
+        /// Read the PAN from standard input instead (keeps it out of shell history).
+        #[arg(long, conflicts_with = "pan")]
+        pan_stdin: bool,
+        #[command(flatten)]
+        key: PanKeyArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Totals per day, issuer, merchant and terminal for reconciliation.
+    Report {
+        /// The audit log directory.
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ChainKeyArgs {
+    /// File holding the chain key (64+ hex characters or 32+ bytes).
+    #[arg(long, value_name = "FILE")]
+    chain_key_file: Option<PathBuf>,
+    /// Environment variable holding the chain key as hex.
+    #[arg(long, value_name = "VAR")]
+    chain_key_env: Option<String>,
+    /// Use the public demo keys of the embedded default configuration.
+    #[arg(long)]
+    demo_keys: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PanKeyArgs {
+    /// File holding the PAN key.
+    #[arg(long, value_name = "FILE")]
+    pan_key_file: Option<PathBuf>,
+    /// Environment variable holding the PAN key as hex.
+    #[arg(long, value_name = "VAR")]
+    pan_key_env: Option<String>,
+    /// Use the public demo keys of the embedded default configuration.
+    #[arg(long)]
+    demo_keys: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FilterArgs {
+    /// Terminal id (field 41).
+    #[arg(long)]
+    terminal: Option<String>,
+    /// Merchant id (field 42).
+    #[arg(long)]
+    merchant: Option<String>,
+    /// Retrieval reference number (field 37).
+    #[arg(long)]
+    rrn: Option<String>,
+    /// STAN (field 11), the terminal's or the issuer's.
+    #[arg(long)]
+    stan: Option<String>,
+    /// Response code (field 39).
+    #[arg(long)]
+    response_code: Option<String>,
+    /// Outcome: approved, declined, timeout, no-route, format-error, link-down, ...
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Received at or after: YYYY-MM-DD[THH:MM:SS][Z] (UTC) or Unix seconds.
+    #[arg(long)]
+    from: Option<String>,
+    /// Received before: same forms as --from.
+    #[arg(long)]
+    to: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header line.
+    Csv,
+}
+
+fn key_source(
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+    demo: bool,
+    what: &str,
+) -> anyhow::Result<KeySource> {
+    match (file, env, demo) {
+        (Some(f), None, false) => Ok(KeySource::File(f.clone())),
+        (None, Some(v), false) => Ok(KeySource::Env(v.clone())),
+        (None, None, true) => {
+            eprintln!("switchyard: {}", switchyard_audit::DEMO_WARNING);
+            Ok(KeySource::Demo)
+        }
+        (None, None, false) => Err(anyhow!(
+            "the {what} key is needed: give --{what}-key-file, --{what}-key-env or (demo data only) --demo-keys"
+        )),
+        _ => Err(anyhow!("give one of --{what}-key-file, --{what}-key-env and --demo-keys")),
+    }
+}
+
+fn parse_time(text: &str, flag: &str) -> anyhow::Result<i64> {
+    if let Ok(secs) = text.parse::<i64>() {
+        return Ok(secs * 1_000_000);
+    }
+    Civil::parse(text)
+        .and_then(Civil::to_unix)
+        .map(|s| s * 1_000_000)
+        .ok_or_else(|| {
+            anyhow!("--{flag} {text:?}: expected YYYY-MM-DD[THH:MM:SS][Z] or Unix seconds")
+        })
+}
+
+impl FilterArgs {
+    fn to_filter(&self) -> anyhow::Result<Filter> {
+        let outcome = match &self.outcome {
+            None => None,
+            Some(name) => Some(Outcome::from_name(name).ok_or_else(|| {
+                let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.name()).collect();
+                anyhow!("--outcome {name:?}: expected one of {}", names.join(", "))
+            })?),
+        };
+        Ok(Filter {
+            terminal: self.terminal.clone(),
+            merchant: self.merchant.clone(),
+            rrn: self.rrn.clone(),
+            stan: self.stan.clone(),
+            response_code: self.response_code.clone(),
+            outcome,
+            from_us: self
+                .from
+                .as_deref()
+                .map(|t| parse_time(t, "from"))
+                .transpose()?,
+            to_us: self
+                .to
+                .as_deref()
+                .map(|t| parse_time(t, "to"))
+                .transpose()?,
+            pan_hash: None,
+        })
+    }
+}
+
+fn audit_failure(e: AuditError) -> crate::codec_cmd::Failure {
+    let code = match &e {
+        AuditError::Corrupt { .. } | AuditError::Payload { .. } => EX_DATAERR,
+        AuditError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            EX_NOINPUT
+        }
+        AuditError::Key { .. } | AuditError::Config(_) => EX_CONFIG,
+        _ => EX_IOERR,
+    };
+    fail(code)(e.into())
+}
+
+pub fn run(command: AuditCommand) -> CmdResult {
+    match command {
+        AuditCommand::Verify { dir, key } => {
+            let source = key_source(
+                &key.chain_key_file,
+                &key.chain_key_env,
+                key.demo_keys,
+                "chain",
+            )
+            .map_err(fail(EX_USAGE))?;
+            let key = ChainKey::load(&source).map_err(audit_failure)?;
+            let report = switchyard_audit::verify(&dir, &key).map_err(audit_failure)?;
+            let range = match (report.first_seq, report.last_seq) {
+                (Some(a), Some(b)) => format!("sequence {a}..={b}"),
+                _ => "no records".to_string(),
+            };
+            println!(
+                "ok: {} records in {} segments verified ({range}); chain head {}",
+                report.records, report.segments, report.head
+            );
+            Ok(())
+        }
+        AuditCommand::Query {
+            dir,
+            filter,
+            pan,
+            pan_stdin,
+            key,
+            format,
+        } => {
+            let mut filter = filter.to_filter().map_err(fail(EX_USAGE))?;
+            let pan = match (pan, pan_stdin) {
+                (Some(p), _) => Some(p),
+                (None, true) => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|e| fail(EX_NOINPUT)(e.into()))?;
+                    Some(line.trim().to_string())
+                }
+                (None, false) => None,
+            };
+            if let Some(pan) = pan {
+                if pan.is_empty() || pan.len() > 19 || !pan.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(fail(EX_USAGE)(anyhow!("--pan: expected 1 to 19 digits")));
+                }
+                let source = key_source(&key.pan_key_file, &key.pan_key_env, key.demo_keys, "pan")
+                    .map_err(fail(EX_USAGE))?;
+                let key = PanKey::load(&source).map_err(audit_failure)?;
+                filter.pan_hash = Some(key.hash(pan.as_bytes()));
+            }
+            query(&dir, &filter, format)
+        }
+        AuditCommand::Report {
+            dir,
+            filter,
+            format,
+        } => {
+            let filter = filter.to_filter().map_err(fail(EX_USAGE))?;
+            let rows = switchyard_audit::report(&dir, &filter).map_err(audit_failure)?;
+            print_report(&rows, format).map_err(|e| fail(EX_IOERR)(e.into()))
+        }
+    }
+}
+
+const QUERY_COLUMNS: [&str; 14] = [
+    "seq", "received", "terminal", "merchant", "mti", "stan", "rrn", "amount", "currency",
+    "response", "outcome", "issuer", "route", "pan",
+];
+
+fn time_text(us: i64) -> String {
+    let c = Civil::from_unix(us.div_euclid(1_000_000));
+    format!(
+        "{}.{:06}Z",
+        c.rfc3339().trim_end_matches('Z'),
+        us.rem_euclid(1_000_000)
+    )
+}
+
+fn query_row(seq: u64, r: &PairRecord) -> [String; 14] {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    [
+        seq.to_string(),
+        time_text(r.received_us),
+        opt(&r.terminal),
+        opt(&r.merchant),
+        r.request_mti.clone(),
+        opt(&r.stan),
+        opt(&r.rrn),
+        r.amount.map(|a| a.to_string()).unwrap_or_default(),
+        opt(&r.currency),
+        opt(&r.response_code),
+        r.outcome.map(|o| o.name().to_string()).unwrap_or_default(),
+        opt(&r.issuer),
+        opt(&r.route),
+        r.pan.as_ref().map(|p| p.masked.clone()).unwrap_or_default(),
+    ]
+}
+
+fn query(dir: &Path, filter: &Filter, format: Format) -> CmdResult {
+    let mut rows = Vec::new();
+    let mut out = std::io::stdout().lock();
+    let mut write_error = None;
+    let matched = switchyard_audit::query(dir, filter, |seq, r| {
+        let result = match format {
+            Format::Jsonl => serde_json::to_value(&r)
+                .map(|mut v| {
+                    v["seq"] = seq.into();
+                    v
+                })
+                .map_err(std::io::Error::other)
+                .and_then(|v| writeln!(out, "{v}")),
+            Format::Csv | Format::Table => {
+                rows.push(query_row(seq, &r));
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            write_error.get_or_insert(e);
+        }
+    })
+    .map_err(audit_failure)?;
+    if let Some(e) = write_error {
+        return Err(fail(EX_IOERR)(e.into()));
+    }
+    let header = QUERY_COLUMNS.map(String::from);
+    let printed = match format {
+        Format::Csv => write_csv(&mut out, &header, &rows),
+        Format::Table => write_table(&mut out, &header, &rows)
+            .and_then(|_| writeln!(out, "{matched} matching records")),
+        Format::Jsonl => Ok(()),
+    };
+    printed.map_err(|e| fail(EX_IOERR)(e.into()))
+}
+
+fn print_report(rows: &[ReportRow], format: Format) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if format == Format::Jsonl {
+        for row in rows {
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(row).map_err(std::io::Error::other)?
+            )?;
+        }
+        return Ok(());
+    }
+    let header = [
+        "dimension",
+        "key",
+        "currency",
+        "count",
+        "approved",
+        "approved_amount",
+        "declined",
+        "declined_amount",
+        "reversed",
+        "reversed_amount",
+        "timed_out",
+        "timed_out_amount",
+        "other",
+    ]
+    .map(String::from);
+    let table: Vec<[String; 13]> = rows
+        .iter()
+        .map(|r| {
+            let t = &r.totals;
+            [
+                r.dimension.to_string(),
+                r.key.clone(),
+                r.currency.clone(),
+                t.count.to_string(),
+                t.approved.to_string(),
+                t.approved_amount.to_string(),
+                t.declined.to_string(),
+                t.declined_amount.to_string(),
+                t.reversed.to_string(),
+                t.reversed_amount.to_string(),
+                t.timed_out.to_string(),
+                t.timed_out_amount.to_string(),
+                t.other.to_string(),
+            ]
+        })
+        .collect();
+    match format {
+        Format::Csv => write_csv(&mut out, &header, &table),
+        _ => write_table(&mut out, &header, &table),
+    }
+}
+
+fn write_csv<const N: usize>(
+    out: &mut impl Write,
+    header: &[String; N],
+    rows: &[[String; N]],
+) -> std::io::Result<()> {
+    for row in std::iter::once(header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|c| {
+                if c.contains([',', '"', '\n', '\r']) {
+                    format!("\"{}\"", c.replace('"', "\"\""))
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
+        writeln!(out, "{}", cells.join(","))?;
+    }
+    Ok(())
+}
+
+fn write_table<const N: usize>(
+    out: &mut impl Write,
+    header: &[String; N],
+    rows: &[[String; N]],
+) -> std::io::Result<()> {
+    let mut widths = header.clone().map(|h| h.len());
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for row in std::iter::once(header).chain(rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
+}
