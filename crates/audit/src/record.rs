@@ -57,13 +57,15 @@ pub enum Outcome {
     SwitchAnswered,
     /// A reversal the issuer acknowledged.
     Reversed,
+    /// The issuer answered with something unusable (outcome unknown).
+    IssuerError,
     /// Internal error (39 = 96).
     SystemError,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Approved,
         Outcome::Declined,
         Outcome::Timeout,
@@ -76,6 +78,7 @@ impl Outcome {
         Outcome::Duplicate,
         Outcome::SwitchAnswered,
         Outcome::Reversed,
+        Outcome::IssuerError,
         Outcome::SystemError,
     ];
 
@@ -94,6 +97,7 @@ impl Outcome {
             Outcome::Duplicate => "duplicate",
             Outcome::SwitchAnswered => "switch-answered",
             Outcome::Reversed => "reversed",
+            Outcome::IssuerError => "issuer-error",
             Outcome::SystemError => "system-error",
         }
     }

@@ -103,11 +103,11 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         conn: &Arc<ConnectionInfo>,
         spec: &'static Spec,
-        frame: &Bytes,
-        error: &switchyard_iso8583::Error,
-    ) -> Option<Bytes> {
+        frame: Bytes,
+        error: switchyard_iso8583::Error,
+    ) -> impl Future<Output = Option<Bytes>> + Send {
         let _ = conn;
-        format_error_response(spec, frame, error)
+        std::future::ready(format_error_response(spec, &frame, &error))
     }
 
     /// A response could not be delivered because the terminal's connection was gone (the
@@ -374,43 +374,33 @@ impl<H: Handler> Acceptor<H> {
                 },
             };
             let reply_header = cfg.framing.header.reply_to(&frame.header);
-            match MessageView::decode(cfg.spec, frame.message.clone()) {
-                Ok(view) => {
-                    let (handler, conn, tx, stats) = (
-                        self.handler.clone(),
-                        conn.clone(),
-                        tx.clone(),
-                        self.stats.clone(),
-                    );
-                    tokio::spawn(async move {
-                        if let Some(response) = handler.request(&conn, view).await {
-                            let frame = Frame::with_header(reply_header, response);
-                            if let Err(unsent) = tx.send(frame).await {
-                                stats.undelivered.fetch_add(1, Ordering::Relaxed);
-                                handler.undelivered(&conn, unsent.0.message);
-                            }
-                        }
-                        drop(permit);
-                    });
-                }
-                Err(error) => {
-                    self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(listener = %cfg.name, peer = %conn.peer, %error, "undecodable request");
-                    if let Some(response) =
-                        self.handler
-                            .malformed(&conn, cfg.spec, &frame.message, &error)
-                    {
-                        if tx
-                            .send(Frame::with_header(reply_header, response))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    drop(permit);
-                }
+            let decoded = MessageView::decode(cfg.spec, frame.message.clone());
+            if let Err(error) = &decoded {
+                self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(listener = %cfg.name, peer = %conn.peer, %error, "undecodable request");
             }
+            let (handler, conn, tx, stats, spec) = (
+                self.handler.clone(),
+                conn.clone(),
+                tx.clone(),
+                self.stats.clone(),
+                cfg.spec,
+            );
+            // Each request is its own task: answers go back in whatever order they are ready.
+            tokio::spawn(async move {
+                let answer = match decoded {
+                    Ok(view) => handler.request(&conn, view).await,
+                    Err(error) => handler.malformed(&conn, spec, frame.message, error).await,
+                };
+                if let Some(response) = answer {
+                    let frame = Frame::with_header(reply_header, response);
+                    if let Err(unsent) = tx.send(frame).await {
+                        stats.undelivered.fetch_add(1, Ordering::Relaxed);
+                        handler.undelivered(&conn, unsent.0.message);
+                    }
+                }
+                drop(permit);
+            });
         }
         // Requests still being handled hold senders: the writer sends their answers, then
         // closes the connection once the last one is gone.

@@ -220,6 +220,15 @@ fn stan_field(spec: &Spec) -> Option<FieldSpec> {
         .copied()
 }
 
+/// What became of a forwarded request.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The STAN the issuer saw, when the link remapped it.
+    pub issuer_stan: Option<u32>,
+    /// The response (terminal's STAN restored) or why there is none.
+    pub result: Result<MessageView<'static>>,
+}
+
 /// A response that came after its request had timed out (or its caller had gone).
 #[derive(Debug)]
 pub struct LateResponse {
@@ -595,18 +604,31 @@ impl IssuerLink {
 
     /// Send `request` and wait for its response (with the terminal's STAN restored).
     pub async fn send(&self, request: &MessageView<'static>) -> Result<MessageView<'static>> {
+        self.forward(request).await.result
+    }
+
+    /// [`send`](Self::send), also telling which STAN the issuer saw (the audit log keeps it,
+    /// and a reversal must quote it).
+    pub async fn forward(&self, request: &MessageView<'static>) -> Forwarded {
         if !std::ptr::eq(request.spec(), self.shared.cfg.spec) {
-            return Err(MuxError::Config(format!(
+            let error = MuxError::Config(format!(
                 "link {} speaks {}, the request was decoded as {}",
                 self.shared.cfg.name,
                 self.shared.cfg.spec.name(),
                 request.spec().name()
-            )));
+            ));
+            return Forwarded {
+                issuer_stan: None,
+                result: Err(error),
+            };
         }
         let remap = self.shared.cfg.remap_stan;
-        self.shared
-            .exchange(request, None, remap, self.shared.cfg.request_timeout)
-            .await
+        let mut issuer_stan = None;
+        let result = self
+            .shared
+            .exchange(request, None, remap, self.shared.cfg.request_timeout, &mut issuer_stan)
+            .await;
+        Forwarded { issuer_stan, result }
     }
 
     /// Requests in flight now.
@@ -737,6 +759,7 @@ impl Shared {
         slot: Option<usize>,
         remap: bool,
         timeout: Duration,
+        issuer_stan: &mut Option<u32>,
     ) -> Result<MessageView<'static>> {
         let cfg = &self.cfg;
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= cfg.max_in_flight {
@@ -804,7 +827,8 @@ impl Shared {
                 let mut placed = None;
                 // Bounded: at most max_in_flight + timed-out keys can be taken.
                 for _ in 0..cfg.max_in_flight.saturating_mul(17) + 2 {
-                    let stan = Stan::encode(&field, self.next_stan()).ok_or_else(|| {
+                    let number = self.next_stan();
+                    let stan = Stan::encode(&field, number).ok_or_else(|| {
                         MuxError::Config("field 11 cannot hold a link STAN".into())
                     })?;
                     let key = self.key_of(request, Some(stan.as_slice()))?;
@@ -813,6 +837,7 @@ impl Shared {
                     }
                     if let dashmap::Entry::Vacant(v) = self.pending.entry(key) {
                         v.insert(pending);
+                        *issuer_stan = Some(number);
                         placed = Some((key, Patch::new(range.start, stan.as_slice())));
                         break;
                     }
@@ -1027,7 +1052,7 @@ impl Shared {
             .map_err(codec_err)?;
         builder.set(70, code).map_err(codec_err)?;
         let view = MessageView::decode(spec, builder.encode()).map_err(codec_err)?;
-        self.exchange(&view, Some(slot), false, self.cfg.echo_timeout)
+        self.exchange(&view, Some(slot), false, self.cfg.echo_timeout, &mut None)
             .await
     }
 }

@@ -1,0 +1,359 @@
+//! The transaction flow: validate, route, forward, answer, audit.
+//!
+//! ```text
+//! decoded request -> MTI policy -> route (BIN, MTI, processing code) -> issuer link
+//!   -> response or failure -> response-code policy -> audit pair (durable first) -> answer
+//! ```
+//!
+//! When the switch answers itself the response code says why: 30 format error, 12 invalid
+//! transaction (unsupported MTI), 15 no route for the card, 91 issuer link down, busy or
+//! timed out, 94 duplicate in flight, 96 audit log failed or internal error. Every request
+//! and every such answer is audited with its outcome, exactly once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use switchyard_audit::{AuditKeys, AuditLog, Outcome, PairRecord, ProtectedMessage, RecordKind};
+use switchyard_iso8583::{MessageBuilder, MessageView, Mti, Spec};
+use switchyard_mux::{format_error_response, ConnectionInfo, Forwarded, Handler, IssuerLink, MuxError};
+
+use crate::error::RouterError;
+use crate::metrics::RouterMetrics;
+use crate::routes::RouteTable;
+
+/// An issuer link as the router uses it (the mux's `IssuerLink`, or a fake in tests).
+pub trait IssuerPort: Send + Sync + 'static {
+    /// The dialect the issuer speaks.
+    fn spec(&self) -> &'static Spec;
+    /// Forward a request (in the issuer's dialect) and wait for the answer.
+    fn forward(&self, request: &MessageView<'static>) -> impl Future<Output = Forwarded> + Send;
+}
+
+impl IssuerPort for IssuerLink {
+    fn spec(&self) -> &'static Spec {
+        IssuerLink::spec(self)
+    }
+
+    fn forward(&self, request: &MessageView<'static>) -> impl Future<Output = Forwarded> + Send {
+        IssuerLink::forward(self, request)
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The router: one per switch, shared by every listener.
+pub struct Router<P> {
+    routes: RwLock<Arc<RouteTable>>,
+    links: HashMap<String, Arc<P>>,
+    audit: Arc<AuditLog>,
+    keys: Arc<AuditKeys>,
+    durable: bool,
+    metrics: RouterMetrics,
+}
+
+impl<P> std::fmt::Debug for Router<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("links", &self.links.keys().collect::<Vec<_>>())
+            .field("durable", &self.durable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A response the switch makes itself, and its decoded form for the audit record.
+fn own_answer(request: &MessageView<'static>, code: &[u8]) -> Option<MessageView<'static>> {
+    let spec: &'static Spec = request.spec();
+    let mut builder = MessageBuilder::new(spec, request.mti());
+    builder.respond_to(request, code).ok()?;
+    MessageView::decode(spec, builder.encode()).ok()
+}
+
+/// Re-encode `view` in another dialect, field by field (values, not bytes).
+pub fn translate(view: &MessageView<'_>, to: &'static Spec) -> Result<MessageView<'static>, switchyard_iso8583::Error> {
+    let mut builder = MessageBuilder::new(to, view.mti());
+    for field in view.fields() {
+        builder.set(field.number, field.value())?;
+    }
+    MessageView::decode(to, builder.encode())
+}
+
+impl<P: IssuerPort> Router<P> {
+    /// A router over `links`, auditing to `audit`; `durable`: the terminal is answered only
+    /// after its pair record is on disk.
+    pub fn new(
+        routes: RouteTable,
+        links: HashMap<String, Arc<P>>,
+        audit: Arc<AuditLog>,
+        keys: Arc<AuditKeys>,
+        durable: bool,
+        registry: &prometheus::Registry,
+    ) -> Result<Router<P>, RouterError> {
+        Self::check_links(&routes, &links)?;
+        Ok(Router {
+            routes: RwLock::new(Arc::new(routes)),
+            links,
+            audit,
+            keys,
+            durable,
+            metrics: RouterMetrics::new(registry)?,
+        })
+    }
+
+    fn check_links(routes: &RouteTable, links: &HashMap<String, Arc<P>>) -> Result<(), RouterError> {
+        let mut unknown: Vec<String> = routes
+            .links()
+            .filter(|l| !links.contains_key(*l))
+            .map(str::to_string)
+            .collect();
+        unknown.sort();
+        unknown.dedup();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(RouterError::UnknownLinks(unknown))
+        }
+    }
+
+    /// Swap in a new route table (requests in progress finish on the old one).
+    pub fn replace_routes(&self, routes: RouteTable) -> Result<(), RouterError> {
+        Self::check_links(&routes, &self.links)?;
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        Ok(())
+    }
+
+    /// The issuer links.
+    pub fn links(&self) -> &HashMap<String, Arc<P>> {
+        &self.links
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    /// Handle one decoded request from `listener`; the answer for the terminal.
+    pub async fn handle(&self, listener: &str, request: MessageView<'static>) -> Option<Bytes> {
+        let started = Instant::now();
+        let mut pair = PairRecord::from_request(listener, &request, &self.keys, now_us());
+        let mti = request.mti();
+        let (answer, outcome) = self.decide(&request, &mut pair).await;
+        if let Some(answer) = &answer {
+            pair.set_response(answer, &self.keys);
+        }
+        let route = pair.route.clone();
+        let answer = self.audit_pair(pair, answer, outcome, started).await;
+        let route = route.as_deref().unwrap_or("none");
+        self.metrics.observe(listener, route, mti, outcome, answer.as_ref(), started.elapsed());
+        answer.map(MessageView::into_bytes)
+    }
+
+    /// What to answer, and how the transaction ended.
+    async fn decide(&self, request: &MessageView<'static>, pair: &mut PairRecord) -> (Option<MessageView<'static>>, Outcome) {
+        let mti = request.mti();
+        if !mti.is_request() {
+            // A response from a terminal answers nothing of ours; it cannot be answered.
+            return (None, Outcome::InvalidTransaction);
+        }
+        if self.audit.is_failed() {
+            // No record can be kept: stop approving.
+            return (own_answer(request, b"96"), Outcome::SystemError);
+        }
+        match mti.class() {
+            8 => return (own_answer(request, b"00"), Outcome::SwitchAnswered),
+            1 | 2 | 4 => {}
+            _ => return (own_answer(request, b"12"), Outcome::InvalidTransaction),
+        }
+        let table = self.routes.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(route) = table.route(request) else {
+            return (own_answer(request, b"15"), Outcome::NoRoute);
+        };
+        pair.route = Some(route.name.to_string());
+        pair.issuer = Some(route.link.to_string());
+        let Some(link) = self.links.get(route.link) else {
+            return (own_answer(request, b"96"), Outcome::SystemError);
+        };
+        let same_dialect = std::ptr::eq(link.spec(), request.spec());
+        let outbound = if same_dialect {
+            request.clone()
+        } else {
+            match translate(request, link.spec()) {
+                Ok(v) => v,
+                Err(error) => {
+                    tracing::warn!(link = route.link, %error, "request does not fit the issuer's dialect");
+                    return (own_answer(request, b"96"), Outcome::SystemError);
+                }
+            }
+        };
+        pair.forwarded_us = Some(now_us());
+        let sent = Instant::now();
+        let forwarded = link.forward(&outbound).await;
+        self.metrics.issuer_latency(route.link, sent.elapsed());
+        pair.issuer_stan = forwarded.issuer_stan.map(|s| format!("{s:06}"));
+        match forwarded.result {
+            Ok(response) => {
+                let response = if same_dialect {
+                    response
+                } else {
+                    match translate(&response, request.spec()) {
+                        Ok(v) => v,
+                        Err(error) => {
+                            tracing::error!(link = route.link, %error, "issuer response does not fit the terminal's dialect");
+                            return (own_answer(request, b"96"), Outcome::IssuerError);
+                        }
+                    }
+                };
+                let approved = response
+                    .field(39)
+                    .is_some_and(|f| Outcome::is_approval_code(&f.text()));
+                let outcome = if approved { Outcome::Approved } else { Outcome::Declined };
+                (Some(response), outcome)
+            }
+            Err(error) => {
+                let (code, outcome): (&[u8], Outcome) = match &error {
+                    MuxError::LinkDown { .. } => (b"91", Outcome::LinkDown),
+                    MuxError::LinkBusy { .. } => (b"91", Outcome::LinkBusy),
+                    MuxError::Timeout { .. } => (b"91", Outcome::Timeout),
+                    MuxError::ConnectionLost { .. } => (b"91", Outcome::ConnectionLost),
+                    MuxError::MalformedResponse { .. } => (b"91", Outcome::IssuerError),
+                    MuxError::DuplicateInFlight { .. } => (b"94", Outcome::Duplicate),
+                    _ => (b"96", Outcome::SystemError),
+                };
+                tracing::info!(link = route.link, %error, "no issuer answer");
+                (own_answer(request, code), outcome)
+            }
+        }
+    }
+
+    /// Write the pair record (waiting for it to be durable unless configured otherwise); the
+    /// answer to give, which becomes 96 when the record could not be kept.
+    async fn audit_pair(
+        &self,
+        mut pair: PairRecord,
+        answer: Option<MessageView<'static>>,
+        outcome: Outcome,
+        started: Instant,
+    ) -> Option<MessageView<'static>> {
+        let answered = now_us();
+        pair.answered_us = Some(answered);
+        pair.latency_us = Some(started.elapsed().as_micros() as u64);
+        pair.outcome = Some(outcome);
+        let payload = match serde_json::to_vec(&pair) {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::error!(%error, "audit record does not serialise");
+                return answer.and_then(|a| own_answer_for_response(&a, b"96"));
+            }
+        };
+        let appended = Instant::now();
+        let result = if self.durable {
+            self.audit.append(RecordKind::Pair, payload).await.map(|_| ())
+        } else {
+            self.audit.append_nowait(RecordKind::Pair, payload)
+        };
+        self.metrics.audit_latency(appended.elapsed());
+        match result {
+            Ok(()) => answer,
+            Err(error) => {
+                self.metrics.audit_failure();
+                tracing::error!(%error, "audit append failed: answering 96");
+                answer.and_then(|a| own_answer_for_response(&a, b"96"))
+            }
+        }
+    }
+
+    /// Handle a frame that did not decode: 30 when a response can be formed, and an audit
+    /// record that holds only what was safely readable (MTI, STAN, terminal id), never the
+    /// frame's bytes.
+    pub async fn handle_malformed(
+        &self,
+        listener: &str,
+        spec: &'static Spec,
+        frame: Bytes,
+        error: switchyard_iso8583::Error,
+    ) -> Option<Bytes> {
+        let started = Instant::now();
+        self.metrics.decode_error(listener, &error);
+        let salvage = error.salvage();
+        let text = |b: Option<&[u8]>| {
+            b.filter(|v| v.iter().all(|c| c.is_ascii_alphanumeric() || *c == b' '))
+                .map(|v| String::from_utf8_lossy(v).trim_end().to_string())
+        };
+        let mti = salvage.mti.and_then(Mti::new);
+        let pair = PairRecord {
+            received_us: now_us(),
+            listener: listener.to_string(),
+            terminal: text(salvage.terminal_id(&frame)),
+            request_mti: mti.map_or_else(|| "????".to_string(), |m| m.as_str().to_string()),
+            stan: text(salvage.stan(&frame)),
+            request: ProtectedMessage {
+                mti: mti.map_or_else(|| "????".to_string(), |m| m.as_str().to_string()),
+                ..ProtectedMessage::default()
+            },
+            ..PairRecord::default()
+        };
+        let answer = format_error_response(spec, &frame, &error).and_then(|b| MessageView::decode(spec, b).ok());
+        let mut pair = pair;
+        if let Some(a) = &answer {
+            pair.set_response(a, &self.keys);
+        }
+        let answer = self.audit_pair(pair, answer, Outcome::FormatError, started).await;
+        let mti = mti.unwrap_or_else(|| Mti::new(*b"0000").unwrap_or_else(|| unreachable!()));
+        self.metrics.observe(listener, "none", mti, Outcome::FormatError, answer.as_ref(), started.elapsed());
+        answer.map(MessageView::into_bytes)
+    }
+}
+
+/// Replace the code of an answer the switch or issuer made with `code` (for 96 after an
+/// audit failure): the same echo fields, the switch's own response.
+fn own_answer_for_response(answer: &MessageView<'static>, code: &[u8]) -> Option<MessageView<'static>> {
+    let spec: &'static Spec = answer.spec();
+    let mut builder = MessageBuilder::new(spec, answer.mti());
+    for field in answer.fields().filter(|f| f.number != 39) {
+        builder.set(field.number, field.value()).ok()?;
+    }
+    builder.set(39, code).ok()?;
+    MessageView::decode(spec, builder.encode()).ok()
+}
+
+/// The acceptor's handler for one listener.
+pub struct TerminalHandler<P> {
+    /// The router.
+    pub router: Arc<Router<P>>,
+    /// The listener's name.
+    pub listener: Arc<str>,
+}
+
+impl<P> std::fmt::Debug for TerminalHandler<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TerminalHandler").field("listener", &self.listener).finish()
+    }
+}
+
+impl<P: IssuerPort> Handler for TerminalHandler<P> {
+    fn request(&self, _conn: &Arc<ConnectionInfo>, request: MessageView<'static>) -> impl Future<Output = Option<Bytes>> + Send {
+        self.router.handle(&self.listener, request)
+    }
+
+    fn malformed(
+        &self,
+        _conn: &Arc<ConnectionInfo>,
+        spec: &'static Spec,
+        frame: Bytes,
+        error: switchyard_iso8583::Error,
+    ) -> impl Future<Output = Option<Bytes>> + Send {
+        self.router.handle_malformed(&self.listener, spec, frame, error)
+    }
+
+    fn undelivered(&self, conn: &Arc<ConnectionInfo>, _response: Bytes) {
+        self.router.metrics.undelivered(&self.listener);
+        tracing::warn!(listener = %self.listener, peer = %conn.peer, "terminal gone before its answer");
+    }
+}
