@@ -8,3 +8,4 @@ mod audit_cli;
 mod cli;
 mod interop;
 mod support;
+mod switch;

@@ -44,9 +44,21 @@ pub struct AuditConfig {
     pub queue_depth: usize,
     /// Payload bytes of one record at most.
     pub max_record_bytes: usize,
+    /// Told of every committed batch (for metrics).
+    pub on_batch: Option<BatchObserver>,
     /// Test hook: fail the n-th `fdatasync` from now (the disk-failure tests).
     #[doc(hidden)]
     pub fault: Option<Arc<SyncFault>>,
+}
+
+/// A callback with each committed batch's record count and fdatasync time.
+#[derive(Clone)]
+pub struct BatchObserver(pub Arc<dyn Fn(u64, Duration) + Send + Sync>);
+
+impl std::fmt::Debug for BatchObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BatchObserver")
+    }
 }
 
 /// Test hook: the number of syncs that still succeed before one fails.
@@ -65,6 +77,7 @@ impl AuditConfig {
             max_write_bytes: 4 << 20,
             queue_depth: 65_536,
             max_record_bytes: 256 << 10,
+            on_batch: None,
             fault: None,
         }
     }
@@ -423,6 +436,7 @@ struct Writer {
     /// Running totals for the stats.
     written: u64,
     sync_nanos: u64,
+    last_sync_nanos: u64,
     created: u64,
 }
 
@@ -592,6 +606,7 @@ impl Writer {
             spare: None,
             written: 0,
             sync_nanos: 0,
+            last_sync_nanos: 0,
             created: 0,
         }
     }
@@ -704,6 +719,9 @@ impl Writer {
                 s.bytes.store(self.written, Ordering::Relaxed);
                 s.sync_nanos.store(self.sync_nanos, Ordering::Relaxed);
                 s.segments_created.store(self.created, Ordering::Relaxed);
+                if let Some(observer) = &self.config.on_batch {
+                    (observer.0)(records, Duration::from_nanos(self.last_sync_nanos));
+                }
                 for (done, seq) in acks {
                     let _ = done.send(Ok(seq));
                 }
@@ -778,7 +796,8 @@ impl Writer {
             .file
             .sync_data()
             .map_err(|e| AuditError::io(&self.path, e));
-        self.sync_nanos += started.elapsed().as_nanos() as u64;
+        self.last_sync_nanos = started.elapsed().as_nanos() as u64;
+        self.sync_nanos += self.last_sync_nanos;
         synced
     }
 

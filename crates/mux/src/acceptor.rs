@@ -348,30 +348,34 @@ impl<H: Handler> Acceptor<H> {
         loop {
             let next = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
-                next = reader.next(cfg.frame_timeout, Some(cfg.idle_timeout)) => next,
+                _ = shutdown.cancelled() => None,
+                next = reader.next(cfg.frame_timeout, Some(cfg.idle_timeout)) => Some(next),
             };
             let frame = match next {
-                Ok(frame) => frame,
-                Err(ReadEnd::Idle)
+                // Draining: requests already read in full are still answered; nothing more
+                // is read.
+                None => match reader.buffered() {
+                    Some(frame) => frame,
+                    None => break,
+                },
+                Some(Ok(frame)) => frame,
+                Some(Err(ReadEnd::Idle))
                     if in_flight.available_permits() < cfg.max_in_flight_per_connection =>
                 {
                     // Waiting on the issuer is not idleness.
                     reader.touch();
                     continue;
                 }
-                Err(end) => {
+                Some(Err(end)) => {
                     self.note_end(&conn, end);
                     break;
                 }
             };
             self.stats.io.frames_read.fetch_add(1, Ordering::Relaxed);
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = in_flight.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
+            // A full window stops reading until an answer goes out (requests finish within
+            // the issuer timeout, so this wait is bounded even while draining).
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break;
             };
             let reply_header = cfg.framing.header.reply_to(&frame.header);
             let decoded = MessageView::decode(cfg.spec, frame.message.clone());

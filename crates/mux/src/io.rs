@@ -117,6 +117,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// A frame already complete in the buffer, without reading (for draining).
+    pub(crate) fn buffered(&mut self) -> Option<Frame> {
+        self.codec.decode(&mut self.buf).ok().flatten()
+    }
+
     /// Restart the idle clock (the connection is busy even though nothing arrives).
     pub(crate) fn touch(&mut self) {
         self.last_byte = Instant::now();

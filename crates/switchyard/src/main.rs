@@ -4,8 +4,13 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod audit_cmd;
 mod codec_cmd;
+mod config;
+mod run;
+mod sim_cmd;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +30,25 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the switch (with no --config: the embedded default, a simulated issuer and demo keys).
+    Run {
+        /// The configuration file (see deploy/config/switchyard.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Log format: text or json (overrides the file's log.format).
+        #[arg(long, value_parser = ["text", "json"])]
+        log_format: Option<String>,
+    },
+    /// Check a configuration file: every problem at once, exit 78 if any.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Simulators: an issuer host, and terminals sending load.
+    Sim {
+        #[command(subcommand)]
+        command: sim_cmd::SimCommand,
+    },
     /// Decode one message (hex, whitespace ignored; or raw bytes) to JSON. Masked unless --reveal.
     Decode {
         /// A shipped spec name (see `switchyard specs`) or a path to a spec TOML file.
@@ -73,6 +97,9 @@ fn main() -> ExitCode {
             input,
         } => codec_cmd::decode(&spec, reveal, raw, pretty, input.as_deref()),
         Command::Encode { spec, raw, input } => codec_cmd::encode(&spec, raw, input.as_deref()),
+        Command::Run { config, log_format } => run::run(config, log_format),
+        Command::CheckConfig { file } => run::check_config(&file),
+        Command::Sim { command } => sim_cmd::run(command),
         Command::Specs => codec_cmd::specs(),
         Command::Audit { command } => audit_cmd::run(*command),
     };

@@ -1,0 +1,316 @@
+//! A simulated issuer host: answers 0100/0200 (approve or decline at a configured rate,
+//! after a random delay, so answers leave out of order), 0400/0420 (acknowledged, the
+//! original taken off the ledger), 0800 (echo, sign-on), and can stay silent or drop
+//! connections on purpose. It keeps a ledger of what it approved and what was reversed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use switchyard_iso8583::{MessageBuilder, MessageView, Spec};
+use switchyard_mux::{Frame, FrameCodec, Framing};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+
+use crate::rng::Rng;
+
+/// How the simulated issuer behaves.
+#[derive(Debug, Clone)]
+pub struct IssuerSimConfig {
+    /// The dialect.
+    pub spec: &'static Spec,
+    /// The framing.
+    pub framing: Framing,
+    /// Share of financial and authorisation requests approved (0.0..=1.0).
+    pub approval_rate: f64,
+    /// Response code of a decline.
+    pub decline_code: String,
+    /// Shortest answer delay.
+    pub delay_min: Duration,
+    /// Longest answer delay (uniform between the two; unequal delays answer out of order).
+    pub delay_max: Duration,
+    /// Share of requests never answered.
+    pub silence_rate: f64,
+    /// Close a connection after this many requests on it.
+    pub disconnect_after: Option<u64>,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl IssuerSimConfig {
+    /// An issuer that approves everything at once.
+    pub fn approving(spec: &'static Spec) -> IssuerSimConfig {
+        IssuerSimConfig {
+            spec,
+            framing: Framing::default(),
+            approval_rate: 1.0,
+            decline_code: "05".into(),
+            delay_min: Duration::ZERO,
+            delay_max: Duration::ZERO,
+            silence_rate: 0.0,
+            disconnect_after: None,
+            max_connections: 64,
+        }
+    }
+}
+
+/// One approval the issuer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// Field 4.
+    pub amount: u64,
+    /// Field 38 given.
+    pub auth_id: String,
+}
+
+/// What the issuer approved and what was reversed. Keyed by terminal id (41), the STAN the
+/// issuer saw (11) and the transmission date and time (7).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    approvals: Mutex<HashMap<(String, String, String), Approval>>,
+    /// Requests answered with approval.
+    pub approved: AtomicU64,
+    /// Requests declined.
+    pub declined: AtomicU64,
+    /// Reversals acknowledged (whether or not the original was found).
+    pub reversals: AtomicU64,
+    /// Reversals that took an approval off the ledger.
+    pub reversed: AtomicU64,
+    /// Requests received.
+    pub requests: AtomicU64,
+    /// Network management requests answered.
+    pub network: AtomicU64,
+}
+
+impl Ledger {
+    /// Approvals still standing (not reversed).
+    pub fn standing(&self) -> Vec<((String, String, String), Approval)> {
+        let map = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Sum of the amounts standing.
+    pub fn standing_amount(&self) -> u64 {
+        self.standing().iter().map(|(_, a)| a.amount).sum()
+    }
+
+    /// A one-line summary.
+    pub fn summary(&self) -> String {
+        format!(
+            "requests {} approved {} declined {} reversals {} (matched {}) network {} standing {} amount {}",
+            self.requests.load(Ordering::Relaxed),
+            self.approved.load(Ordering::Relaxed),
+            self.declined.load(Ordering::Relaxed),
+            self.reversals.load(Ordering::Relaxed),
+            self.reversed.load(Ordering::Relaxed),
+            self.network.load(Ordering::Relaxed),
+            self.standing().len(),
+            self.standing_amount()
+        )
+    }
+}
+
+/// A running simulated issuer.
+#[derive(Debug)]
+pub struct IssuerSim {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its ledger.
+    pub ledger: Arc<Ledger>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for IssuerSim {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl IssuerSim {
+    /// Listen on `addr` and serve until dropped (or `stop`).
+    pub async fn start(addr: &str, config: IssuerSimConfig) -> std::io::Result<IssuerSim> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let ledger = Arc::new(Ledger::default());
+        let shutdown = CancellationToken::new();
+        let config = Arc::new(config);
+        let (l, s) = (ledger.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+            let mut seed = 0x5EED_0000_0000_0001u64;
+            loop {
+                let accepted = tokio::select! {
+                    _ = s.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    continue;
+                };
+                seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let (config, ledger, s) = (config.clone(), l.clone(), s.clone());
+                tokio::spawn(async move {
+                    serve(stream, config, ledger, s, Rng::new(seed)).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(IssuerSim { addr, ledger, shutdown })
+    }
+
+    /// Stop listening and close every connection.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn serve(stream: TcpStream, config: Arc<IssuerSimConfig>, ledger: Arc<Ledger>, shutdown: CancellationToken, mut rng: Rng) {
+    let _ = stream.set_nodelay(true);
+    let (mut input, mut output) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Frame>(4096);
+    let framing = config.framing;
+    let conn_done = CancellationToken::new();
+    let writer_done = conn_done.clone();
+    let writer = tokio::spawn(async move {
+        let mut codec = FrameCodec::new(framing);
+        let mut out = BytesMut::new();
+        while let Some(frame) = rx.recv().await {
+            out.clear();
+            if codec.encode(frame, &mut out).is_err() {
+                continue;
+            }
+            while let Ok(frame) = rx.try_recv() {
+                let _ = codec.encode(frame, &mut out);
+            }
+            if output.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+        writer_done.cancel();
+    });
+    let mut codec = FrameCodec::new(framing);
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut on_this_connection = 0u64;
+    'read: loop {
+        loop {
+            let frame = match codec.decode(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => break 'read,
+            };
+            let Ok(request) = MessageView::decode(config.spec, frame.message.clone()) else {
+                continue;
+            };
+            if !request.mti().is_request() {
+                continue;
+            }
+            ledger.requests.fetch_add(1, Ordering::Relaxed);
+            on_this_connection += 1;
+            if config.disconnect_after.is_some_and(|n| on_this_connection > n) {
+                break 'read;
+            }
+            let header = framing.header.reply_to(&frame.header);
+            let Some((response, delay)) = answer(&config, &ledger, &request, &mut rng) else {
+                continue;
+            };
+            let frame = Frame::with_header(header, response);
+            if delay.is_zero() {
+                if tx.send(frame).await.is_err() {
+                    break 'read;
+                }
+            } else {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(frame).await;
+                });
+            }
+        }
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = conn_done.cancelled() => break,
+            r = input.read_buf(&mut buf) => r,
+        };
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    drop(tx);
+    writer.abort();
+}
+
+/// The answer to one request and when to send it; `None` for silence.
+fn answer(config: &IssuerSimConfig, ledger: &Ledger, request: &MessageView<'static>, rng: &mut Rng) -> Option<(Bytes, Duration)> {
+    let mti = request.mti();
+    let mut builder = MessageBuilder::new(config.spec, mti);
+    let text = |n| request.field(n).map(|f| f.text()).unwrap_or_default();
+    if mti.class() == 8 {
+        ledger.network.fetch_add(1, Ordering::Relaxed);
+        builder.respond_to(request, b"00").ok()?;
+        return Some((builder.encode(), Duration::ZERO));
+    }
+    if rng.chance(config.silence_rate) {
+        return None;
+    }
+    let delay = rng.between(config.delay_min, config.delay_max);
+    match mti.class() {
+        4 => {
+            ledger.reversals.fetch_add(1, Ordering::Relaxed);
+            // Field 90: original MTI (4), STAN (6), transmission date and time (10), ...
+            let original = text(90);
+            let key = (
+                text(41),
+                original.get(4..10).unwrap_or_default().to_string(),
+                original.get(10..20).unwrap_or_default().to_string(),
+            );
+            let removed = ledger
+                .approvals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            if removed.is_some() {
+                ledger.reversed.fetch_add(1, Ordering::Relaxed);
+            }
+            builder.respond_to(request, b"00").ok()?;
+        }
+        1 | 2 if mti.function() == 0 => {
+            if rng.chance(config.approval_rate) {
+                let auth_id = format!("{:06}", rng.next() % 1_000_000);
+                builder.respond_to(request, b"00").ok()?;
+                if config.spec.field(38).is_some() {
+                    builder.set(38, &auth_id).ok()?;
+                }
+                let approval = Approval {
+                    amount: request.field(4).and_then(|f| f.as_u64()).unwrap_or(0),
+                    auth_id,
+                };
+                ledger
+                    .approvals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((text(41), text(11), text(7)), approval);
+                ledger.approved.fetch_add(1, Ordering::Relaxed);
+            } else {
+                builder.respond_to(request, config.decline_code.as_bytes()).ok()?;
+                ledger.declined.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Advices (0120, 0220) and anything else: acknowledged.
+        _ => {
+            builder.respond_to(request, b"00").ok()?;
+        }
+    }
+    Some((builder.encode(), delay))
+}

@@ -1,0 +1,549 @@
+//! The configuration file: TOML, unknown keys refused, validated whole before anything
+//! binds. `check` returns every problem at once, each with where it is.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use switchyard_audit::{AuditConfig, KeySource};
+use switchyard_iso8583::Spec;
+use switchyard_mux::{
+    AcceptorConfig, ClientTls, ClientTlsFiles, Endpoint, Framing, Header, LengthPrefix, LinkConfig, Selection,
+    ServerTls, ServerTlsFiles,
+};
+use switchyard_router::{RouteRule, RouteTable};
+
+use crate::codec_cmd::resolve_spec;
+
+/// The configuration `switchyard run` uses when given none: works on a fresh machine with
+/// nothing else installed (a simulated issuer in the same process, demo audit keys).
+pub const EMBEDDED_DEFAULT: &str = r#"
+# Switchyard's embedded default: one terminal listener, a simulated issuer that approves,
+# the audit log under ./switchyard-data, demo keys. See deploy/config/switchyard.toml.
+[admin]
+listen = "127.0.0.1:9583"
+
+[audit]
+dir = "./switchyard-data/audit"
+demo_keys = true
+
+[[listeners]]
+name = "terminals"
+listen = "127.0.0.1:8583"
+spec = "iso8583-1987-ascii"
+
+[[links]]
+name = "simulated-issuer"
+simulated = true
+spec = "iso8583-1987-ascii"
+
+[routing]
+default = "simulated-issuer"
+"#;
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9583".into()
+}
+fn default_spec() -> String {
+    "iso8583-1987-ascii".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin HTTP listener.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
+    /// Shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownSection,
+    /// The audit log.
+    pub audit: AuditSection,
+    /// Terminal listeners.
+    #[serde(default)]
+    pub listeners: Vec<ListenerSection>,
+    /// Issuer links.
+    #[serde(default)]
+    pub links: Vec<LinkSection>,
+    /// Routes.
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+    /// Routing defaults.
+    #[serde(default)]
+    pub routing: RoutingSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` or `json` (the command line's --log-format wins).
+    pub format: Option<String>,
+    /// A tracing filter such as `info` or `switchyard=debug,info`.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSection {
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "ShutdownSection::default_grace")]
+    pub grace_ms: u64,
+}
+
+impl ShutdownSection {
+    fn default_grace() -> u64 {
+        10_000
+    }
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection {
+            grace_ms: Self::default_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    pub dir: PathBuf,
+    /// `durable` (answer after the record is on disk) or `fire-and-forget`.
+    #[serde(default)]
+    pub durability: Option<String>,
+    #[serde(default)]
+    pub batch_window_us: Option<u64>,
+    #[serde(default)]
+    pub segment_mib: Option<u64>,
+    #[serde(default)]
+    pub chain_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub chain_key_env: Option<String>,
+    #[serde(default)]
+    pub pan_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub pan_key_env: Option<String>,
+    /// Use the public demo keys (refused unless set explicitly; loudly labelled).
+    #[serde(default)]
+    pub demo_keys: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FramingSection {
+    /// `binary2`, `ascii4`, `bcd2` or `binary4`.
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub prefix_includes_itself: bool,
+    /// `none`, `tpdu` or `fixed:N`.
+    pub header: Option<String>,
+    pub max_frame_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsSection {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub name: String,
+    pub listen: String,
+    #[serde(default = "default_spec")]
+    pub spec: String,
+    #[serde(default)]
+    pub framing: FramingSection,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_source: Option<usize>,
+    pub max_in_flight_per_connection: Option<usize>,
+    pub frame_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub handshake_timeout_ms: Option<u64>,
+    pub tls: Option<ServerTlsSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsSection {
+    pub ca: PathBuf,
+    pub server_name: String,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSection {
+    pub name: String,
+    /// `host:port`, primary first.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Start a simulated issuer in this process and connect to it (demo and tests).
+    #[serde(default)]
+    pub simulated: bool,
+    #[serde(default = "default_spec")]
+    pub spec: String,
+    #[serde(default)]
+    pub framing: FramingSection,
+    /// Header bytes sent before each message, hex (for `tpdu` or `fixed:N` framing).
+    pub header_hex: Option<String>,
+    pub connections: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    pub timeout_ms: Option<u64>,
+    /// 0 turns echo tests off.
+    pub echo_interval_ms: Option<u64>,
+    pub echo_timeout_ms: Option<u64>,
+    pub max_missed_echoes: Option<u32>,
+    #[serde(default)]
+    pub sign_on: bool,
+    pub match_fields: Option<Vec<u8>>,
+    #[serde(default = "default_true")]
+    pub remap_stan: bool,
+    /// `least-outstanding` or `round-robin`.
+    pub selection: Option<String>,
+    pub connect_timeout_ms: Option<u64>,
+    pub reconnect_min_ms: Option<u64>,
+    pub reconnect_max_ms: Option<u64>,
+    pub tls: Option<ClientTlsSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub name: String,
+    pub bins: Vec<String>,
+    #[serde(default)]
+    pub mti: Vec<String>,
+    #[serde(default)]
+    pub processing_codes: Vec<String>,
+    pub link: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// The link of requests no route takes (none: they get 15).
+    pub default: Option<String>,
+}
+
+/// Everything built from a valid configuration, before anything binds.
+pub struct Plan {
+    pub config: Config,
+    pub listeners: Vec<(ListenerSection, AcceptorConfig, Option<Arc<ServerTls>>)>,
+    /// Links; `simulated` links get their endpoint when the simulator is started.
+    pub links: Vec<(LinkSection, LinkConfig)>,
+    pub routes: RouteTable,
+    pub audit: AuditConfig,
+    pub durable: bool,
+    pub chain_key: KeySource,
+    pub pan_key: KeySource,
+}
+
+/// Where a configuration came from (for messages).
+pub fn origin(path: Option<&Path>) -> String {
+    path.map_or_else(|| "embedded default configuration".into(), |p| p.display().to_string())
+}
+
+/// Read and check a configuration; every problem at once.
+pub fn load(path: Option<&Path>) -> Result<Plan, Vec<String>> {
+    let text = match path {
+        None => EMBEDDED_DEFAULT.to_string(),
+        Some(p) => std::fs::read_to_string(p).map_err(|e| vec![format!("{}: {e}", p.display())])?,
+    };
+    let config: Config = toml::from_str(&text).map_err(|e| vec![format!("{}: {}", origin(path), e.to_string().trim_end())])?;
+    plan(config)
+}
+
+fn framing(at: &str, f: &FramingSection, problems: &mut Vec<String>) -> Framing {
+    let mut framing = Framing::default();
+    if let Some(p) = &f.prefix {
+        match LengthPrefix::from_name(p) {
+            Some(prefix) => framing.prefix = prefix,
+            None => problems.push(format!("{at}.framing.prefix: {p:?} is not one of binary2, ascii4, bcd2, binary4")),
+        }
+    }
+    framing.prefix_includes_itself = f.prefix_includes_itself;
+    if let Some(h) = &f.header {
+        framing.header = match h.as_str() {
+            "none" => Header::None,
+            "tpdu" => Header::Tpdu,
+            other => match other.strip_prefix("fixed:").and_then(|n| n.parse::<u8>().ok()) {
+                Some(n) if n > 0 => Header::Fixed(n),
+                _ => {
+                    problems.push(format!("{at}.framing.header: {h:?} is not none, tpdu or fixed:N (N 1..255)"));
+                    Header::None
+                }
+            },
+        };
+    }
+    if let Some(max) = f.max_frame_bytes {
+        framing.max_frame_len = max;
+    }
+    if let Err(e) = framing.validate() {
+        problems.push(format!("{at}.framing: {e}"));
+    }
+    framing
+}
+
+fn spec(at: &str, name: &str, problems: &mut Vec<String>) -> Option<&'static Spec> {
+    match resolve_spec(name) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            problems.push(format!("{at}.spec: {e}"));
+            None
+        }
+    }
+}
+
+fn ms(v: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default))
+}
+
+fn key_source(at: &str, file: &Option<PathBuf>, env: &Option<String>, demo: bool, problems: &mut Vec<String>) -> KeySource {
+    match (file, env) {
+        (Some(f), None) => KeySource::File(f.clone()),
+        (None, Some(v)) => KeySource::Env(v.clone()),
+        (Some(_), Some(_)) => {
+            problems.push(format!("{at}: give a key file or an environment variable, not both"));
+            KeySource::Demo
+        }
+        (None, None) if demo => KeySource::Demo,
+        (None, None) => {
+            problems.push(format!("{at}: no key: set {at}_file or {at}_env (or demo_keys = true for a demo)"));
+            KeySource::Demo
+        }
+    }
+}
+
+fn plan(config: Config) -> Result<Plan, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut names = HashSet::new();
+    if config.listeners.is_empty() {
+        problems.push("listeners: at least one [[listeners]] is needed".into());
+    }
+    let mut listeners = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}] ({:?})", l.name);
+        if !names.insert(format!("listener:{}", l.name)) {
+            problems.push(format!("{at}.name: used twice"));
+        }
+        if l.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("{at}.listen: {:?} is not an address:port", l.listen));
+        }
+        let framing = framing(&at, &l.framing, &mut problems);
+        let Some(spec) = spec(&at, &l.spec, &mut problems) else { continue };
+        let mut a = AcceptorConfig::new(&l.name, spec);
+        a.framing = framing;
+        a.max_connections = l.max_connections.unwrap_or(a.max_connections);
+        a.max_connections_per_source = l.max_connections_per_source.unwrap_or(a.max_connections_per_source);
+        a.max_in_flight_per_connection = l.max_in_flight_per_connection.unwrap_or(a.max_in_flight_per_connection);
+        a.frame_timeout = ms(l.frame_timeout_ms, 5_000);
+        a.idle_timeout = ms(l.idle_timeout_ms, 300_000);
+        a.handshake_timeout = ms(l.handshake_timeout_ms, 10_000);
+        if a.max_connections == 0 || a.max_connections_per_source == 0 || a.max_in_flight_per_connection == 0 {
+            problems.push(format!("{at}: connection and in-flight limits must be at least 1"));
+        }
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => match ServerTls::load(ServerTlsFiles {
+                cert_chain: t.cert.clone(),
+                private_key: t.key.clone(),
+                client_ca: t.client_ca.clone(),
+            }) {
+                Ok(tls) => Some(Arc::new(tls)),
+                Err(e) => {
+                    problems.push(format!("{at}.tls: {e}"));
+                    None
+                }
+            },
+        };
+        listeners.push((l.clone(), a, tls));
+    }
+    let mut links = Vec::new();
+    for (i, l) in config.links.iter().enumerate() {
+        let at = format!("links[{i}] ({:?})", l.name);
+        if !names.insert(format!("link:{}", l.name)) {
+            problems.push(format!("{at}.name: used twice"));
+        }
+        if l.simulated != l.endpoints.is_empty() {
+            problems.push(format!("{at}: give endpoints, or simulated = true, not both"));
+        }
+        let framing = framing(&at, &l.framing, &mut problems);
+        let Some(spec) = spec(&at, &l.spec, &mut problems) else { continue };
+        let first = l.endpoints.first().cloned().unwrap_or_else(|| "127.0.0.1:0".into());
+        let mut c = LinkConfig::new(&l.name, &first, spec);
+        c.framing = framing;
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => {
+                let client_auth = match (&t.cert, &t.key) {
+                    (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                    (None, None) => None,
+                    _ => {
+                        problems.push(format!("{at}.tls: cert and key go together"));
+                        None
+                    }
+                };
+                match ClientTls::load(ClientTlsFiles {
+                    ca: t.ca.clone(),
+                    server_name: t.server_name.clone(),
+                    client_auth,
+                }) {
+                    Ok(tls) => Some(Arc::new(tls)),
+                    Err(e) => {
+                        problems.push(format!("{at}.tls: {e}"));
+                        None
+                    }
+                }
+            }
+        };
+        c.endpoints = l
+            .endpoints
+            .iter()
+            .map(|addr| Endpoint {
+                addr: addr.clone(),
+                tls: tls.clone(),
+            })
+            .collect();
+        if c.endpoints.is_empty() {
+            c.endpoints.push(Endpoint { addr: first, tls: None });
+        }
+        if let Some(h) = &l.header_hex {
+            match switchyard_iso8583::wire::from_hex(h.as_bytes()) {
+                Ok(bytes) => c.header = Bytes::from(bytes),
+                Err(at_char) => problems.push(format!("{at}.header_hex: not hex at character {at_char}")),
+            }
+        }
+        c.connections = l.connections.unwrap_or(c.connections);
+        c.max_in_flight = l.max_in_flight.unwrap_or(c.max_in_flight);
+        c.request_timeout = ms(l.timeout_ms, 10_000);
+        c.echo_interval = match l.echo_interval_ms {
+            Some(0) => None,
+            v => Some(ms(v, 30_000)),
+        };
+        c.echo_timeout = ms(l.echo_timeout_ms, 5_000);
+        c.max_missed_echoes = l.max_missed_echoes.unwrap_or(c.max_missed_echoes);
+        c.sign_on = l.sign_on;
+        if let Some(f) = &l.match_fields {
+            c.match_fields = f.clone();
+        }
+        c.remap_stan = l.remap_stan;
+        c.selection = match l.selection.as_deref() {
+            None | Some("least-outstanding") => Selection::LeastOutstanding,
+            Some("round-robin") => Selection::RoundRobin,
+            Some(other) => {
+                problems.push(format!("{at}.selection: {other:?} is not least-outstanding or round-robin"));
+                Selection::LeastOutstanding
+            }
+        };
+        c.connect_timeout = ms(l.connect_timeout_ms, 5_000);
+        c.reconnect_min = ms(l.reconnect_min_ms, 200);
+        c.reconnect_max = ms(l.reconnect_max_ms, 30_000);
+        if let Err(e) = c.validate() {
+            problems.push(format!("{at}: {e}"));
+        }
+        links.push((l.clone(), c));
+    }
+    let rules: Vec<RouteRule> = config
+        .routes
+        .iter()
+        .map(|r| RouteRule {
+            name: r.name.clone(),
+            bins: r.bins.clone(),
+            mtis: r.mti.clone(),
+            processing_codes: r.processing_codes.clone(),
+            link: r.link.clone(),
+        })
+        .collect();
+    let link_names: HashSet<&str> = config.links.iter().map(|l| l.name.as_str()).collect();
+    for (i, r) in config.routes.iter().enumerate() {
+        if !link_names.contains(r.link.as_str()) {
+            problems.push(format!("routes[{i}] ({:?}).link: no link named {:?}", r.name, r.link));
+        }
+    }
+    if let Some(d) = &config.routing.default {
+        if !link_names.contains(d.as_str()) {
+            problems.push(format!("routing.default: no link named {d:?}"));
+        }
+    }
+    let routes = match RouteTable::new(&rules, config.routing.default.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(e.to_string());
+            RouteTable::default()
+        }
+    };
+    let a = &config.audit;
+    let durable = match a.durability.as_deref() {
+        None | Some("durable") => true,
+        Some("fire-and-forget") => false,
+        Some(other) => {
+            problems.push(format!("audit.durability: {other:?} is not durable or fire-and-forget"));
+            true
+        }
+    };
+    let mut audit = AuditConfig::new(&a.dir);
+    if let Some(w) = a.batch_window_us {
+        audit.batch_window = Duration::from_micros(w);
+    }
+    if let Some(mib) = a.segment_mib {
+        audit.segment_bytes = mib << 20;
+    }
+    let chain_key = key_source("audit.chain_key", &a.chain_key_file, &a.chain_key_env, a.demo_keys, &mut problems);
+    let pan_key = key_source("audit.pan_key", &a.pan_key_file, &a.pan_key_env, a.demo_keys, &mut problems);
+    if problems.is_empty() {
+        if let Err(e) = switchyard_audit::AuditKeys::load(&chain_key, &pan_key) {
+            problems.push(format!("audit: {e}"));
+        }
+    }
+    if config.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+        problems.push(format!("admin.listen: {:?} is not an address:port", config.admin.listen));
+    }
+    if let Some(f) = &config.log.format {
+        if f != "text" && f != "json" {
+            problems.push(format!("log.format: {f:?} is not text or json"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Plan {
+        config,
+        listeners,
+        links,
+        routes,
+        audit,
+        durable,
+        chain_key,
+        pan_key,
+    })
+}

@@ -1,0 +1,278 @@
+//! `switchyard run`: load and check the configuration, open the audit log, start the issuer
+//! links (and simulated issuers), bind the listeners and the admin endpoint, then wait for
+//! signals. SIGTERM/SIGINT drain: not ready, stop accepting, finish what is in flight within
+//! the grace period, flush the audit log, exit 0. SIGHUP reloads routes and certificates,
+//! keeping the old ones on any error.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use switchyard_audit::{AuditKeys, AuditLog, DEMO_WARNING};
+use switchyard_mux::{Acceptor, ClientTls, Endpoint, IssuerLink, ServerTls};
+use switchyard_router::{Router, TerminalHandler};
+use switchyard_sim::{IssuerSim, IssuerSimConfig};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::codec_cmd::{fail, CmdResult, EX_CONFIG, EX_IOERR};
+use crate::config;
+use crate::telemetry::{init_logging, Sources, Telemetry};
+
+struct Switch {
+    telemetry: Telemetry,
+    sources: Sources,
+    draining: AtomicBool,
+    listeners_bound: AtomicBool,
+}
+
+impl AdminState for Switch {
+    fn metrics(&self) -> Vec<u8> {
+        self.telemetry.ready.set(i64::from(self.readiness().is_ok()));
+        self.telemetry.render(&self.sources)
+    }
+
+    fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if self.draining.load(Ordering::Acquire) {
+            reasons.push("draining".to_string());
+        }
+        if !self.listeners_bound.load(Ordering::Acquire) {
+            reasons.push("listeners not bound".to_string());
+        }
+        if !self.sources.links.iter().any(|(_, l, _)| l.is_ready()) {
+            reasons.push("no issuer link ready".to_string());
+        }
+        if self.sources.audit.is_failed() {
+            reasons.push("audit log failed".to_string());
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+}
+
+/// `switchyard check-config FILE`.
+pub fn check_config(path: &Path) -> CmdResult {
+    match config::load(Some(path)) {
+        Ok(plan) => {
+            println!(
+                "{}: ok ({} listeners, {} links, {} routes)",
+                path.display(),
+                plan.listeners.len(),
+                plan.links.len(),
+                plan.config.routes.len()
+            );
+            Ok(())
+        }
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            Err(fail(EX_CONFIG)(anyhow!("{}: {} problem(s)", path.display(), problems.len())))
+        }
+    }
+}
+
+/// `switchyard run [--config FILE]`.
+pub fn run(path: Option<PathBuf>, log_format: Option<String>) -> CmdResult {
+    let plan = match config::load(path.as_deref()) {
+        Ok(p) => p,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            return Err(fail(EX_CONFIG)(anyhow!("{}: {} problem(s); nothing started", config::origin(path.as_deref()), problems.len())));
+        }
+    };
+    let json = log_format.as_deref().or(plan.config.log.format.as_deref()) == Some("json");
+    init_logging(json, plan.config.log.level.as_deref());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("switchyard")
+        .build()
+        .map_err(|e| fail(EX_IOERR)(e.into()))?;
+    runtime.block_on(serve(plan, path))
+}
+
+async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
+    let keys = Arc::new(AuditKeys::load(&plan.chain_key, &plan.pan_key).map_err(|e| fail(EX_CONFIG)(e.into()))?);
+    if keys.is_demo() {
+        eprintln!("switchyard: WARNING: {DEMO_WARNING}");
+    }
+    let telemetry = Telemetry::new().map_err(|e| fail(EX_IOERR)(e.into()))?;
+    plan.audit.on_batch = Some(telemetry.batch_observer());
+    let (audit, recovery) = AuditLog::open(plan.audit.clone(), keys.clone()).map_err(|e| fail(EX_IOERR)(anyhow!("audit log: {e}")))?;
+    tracing::info!(dir = %plan.audit.dir.display(), next_seq = recovery.next_seq, torn_bytes = recovery.torn_bytes, "audit log open");
+    let audit = Arc::new(audit);
+
+    // Simulated issuers first, so that their links can connect at once.
+    let mut simulators = Vec::new();
+    for (section, link) in &mut plan.links {
+        if section.simulated {
+            let mut sim = IssuerSimConfig::approving(link.spec);
+            sim.framing = link.framing;
+            let issuer = IssuerSim::start("127.0.0.1:0", sim).await.map_err(|e| fail(EX_IOERR)(e.into()))?;
+            link.endpoints = vec![Endpoint { addr: issuer.addr.to_string(), tls: None }];
+            tracing::info!(link = %section.name, addr = %issuer.addr, "simulated issuer started");
+            simulators.push(issuer);
+        }
+    }
+    let mut links = HashMap::new();
+    let mut link_sources = Vec::new();
+    let mut client_tls: Vec<Arc<ClientTls>> = Vec::new();
+    for (section, link) in &plan.links {
+        client_tls.extend(link.endpoints.iter().filter_map(|e| e.tls.clone()));
+        let connections = link.connections;
+        let started = Arc::new(IssuerLink::start(link.clone(), None).map_err(|e| fail(EX_CONFIG)(e.into()))?);
+        link_sources.push((section.name.clone(), started.clone(), connections));
+        links.insert(section.name.clone(), started);
+    }
+    let router = Arc::new(
+        Router::new(plan.routes.clone(), links.clone(), audit.clone(), keys.clone(), plan.durable, &telemetry.registry)
+            .map_err(|e| fail(EX_CONFIG)(e.into()))?,
+    );
+
+    // Bind everything before serving anything: a port in use stops the start cleanly.
+    let mut bound = Vec::new();
+    for (section, acceptor_config, tls) in &plan.listeners {
+        let listener = TcpListener::bind(&section.listen)
+            .await
+            .with_context(|| format!("listener {:?}: binding {}", section.name, section.listen))
+            .map_err(fail(EX_IOERR))?;
+        bound.push((section.clone(), acceptor_config.clone(), tls.clone(), listener));
+    }
+    let admin_listener = TcpListener::bind(&plan.config.admin.listen)
+        .await
+        .with_context(|| format!("admin: binding {}", plan.config.admin.listen))
+        .map_err(fail(EX_IOERR))?;
+
+    let accepting = CancellationToken::new();
+    let mut served = Vec::new();
+    let mut listener_sources = Vec::new();
+    let mut server_tls: Vec<Arc<ServerTls>> = Vec::new();
+    for (section, acceptor_config, tls, listener) in bound {
+        let handler = Arc::new(TerminalHandler {
+            router: router.clone(),
+            listener: section.name.clone().into(),
+        });
+        server_tls.extend(tls.clone());
+        let acceptor = Arc::new(Acceptor::new(acceptor_config, handler, tls));
+        listener_sources.push((section.name.clone(), acceptor.stats().clone()));
+        tracing::info!(listener = %section.name, addr = %section.listen, spec = %section.spec, "accepting terminals");
+        served.push(tokio::spawn(acceptor.serve(listener, accepting.clone())));
+    }
+    let switch = Arc::new(Switch {
+        telemetry,
+        sources: Sources {
+            listeners: listener_sources,
+            links: link_sources,
+            audit: audit.clone(),
+        },
+        draining: AtomicBool::new(false),
+        listeners_bound: AtomicBool::new(true),
+    });
+    let admin_stop = CancellationToken::new();
+    tokio::spawn(admin::serve(admin_listener, switch.clone(), admin_stop.clone()));
+    tracing::info!(admin = %plan.config.admin.listen, config = %config::origin(path.as_deref()), "switchyard running");
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| fail(EX_IOERR)(e.into()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| fail(EX_IOERR)(e.into()))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| fail(EX_IOERR)(e.into()))?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(path.as_deref(), &plan, &router, &server_tls, &client_tls, &switch),
+        }
+    }
+
+    // Drain.
+    tracing::info!("draining: not ready, no new connections, finishing requests in flight");
+    switch.draining.store(true, Ordering::Release);
+    accepting.cancel();
+    let grace = Duration::from_millis(plan.config.shutdown.grace_ms);
+    let drained = tokio::time::timeout(grace, async {
+        for s in served {
+            let _ = s.await;
+        }
+    })
+    .await
+    .is_ok();
+    if !drained {
+        tracing::warn!(grace_ms = plan.config.shutdown.grace_ms, "grace period over with requests still in flight");
+    }
+    for link in links.values() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), link.shutdown()).await;
+    }
+    admin_stop.cancel();
+    let flushed = audit.flush().await;
+    let closed = audit.close();
+    drop(simulators);
+    match (flushed, closed) {
+        (Ok(last), Ok(())) => {
+            tracing::info!(last_seq = last, "audit log flushed; stopped");
+            Ok(())
+        }
+        (Err(e), _) | (_, Err(e)) => Err(fail(EX_IOERR)(anyhow!("audit log at shutdown: {e}"))),
+    }
+}
+
+/// SIGHUP: read the file again; on success swap the route table and reload certificates;
+/// on any error keep everything as it is and say why.
+fn reload(
+    path: Option<&Path>,
+    running: &config::Plan,
+    router: &Router<IssuerLink>,
+    server_tls: &[Arc<ServerTls>],
+    client_tls: &[Arc<ClientTls>],
+    switch: &Switch,
+) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: running the embedded default configuration; nothing to reload");
+        return;
+    };
+    let result = (|| -> Result<Vec<String>, Vec<String>> {
+        let plan = config::load(Some(path))?;
+        let mut not_applied = Vec::new();
+        let shape = |p: &config::Plan| {
+            (
+                p.listeners.iter().map(|(l, _, _)| (l.name.clone(), l.listen.clone(), l.spec.clone())).collect::<Vec<_>>(),
+                p.links.iter().map(|(l, _)| (l.name.clone(), l.endpoints.clone(), l.spec.clone())).collect::<Vec<_>>(),
+            )
+        };
+        if shape(&plan) != shape(running) {
+            not_applied.push("listeners or links changed: restart to apply those".to_string());
+        }
+        router.replace_routes(plan.routes).map_err(|e| vec![e.to_string()])?;
+        for tls in server_tls {
+            tls.reload().map_err(|e| vec![format!("listener certificate: {e}")])?;
+        }
+        for tls in client_tls {
+            tls.reload().map_err(|e| vec![format!("link certificate: {e}")])?;
+        }
+        Ok(not_applied)
+    })();
+    match result {
+        Ok(not_applied) => {
+            switch.telemetry.reloads.with_label_values(&["ok"]).inc();
+            tracing::info!(config = %path.display(), "SIGHUP: routes and certificates reloaded");
+            for n in not_applied {
+                tracing::warn!("SIGHUP: {n}");
+            }
+        }
+        Err(problems) => {
+            switch.telemetry.reloads.with_label_values(&["error"]).inc();
+            for p in problems {
+                tracing::error!(config = %path.display(), problem = %p, "SIGHUP: reload refused; the running configuration stays");
+            }
+        }
+    }
+}

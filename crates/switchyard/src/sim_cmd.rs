@@ -1,0 +1,229 @@
+//! `switchyard sim issuer` and `switchyard sim terminal`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use switchyard_iso8583::Mti;
+use switchyard_mux::{ClientTls, ClientTlsFiles, Framing, LengthPrefix};
+use switchyard_sim::{IssuerSim, IssuerSimConfig, TerminalSimConfig};
+
+use crate::codec_cmd::{fail, resolve_spec, CmdResult, EX_IOERR, EX_USAGE};
+
+#[derive(Subcommand, Debug)]
+pub enum SimCommand {
+    /// A simulated issuer host (runs until SIGTERM/SIGINT, then prints its ledger).
+    Issuer(IssuerArgs),
+    /// Simulated terminals sending load; prints throughput, latency and response codes.
+    Terminal(TerminalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Wire {
+    /// Dialect: a shipped spec name or a spec file.
+    #[arg(long, default_value = "iso8583-1987-ascii")]
+    spec: String,
+    /// Length prefix: binary2, ascii4, bcd2, binary4.
+    #[arg(long, default_value = "binary2")]
+    framing: String,
+}
+
+impl Wire {
+    fn resolve(&self) -> anyhow::Result<(&'static switchyard_iso8583::Spec, Framing)> {
+        let spec = resolve_spec(&self.spec)?;
+        let prefix = LengthPrefix::from_name(&self.framing)
+            .ok_or_else(|| anyhow!("--framing {:?}: expected binary2, ascii4, bcd2 or binary4", self.framing))?;
+        Ok((spec, Framing { prefix, ..Framing::default() }))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct IssuerArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: String,
+    #[command(flatten)]
+    wire: Wire,
+    /// Share of requests approved, 0 to 1.
+    #[arg(long, default_value_t = 1.0)]
+    approval_rate: f64,
+    /// Response code of declines.
+    #[arg(long, default_value = "05")]
+    decline_code: String,
+    /// Answer delay in milliseconds: N, or MIN-MAX for a uniform spread (answers out of order).
+    #[arg(long, default_value = "0")]
+    delay_ms: String,
+    /// Share of requests never answered, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    silence_rate: f64,
+    /// Close each connection after this many requests.
+    #[arg(long)]
+    disconnect_after: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct TerminalArgs {
+    /// The switch, host:port.
+    #[arg(long)]
+    target: String,
+    #[command(flatten)]
+    wire: Wire,
+    /// Terminal connections.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Requests in all.
+    #[arg(long, conflicts_with = "duration")]
+    count: Option<u64>,
+    /// Seconds to send for.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Requests per second in all (open loop).
+    #[arg(long, conflicts_with = "window")]
+    rate: Option<f64>,
+    /// Requests in flight per connection (closed loop).
+    #[arg(long)]
+    window: Option<usize>,
+    /// Request MTI: 0100 or 0200.
+    #[arg(long, default_value = "0200")]
+    mti: String,
+    /// Milliseconds to wait for each answer.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Number of the first terminal id (T0000001, ...).
+    #[arg(long, default_value_t = 1)]
+    first_terminal: u32,
+    /// CA certificate of the switch: connect with TLS.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Name on the switch's certificate.
+    #[arg(long, default_value = "localhost")]
+    tls_server_name: String,
+    /// Client certificate (mutual TLS).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Client key (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, crate::codec_cmd::Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(EX_IOERR)(e.into()))
+}
+
+pub fn run(command: SimCommand) -> CmdResult {
+    match command {
+        SimCommand::Issuer(args) => issuer(args),
+        SimCommand::Terminal(args) => terminal(args),
+    }
+}
+
+fn delays(text: &str) -> anyhow::Result<(Duration, Duration)> {
+    let ms = |s: &str| s.trim().parse::<u64>().map(Duration::from_millis).map_err(|_| anyhow!("--delay-ms {text:?}: expected N or MIN-MAX"));
+    match text.split_once('-') {
+        Some((a, b)) => Ok((ms(a)?, ms(b)?)),
+        None => {
+            let d = ms(text)?;
+            Ok((d, d))
+        }
+    }
+}
+
+fn issuer(args: IssuerArgs) -> CmdResult {
+    let (spec, framing) = args.wire.resolve().map_err(fail(EX_USAGE))?;
+    let (delay_min, delay_max) = delays(&args.delay_ms).map_err(fail(EX_USAGE))?;
+    if !(0.0..=1.0).contains(&args.approval_rate) || !(0.0..=1.0).contains(&args.silence_rate) {
+        return Err(fail(EX_USAGE)(anyhow!("--approval-rate and --silence-rate are between 0 and 1")));
+    }
+    let config = IssuerSimConfig {
+        framing,
+        approval_rate: args.approval_rate,
+        decline_code: args.decline_code,
+        delay_min,
+        delay_max,
+        silence_rate: args.silence_rate,
+        disconnect_after: args.disconnect_after,
+        ..IssuerSimConfig::approving(spec)
+    };
+    runtime()?.block_on(async {
+        let sim = IssuerSim::start(&args.listen, config).await.map_err(|e| fail(EX_IOERR)(anyhow!("binding {}: {e}", args.listen)))?;
+        eprintln!("simulated issuer on {}", sim.addr);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| fail(EX_IOERR)(e.into()))?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        sim.stop();
+        println!("ledger: {}", sim.ledger.summary());
+        Ok(())
+    })
+}
+
+fn terminal(args: TerminalArgs) -> CmdResult {
+    let (spec, framing) = args.wire.resolve().map_err(fail(EX_USAGE))?;
+    let mti = Mti::parse(&args.mti).filter(|m| m.is_request()).ok_or_else(|| fail(EX_USAGE)(anyhow!("--mti {:?}: expected a request MTI such as 0200", args.mti)))?;
+    let tls = match &args.tls_ca {
+        None => None,
+        Some(ca) => Some(Arc::new(
+            ClientTls::load(ClientTlsFiles {
+                ca: ca.clone(),
+                server_name: args.tls_server_name.clone(),
+                client_auth: args.tls_cert.clone().zip(args.tls_key.clone()),
+            })
+            .map_err(|e| fail(EX_USAGE)(e.into()))?,
+        )),
+    };
+    if args.count.is_none() && args.duration.is_none() {
+        return Err(fail(EX_USAGE)(anyhow!("give --count or --duration: every run is bounded")));
+    }
+    let duration = match args.duration {
+        Some(d) if d.is_finite() && d > 0.0 => Some(Duration::from_secs_f64(d)),
+        Some(_) => return Err(fail(EX_USAGE)(anyhow!("--duration must be a positive number of seconds"))),
+        None => None,
+    };
+    let config = TerminalSimConfig {
+        framing,
+        connections: args.connections,
+        count: args.count,
+        duration,
+        rate: args.rate,
+        window: args.window.unwrap_or(1),
+        tls,
+        mti,
+        timeout: Duration::from_millis(args.timeout_ms),
+        progress: duration.is_some_and(|d| d > Duration::from_secs(2)) && !args.json,
+        first_terminal: args.first_terminal,
+        ..TerminalSimConfig::new(&args.target, spec)
+    };
+    let report = runtime()?
+        .block_on(switchyard_sim::run(config))
+        .map_err(|e| fail(EX_USAGE)(e.into()))?;
+    if args.json {
+        let codes: serde_json::Map<String, serde_json::Value> = report.codes.iter().map(|(c, n)| (c.clone(), (*n).into())).collect();
+        let json = serde_json::json!({
+            "sent": report.sent,
+            "answered": report.answered,
+            "unanswered": report.unanswered,
+            "connect_errors": report.connect_errors,
+            "elapsed_s": report.elapsed.as_secs_f64(),
+            "throughput": report.throughput(),
+            "latency_ms": {
+                "p50": report.latency_ms(0.5),
+                "p99": report.latency_ms(0.99),
+                "p999": report.latency_ms(0.999),
+            },
+            "codes": codes,
+        });
+        println!("{json}");
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
