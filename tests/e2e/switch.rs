@@ -25,7 +25,11 @@ fn spec() -> &'static Spec {
 
 /// A port free right now on 127.0.0.1.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running switch process; killed when dropped.
@@ -80,7 +84,10 @@ impl Switch {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -105,7 +112,11 @@ impl Switch {
         let (_, body) = http_get(self.admin, "/metrics");
         body.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -121,7 +132,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -179,10 +193,24 @@ impl<S: Read + Write> Terminal<S> {
 
 pub fn request(pan: &str, stan: u32, amount: u64) -> Bytes {
     let mut b = MessageBuilder::new(spec(), Mti::parse("0200").unwrap());
-    b.set(2, pan).unwrap().set(3, "000000").unwrap().set_u64(4, amount).unwrap();
-    b.set(7, "1124093000").unwrap().set_u64(11, u64::from(stan)).unwrap();
-    b.set(37, format!("{stan:012}")).unwrap().set(41, "TERME2E1").unwrap();
-    b.set(42, "MERCHANT0000001").unwrap().set(49, "978").unwrap();
+    b.set(2, pan)
+        .unwrap()
+        .set(3, "000000")
+        .unwrap()
+        .set_u64(4, amount)
+        .unwrap();
+    b.set(7, "1124093000")
+        .unwrap()
+        .set_u64(11, u64::from(stan))
+        .unwrap();
+    b.set(37, format!("{stan:012}"))
+        .unwrap()
+        .set(41, "TERME2E1")
+        .unwrap();
+    b.set(42, "MERCHANT0000001")
+        .unwrap()
+        .set(49, "978")
+        .unwrap();
     b.encode()
 }
 
@@ -211,7 +239,11 @@ fn issuers(rt: &tokio::runtime::Runtime, configs: Vec<IssuerSimConfig>) -> Vec<I
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Test certificates for the TLS listener: (CA path, cert path, key path).
@@ -225,7 +257,11 @@ fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         .unwrap()
         .signed_by(&key, &ca_cert, &ca_key)
         .unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
     std::fs::write(&paths.0, ca_cert.pem()).unwrap();
     std::fs::write(&paths.1, cert.pem()).unwrap();
     std::fs::write(&paths.2, key.serialize_pem()).unwrap();
@@ -239,7 +275,10 @@ fn the_switch_routes_answers_audits_and_counts_every_transaction() {
     silent.silence_rate = 1.0;
     let mut declining = IssuerSimConfig::approving(spec());
     declining.approval_rate = 0.0;
-    let sims = issuers(&rt, vec![IssuerSimConfig::approving(spec()), declining, silent]);
+    let sims = issuers(
+        &rt,
+        vec![IssuerSimConfig::approving(spec()), declining, silent],
+    );
     let dead = free_port();
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = tls_files(certs.path());
@@ -261,24 +300,67 @@ fn the_switch_routes_answers_audits_and_counts_every_transaction() {
     let mut t = Terminal::connect(switch.terminals);
 
     let approved = t.call(&request("4000056655665556", 101, 1500));
-    assert_eq!((approved.str(39), approved.str(11)), (Some("00"), Some("000101")), "STAN restored");
-    assert_eq!(approved.field(38).map(|f| f.text().len()), Some(6), "issuer's auth id passed through");
-    assert_eq!((approved.str(4), approved.str(37), approved.str(41)), (Some("000000001500"), Some("000000000101"), Some("TERME2E1")));
+    assert_eq!(
+        (approved.str(39), approved.str(11)),
+        (Some("00"), Some("000101")),
+        "STAN restored"
+    );
+    assert_eq!(
+        approved.field(38).map(|f| f.text().len()),
+        Some(6),
+        "issuer's auth id passed through"
+    );
+    assert_eq!(
+        (approved.str(4), approved.str(37), approved.str(41)),
+        (Some("000000001500"), Some("000000000101"), Some("TERME2E1"))
+    );
     let standing = sims[0].ledger.standing();
     assert_eq!(standing.len(), 1);
-    assert_ne!(standing[0].0 .1, "000101", "the issuer saw the link's own STAN");
-    assert_eq!(t.call(&request("5413330089020011", 102, 99)).str(39), Some("05"));
+    assert_ne!(
+        standing[0].0 .1, "000101",
+        "the issuer saw the link's own STAN"
+    );
+    assert_eq!(
+        t.call(&request("5413330089020011", 102, 99)).str(39),
+        Some("05")
+    );
     let started = Instant::now();
-    assert_eq!(t.call(&request("6011000990139424", 103, 99)).str(39), Some("91"), "dead issuer");
-    assert_eq!(t.call(&request("378282246310005", 104, 99)).str(39), Some("91"), "silent issuer");
-    assert!(started.elapsed() < Duration::from_secs(5), "91 within the timeout");
-    assert_eq!(t.call(&request("3530111333300000", 105, 99)).str(39), Some("15"), "no route");
+    assert_eq!(
+        t.call(&request("6011000990139424", 103, 99)).str(39),
+        Some("91"),
+        "dead issuer"
+    );
+    assert_eq!(
+        t.call(&request("378282246310005", 104, 99)).str(39),
+        Some("91"),
+        "silent issuer"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "91 within the timeout"
+    );
+    assert_eq!(
+        t.call(&request("3530111333300000", 105, 99)).str(39),
+        Some("15"),
+        "no route"
+    );
     let mut garbage = request("4000056655665556", 106, 99).to_vec();
-    let at = MessageView::decode(spec(), Bytes::from(garbage.clone())).unwrap().range(4).unwrap().start;
+    let at = MessageView::decode(spec(), Bytes::from(garbage.clone()))
+        .unwrap()
+        .range(4)
+        .unwrap()
+        .start;
     garbage[at] = b'Z';
     let answer = t.call(&garbage);
-    assert_eq!((answer.str(39), answer.str(11)), (Some("30"), Some("000106")));
-    assert_eq!(t.call(&request("4000056655665556", 107, 250)).str(39), Some("00"), "the connection survived");
+    assert_eq!(
+        (answer.str(39), answer.str(11)),
+        (Some("30"), Some("000106"))
+    );
+    assert_eq!(
+        t.call(&request("4000056655665556", 107, 250)).str(39),
+        Some("00"),
+        "the connection survived"
+    );
 
     // Over TLS too.
     let tls = switchyard_mux::ClientTls::load(switchyard_mux::ClientTlsFiles {
@@ -288,8 +370,14 @@ fn the_switch_routes_answers_audits_and_counts_every_transaction() {
     })
     .unwrap();
     let over_tls = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
-        let mut s = tls.connector().connect(tls.server_name(), tcp).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+            .await
+            .unwrap();
+        let mut s = tls
+            .connector()
+            .connect(tls.server_name(), tcp)
+            .await
+            .unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut out = BytesMut::new();
         FrameCodec::new(Framing::default())
@@ -321,24 +409,79 @@ fn the_switch_routes_answers_audits_and_counts_every_transaction() {
     let recorded = records(&switch.audit_dir());
     assert_eq!(recorded.len(), expected.len(), "{recorded:#?}");
     for (stan, outcome) in expected {
-        let matching: Vec<_> = recorded.iter().filter(|r| r.stan.as_deref() == Some(stan)).collect();
+        let matching: Vec<_> = recorded
+            .iter()
+            .filter(|r| r.stan.as_deref() == Some(stan))
+            .collect();
         assert_eq!(matching.len(), 1, "one pair for STAN {stan}");
         assert_eq!(matching[0].outcome, Some(outcome), "STAN {stan}");
     }
-    let verified = switchyard(&["audit", "verify", "--dir", switch.audit_dir().to_str().unwrap(), "--demo-keys"], b"");
-    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    let verified = switchyard(
+        &[
+            "audit",
+            "verify",
+            "--dir",
+            switch.audit_dir().to_str().unwrap(),
+            "--demo-keys",
+        ],
+        b"",
+    );
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
 
     // The metrics count what was sent.
-    assert_eq!(switch.metric("switchyard_requests_total", &[("outcome", "approved")]), 3.0);
-    assert_eq!(switch.metric("switchyard_requests_total", &[("outcome", "approved"), ("listener", "terminals-tls")]), 1.0);
-    assert_eq!(switch.metric("switchyard_requests_total", &[("outcome", "declined"), ("route", "mastercard")]), 1.0);
-    assert_eq!(switch.metric("switchyard_responses_total", &[("response_code", "91")]), 2.0);
-    assert_eq!(switch.metric("switchyard_responses_total", &[("response_code", "15")]), 1.0);
-    assert_eq!(switch.metric("switchyard_decode_errors_total", &[("reason", "invalid_character")]), 1.0);
+    assert_eq!(
+        switch.metric("switchyard_requests_total", &[("outcome", "approved")]),
+        3.0
+    );
+    assert_eq!(
+        switch.metric(
+            "switchyard_requests_total",
+            &[("outcome", "approved"), ("listener", "terminals-tls")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        switch.metric(
+            "switchyard_requests_total",
+            &[("outcome", "declined"), ("route", "mastercard")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        switch.metric("switchyard_responses_total", &[("response_code", "91")]),
+        2.0
+    );
+    assert_eq!(
+        switch.metric("switchyard_responses_total", &[("response_code", "15")]),
+        1.0
+    );
+    assert_eq!(
+        switch.metric(
+            "switchyard_decode_errors_total",
+            &[("reason", "invalid_character")]
+        ),
+        1.0
+    );
     assert_eq!(switch.metric("switchyard_audit_records_total", &[]), 8.0);
-    assert_eq!(switch.metric("switchyard_link_up", &[("link", "dead")]), 0.0);
-    assert_eq!(switch.metric("switchyard_link_up", &[("link", "approver")]), 1.0);
-    assert_eq!(switch.metric("switchyard_link_events_total", &[("link", "silent"), ("event", "timeout")]), 1.0);
+    assert_eq!(
+        switch.metric("switchyard_link_up", &[("link", "dead")]),
+        0.0
+    );
+    assert_eq!(
+        switch.metric("switchyard_link_up", &[("link", "approver")]),
+        1.0
+    );
+    assert_eq!(
+        switch.metric(
+            "switchyard_link_events_total",
+            &[("link", "silent"), ("event", "timeout")]
+        ),
+        1.0
+    );
     let (_, metrics) = http_get(switch.admin, "/metrics");
     for secret in ["4000056655665556", "000101", "TERME2E1"] {
         assert!(!metrics.contains(secret), "{secret} in /metrics");
@@ -355,7 +498,10 @@ fn sigterm_under_load_answers_every_request_it_took() {
     slow.delay_min = Duration::from_millis(5);
     slow.delay_max = Duration::from_millis(60);
     let sims = issuers(&rt, vec![slow]);
-    let mut switch = Switch::start(&format!("{}[routing]\ndefault = \"issuer\"\n", link("issuer", sims[0].addr, "")));
+    let mut switch = Switch::start(&format!(
+        "{}[routing]\ndefault = \"issuer\"\n",
+        link("issuer", sims[0].addr, "")
+    ));
     let addr = switch.terminals;
     // Eight terminals, each keeping four requests in flight until its connection closes.
     let terminals: Vec<_> = (0..8u32)
@@ -381,8 +527,10 @@ fn sigterm_under_load_answers_every_request_it_took() {
                     }
                     sent += 1;
                     let mut out = BytesMut::new();
-                    let _ = FrameCodec::new(Framing::default())
-                        .encode(Frame::new(request("4000056655665556", n * 100_000 + sent, 100)), &mut out);
+                    let _ = FrameCodec::new(Framing::default()).encode(
+                        Frame::new(request("4000056655665556", n * 100_000 + sent, 100)),
+                        &mut out,
+                    );
                     if writer.stream.write_all(&out).is_err() {
                         break;
                     }
@@ -408,30 +556,64 @@ fn sigterm_under_load_answers_every_request_it_took() {
     // answered; the rest (sent after it stopped reading) reached neither issuer nor log.
     assert_eq!(recorded, answered, "audited = answered (sent {sent})");
     assert_eq!(forwarded, answered, "forwarded = answered");
-    let verified = switchyard(&["audit", "verify", "--dir", switch.audit_dir().to_str().unwrap(), "--demo-keys"], b"");
+    let verified = switchyard(
+        &[
+            "audit",
+            "verify",
+            "--dir",
+            switch.audit_dir().to_str().unwrap(),
+            "--demo-keys",
+        ],
+        b"",
+    );
     assert!(verified.status.success());
 }
 
 #[test]
 fn sighup_changes_a_route_without_dropping_the_terminal() {
     let rt = runtime();
-    let sims = issuers(&rt, vec![IssuerSimConfig::approving(spec()), IssuerSimConfig::approving(spec())]);
-    let links = format!("{}{}", link("first", sims[0].addr, ""), link("second", sims[1].addr, ""));
+    let sims = issuers(
+        &rt,
+        vec![
+            IssuerSimConfig::approving(spec()),
+            IssuerSimConfig::approving(spec()),
+        ],
+    );
+    let links = format!(
+        "{}{}",
+        link("first", sims[0].addr, ""),
+        link("second", sims[1].addr, "")
+    );
     let switch = Switch::start(&format!("{links}{}", route("visa", "\"4\"", "first")));
     let mut t = Terminal::connect(switch.terminals);
-    assert_eq!(t.call(&request("4000056655665556", 1, 10)).str(39), Some("00"));
+    assert_eq!(
+        t.call(&request("4000056655665556", 1, 10)).str(39),
+        Some("00")
+    );
     assert_eq!(sims[0].ledger.approved.load(Ordering::Relaxed), 1);
 
     let original = std::fs::read_to_string(&switch.config).unwrap();
-    std::fs::write(&switch.config, original.replace("link = \"first\"", "link = \"second\"")).unwrap();
+    std::fs::write(
+        &switch.config,
+        original.replace("link = \"first\"", "link = \"second\""),
+    )
+    .unwrap();
     switch.signal("-HUP");
     let deadline = Instant::now() + WAIT;
     while switch.metric("switchyard_config_reloads_total", &[("result", "ok")]) < 1.0 {
         assert!(Instant::now() < deadline, "reload not seen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(t.call(&request("4000056655665556", 2, 10)).str(39), Some("00"), "same connection");
-    assert_eq!(sims[1].ledger.approved.load(Ordering::Relaxed), 1, "now routed to the second issuer");
+    assert_eq!(
+        t.call(&request("4000056655665556", 2, 10)).str(39),
+        Some("00"),
+        "same connection"
+    );
+    assert_eq!(
+        sims[1].ledger.approved.load(Ordering::Relaxed),
+        1,
+        "now routed to the second issuer"
+    );
 
     // A broken file is refused and the running routes stay.
     std::fs::write(&switch.config, "this is not toml [").unwrap();
@@ -440,7 +622,10 @@ fn sighup_changes_a_route_without_dropping_the_terminal() {
         assert!(Instant::now() < deadline, "failed reload not seen");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(t.call(&request("4000056655665556", 3, 10)).str(39), Some("00"));
+    assert_eq!(
+        t.call(&request("4000056655665556", 3, 10)).str(39),
+        Some("00")
+    );
     assert_eq!(sims[1].ledger.approved.load(Ordering::Relaxed), 2);
 }
 
@@ -456,7 +641,12 @@ fn check_config_lists_every_problem_and_run_refuses_before_binding() {
     let out = switchyard(&["check-config", bad.to_str().unwrap()], b"");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78));
-    for part in ["listeners[0] (\"a\").listen", "listeners[0] (\"a\").spec", "routes[0] (\"r\").link", "audit.chain_key"] {
+    for part in [
+        "listeners[0] (\"a\").listen",
+        "listeners[0] (\"a\").spec",
+        "routes[0] (\"r\").link",
+        "audit.chain_key",
+    ] {
         assert!(stderr.contains(part), "{part} missing: {stderr}");
     }
     let out = switchyard(&["run", "--config", bad.to_str().unwrap()], b"");
@@ -469,7 +659,11 @@ fn check_config_lists_every_problem_and_run_refuses_before_binding() {
         .env("SWITCHYARD_AUDIT_PAN_KEY", "cd".repeat(32))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -489,17 +683,39 @@ fn the_embedded_default_runs_and_the_simulated_terminal_gets_approvals() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["sim", "terminal", "--target", "127.0.0.1:8583", "--connections", "4", "--count", "200", "--window", "4", "--json"])
+        .args([
+            "sim",
+            "terminal",
+            "--target",
+            "127.0.0.1:8583",
+            "--connections",
+            "4",
+            "--count",
+            "200",
+            "--window",
+            "4",
+            "--json",
+        ])
         .output()
         .unwrap();
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["answered"], 200, "{report}");
     assert_eq!(report["codes"]["00"], 200, "{report}");
     assert!(status.success());
-    assert!(stderr.contains("DEMO AUDIT KEYS IN USE"), "demo keys are labelled loudly");
+    assert!(
+        stderr.contains("DEMO AUDIT KEYS IN USE"),
+        "demo keys are labelled loudly"
+    );
     assert!(dir.path().join("switchyard-data/audit").is_dir());
 }

@@ -626,9 +626,18 @@ impl IssuerLink {
         let mut issuer_stan = None;
         let result = self
             .shared
-            .exchange(request, None, remap, self.shared.cfg.request_timeout, &mut issuer_stan)
+            .exchange(
+                request,
+                None,
+                remap,
+                self.shared.cfg.request_timeout,
+                &mut issuer_stan,
+            )
             .await;
-        Forwarded { issuer_stan, result }
+        Forwarded {
+            issuer_stan,
+            result,
+        }
     }
 
     /// Requests in flight now.

@@ -18,7 +18,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use switchyard_audit::{AuditKeys, AuditLog, Outcome, PairRecord, ProtectedMessage, RecordKind};
 use switchyard_iso8583::{MessageBuilder, MessageView, Mti, Spec};
-use switchyard_mux::{format_error_response, ConnectionInfo, Forwarded, Handler, IssuerLink, MuxError};
+use switchyard_mux::{
+    format_error_response, ConnectionInfo, Forwarded, Handler, IssuerLink, MuxError,
+};
 
 use crate::error::RouterError;
 use crate::metrics::RouterMetrics;
@@ -77,7 +79,10 @@ fn own_answer(request: &MessageView<'static>, code: &[u8]) -> Option<MessageView
 }
 
 /// Re-encode `view` in another dialect, field by field (values, not bytes).
-pub fn translate(view: &MessageView<'_>, to: &'static Spec) -> Result<MessageView<'static>, switchyard_iso8583::Error> {
+pub fn translate(
+    view: &MessageView<'_>,
+    to: &'static Spec,
+) -> Result<MessageView<'static>, switchyard_iso8583::Error> {
     let mut builder = MessageBuilder::new(to, view.mti());
     for field in view.fields() {
         builder.set(field.number, field.value())?;
@@ -107,7 +112,10 @@ impl<P: IssuerPort> Router<P> {
         })
     }
 
-    fn check_links(routes: &RouteTable, links: &HashMap<String, Arc<P>>) -> Result<(), RouterError> {
+    fn check_links(
+        routes: &RouteTable,
+        links: &HashMap<String, Arc<P>>,
+    ) -> Result<(), RouterError> {
         let mut unknown: Vec<String> = routes
             .links()
             .filter(|l| !links.contains_key(*l))
@@ -151,12 +159,23 @@ impl<P: IssuerPort> Router<P> {
         let route = pair.route.clone();
         let answer = self.audit_pair(pair, answer, outcome, started).await;
         let route = route.as_deref().unwrap_or("none");
-        self.metrics.observe(listener, route, mti, outcome, answer.as_ref(), started.elapsed());
+        self.metrics.observe(
+            listener,
+            route,
+            mti,
+            outcome,
+            answer.as_ref(),
+            started.elapsed(),
+        );
         answer.map(MessageView::into_bytes)
     }
 
     /// What to answer, and how the transaction ended.
-    async fn decide(&self, request: &MessageView<'static>, pair: &mut PairRecord) -> (Option<MessageView<'static>>, Outcome) {
+    async fn decide(
+        &self,
+        request: &MessageView<'static>,
+        pair: &mut PairRecord,
+    ) -> (Option<MessageView<'static>>, Outcome) {
         let mti = request.mti();
         if !mti.is_request() {
             // A response from a terminal answers nothing of ours; it cannot be answered.
@@ -171,7 +190,11 @@ impl<P: IssuerPort> Router<P> {
             1 | 2 | 4 => {}
             _ => return (own_answer(request, b"12"), Outcome::InvalidTransaction),
         }
-        let table = self.routes.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let table = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let Some(route) = table.route(request) else {
             return (own_answer(request, b"15"), Outcome::NoRoute);
         };
@@ -213,7 +236,11 @@ impl<P: IssuerPort> Router<P> {
                 let approved = response
                     .field(39)
                     .is_some_and(|f| Outcome::is_approval_code(&f.text()));
-                let outcome = if approved { Outcome::Approved } else { Outcome::Declined };
+                let outcome = if approved {
+                    Outcome::Approved
+                } else {
+                    Outcome::Declined
+                };
                 (Some(response), outcome)
             }
             Err(error) => {
@@ -254,7 +281,10 @@ impl<P: IssuerPort> Router<P> {
         };
         let appended = Instant::now();
         let result = if self.durable {
-            self.audit.append(RecordKind::Pair, payload).await.map(|_| ())
+            self.audit
+                .append(RecordKind::Pair, payload)
+                .await
+                .map(|_| ())
         } else {
             self.audit.append_nowait(RecordKind::Pair, payload)
         };
@@ -299,21 +329,34 @@ impl<P: IssuerPort> Router<P> {
             },
             ..PairRecord::default()
         };
-        let answer = format_error_response(spec, &frame, &error).and_then(|b| MessageView::decode(spec, b).ok());
+        let answer = format_error_response(spec, &frame, &error)
+            .and_then(|b| MessageView::decode(spec, b).ok());
         let mut pair = pair;
         if let Some(a) = &answer {
             pair.set_response(a, &self.keys);
         }
-        let answer = self.audit_pair(pair, answer, Outcome::FormatError, started).await;
+        let answer = self
+            .audit_pair(pair, answer, Outcome::FormatError, started)
+            .await;
         let mti = mti.unwrap_or_else(|| Mti::new(*b"0000").unwrap_or_else(|| unreachable!()));
-        self.metrics.observe(listener, "none", mti, Outcome::FormatError, answer.as_ref(), started.elapsed());
+        self.metrics.observe(
+            listener,
+            "none",
+            mti,
+            Outcome::FormatError,
+            answer.as_ref(),
+            started.elapsed(),
+        );
         answer.map(MessageView::into_bytes)
     }
 }
 
 /// Replace the code of an answer the switch or issuer made with `code` (for 96 after an
 /// audit failure): the same echo fields, the switch's own response.
-fn own_answer_for_response(answer: &MessageView<'static>, code: &[u8]) -> Option<MessageView<'static>> {
+fn own_answer_for_response(
+    answer: &MessageView<'static>,
+    code: &[u8],
+) -> Option<MessageView<'static>> {
     let spec: &'static Spec = answer.spec();
     let mut builder = MessageBuilder::new(spec, answer.mti());
     for field in answer.fields().filter(|f| f.number != 39) {
@@ -333,12 +376,18 @@ pub struct TerminalHandler<P> {
 
 impl<P> std::fmt::Debug for TerminalHandler<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TerminalHandler").field("listener", &self.listener).finish()
+        f.debug_struct("TerminalHandler")
+            .field("listener", &self.listener)
+            .finish()
     }
 }
 
 impl<P: IssuerPort> Handler for TerminalHandler<P> {
-    fn request(&self, _conn: &Arc<ConnectionInfo>, request: MessageView<'static>) -> impl Future<Output = Option<Bytes>> + Send {
+    fn request(
+        &self,
+        _conn: &Arc<ConnectionInfo>,
+        request: MessageView<'static>,
+    ) -> impl Future<Output = Option<Bytes>> + Send {
         self.router.handle(&self.listener, request)
     }
 
@@ -349,7 +398,8 @@ impl<P: IssuerPort> Handler for TerminalHandler<P> {
         frame: Bytes,
         error: switchyard_iso8583::Error,
     ) -> impl Future<Output = Option<Bytes>> + Send {
-        self.router.handle_malformed(&self.listener, spec, frame, error)
+        self.router
+            .handle_malformed(&self.listener, spec, frame, error)
     }
 
     fn undelivered(&self, conn: &Arc<ConnectionInfo>, _response: Bytes) {

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 use switchyard_audit::Outcome;
 use switchyard_iso8583::{MessageView, Mti};
 
@@ -13,17 +15,22 @@ use crate::error::RouterError;
 
 /// Latency buckets in seconds: 100 µs to 30 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
 ];
 
 const KNOWN_MTIS: &[&str] = &[
-    "0100", "0101", "0120", "0121", "0200", "0201", "0220", "0221", "0400", "0401", "0420", "0421", "0800", "0810",
-    "0110", "0210", "0410", "0430",
+    "0100", "0101", "0120", "0121", "0200", "0201", "0220", "0221", "0400", "0401", "0420", "0421",
+    "0800", "0810", "0110", "0210", "0410", "0430",
 ];
 
 /// The MTI as a label value.
 pub fn mti_label(mti: Mti) -> &'static str {
-    KNOWN_MTIS.iter().copied().find(|m| *m == mti.as_str()).unwrap_or("other")
+    KNOWN_MTIS
+        .iter()
+        .copied()
+        .find(|m| *m == mti.as_str())
+        .unwrap_or("other")
 }
 
 /// A response code as a label value.
@@ -72,35 +79,58 @@ pub struct RouterMetrics {
 impl RouterMetrics {
     /// Register the metrics in `registry`.
     pub fn new(registry: &Registry) -> Result<RouterMetrics, RouterError> {
-        let histogram = |name: &str, help: &str| HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        let histogram = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+        };
         let m = RouterMetrics {
             requests: IntCounterVec::new(
-                Opts::new("switchyard_requests_total", "Requests from terminals, by how they ended."),
+                Opts::new(
+                    "switchyard_requests_total",
+                    "Requests from terminals, by how they ended.",
+                ),
                 &["listener", "route", "mti", "outcome"],
             )?,
             responses: IntCounterVec::new(
-                Opts::new("switchyard_responses_total", "Answers to terminals, by response code (field 39)."),
+                Opts::new(
+                    "switchyard_responses_total",
+                    "Answers to terminals, by response code (field 39).",
+                ),
                 &["listener", "response_code"],
             )?,
             duration: HistogramVec::new(
-                histogram("switchyard_request_duration_seconds", "From reading a request to having its answer ready, audit included."),
+                histogram(
+                    "switchyard_request_duration_seconds",
+                    "From reading a request to having its answer ready, audit included.",
+                ),
                 &["listener"],
             )?,
             issuer_duration: HistogramVec::new(
-                histogram("switchyard_issuer_duration_seconds", "From forwarding a request to the issuer's answer or failure."),
+                histogram(
+                    "switchyard_issuer_duration_seconds",
+                    "From forwarding a request to the issuer's answer or failure.",
+                ),
                 &["link"],
             )?,
             decode_errors: IntCounterVec::new(
-                Opts::new("switchyard_decode_errors_total", "Framed requests that did not decode, by reason."),
+                Opts::new(
+                    "switchyard_decode_errors_total",
+                    "Framed requests that did not decode, by reason.",
+                ),
                 &["listener", "reason"],
             )?,
             audit_append: Histogram::with_opts(histogram(
                 "switchyard_audit_append_duration_seconds",
                 "Time to append a pair record (until durable, in durable mode).",
             ))?,
-            audit_failures: IntCounter::new("switchyard_audit_append_failures_total", "Pair records that could not be written.")?,
+            audit_failures: IntCounter::new(
+                "switchyard_audit_append_failures_total",
+                "Pair records that could not be written.",
+            )?,
             undelivered: IntCounterVec::new(
-                Opts::new("switchyard_undelivered_responses_total", "Answers whose terminal connection was gone."),
+                Opts::new(
+                    "switchyard_undelivered_responses_total",
+                    "Answers whose terminal connection was gone.",
+                ),
                 &["listener"],
             )?,
         };
@@ -132,11 +162,15 @@ impl RouterMetrics {
                 .with_label_values(&[listener, &code_label(&code.text())])
                 .inc();
         }
-        self.duration.with_label_values(&[listener]).observe(elapsed.as_secs_f64());
+        self.duration
+            .with_label_values(&[listener])
+            .observe(elapsed.as_secs_f64());
     }
 
     pub(crate) fn issuer_latency(&self, link: &str, elapsed: Duration) {
-        self.issuer_duration.with_label_values(&[link]).observe(elapsed.as_secs_f64());
+        self.issuer_duration
+            .with_label_values(&[link])
+            .observe(elapsed.as_secs_f64());
     }
 
     pub(crate) fn decode_error(&self, listener: &str, error: &switchyard_iso8583::Error) {

@@ -33,22 +33,38 @@ impl BinRange {
             if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!("BIN {text:?}: expected 1 to 19 digits"));
             }
-            Ok((s.len() as u8, s.parse().map_err(|_| format!("BIN {text:?}: not a number"))?))
+            Ok((
+                s.len() as u8,
+                s.parse()
+                    .map_err(|_| format!("BIN {text:?}: not a number"))?,
+            ))
         };
         match text.split_once('-') {
             None => {
                 let (digits, v) = digits_of(text.trim())?;
-                Ok(BinRange { digits, low: v, high: v })
+                Ok(BinRange {
+                    digits,
+                    low: v,
+                    high: v,
+                })
             }
             Some((a, b)) => {
                 let ((da, low), (db, high)) = (digits_of(a.trim())?, digits_of(b.trim())?);
                 if da != db {
-                    return Err(format!("BIN range {text:?}: both ends need the same number of digits"));
+                    return Err(format!(
+                        "BIN range {text:?}: both ends need the same number of digits"
+                    ));
                 }
                 if low > high {
-                    return Err(format!("BIN range {text:?}: the low end is above the high end"));
+                    return Err(format!(
+                        "BIN range {text:?}: the low end is above the high end"
+                    ));
                 }
-                Ok(BinRange { digits: da, low, high })
+                Ok(BinRange {
+                    digits: da,
+                    low,
+                    high,
+                })
             }
         }
     }
@@ -57,7 +73,9 @@ impl BinRange {
         let Some(prefix) = pan.get(..usize::from(self.digits)) else {
             return false;
         };
-        let n = prefix.iter().try_fold(0u64, |acc, &b| b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0')));
+        let n = prefix.iter().try_fold(0u64, |acc, &b| {
+            b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
+        });
         n.is_some_and(|n| (self.low..=self.high).contains(&n))
     }
 }
@@ -159,8 +177,16 @@ impl RouteTable {
             (
                 Reverse(r.bin.digits),
                 r.bin.high - r.bin.low,
-                Reverse(usize::from(!r.mtis.is_empty()) + usize::from(!r.processing_codes.is_empty())),
-                Reverse(r.processing_codes.iter().map(String::len).max().unwrap_or(0)),
+                Reverse(
+                    usize::from(!r.mtis.is_empty()) + usize::from(!r.processing_codes.is_empty()),
+                ),
+                Reverse(
+                    r.processing_codes
+                        .iter()
+                        .map(String::len)
+                        .max()
+                        .unwrap_or(0),
+                ),
             )
         });
         Ok(table)
@@ -168,7 +194,10 @@ impl RouteTable {
 
     /// The links every rule and the default name, for checking against the configured links.
     pub fn links(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(|(_, l)| l.as_str()).chain(self.default_link.as_deref())
+        self.names
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .chain(self.default_link.as_deref())
     }
 
     /// The route for a request, or `None` (response code 15).
@@ -185,15 +214,24 @@ impl RouteTable {
                 continue;
             }
             if !rule.processing_codes.is_empty() {
-                let Some(pc) = processing.as_deref() else { continue };
-                if !rule.processing_codes.iter().any(|p| pc.starts_with(p.as_bytes())) {
+                let Some(pc) = processing.as_deref() else {
+                    continue;
+                };
+                if !rule
+                    .processing_codes
+                    .iter()
+                    .any(|p| pc.starts_with(p.as_bytes()))
+                {
                     continue;
                 }
             }
             let (name, link) = &self.names[rule.route];
             return Some(Route { name, link });
         }
-        self.default_link.as_deref().map(|link| Route { name: "default", link })
+        self.default_link.as_deref().map(|link| Route {
+            name: "default",
+            link,
+        })
     }
 }
 
@@ -203,7 +241,10 @@ pub fn pan_of(request: &MessageView<'_>) -> Option<Vec<u8>> {
         return Some(pan.value().into_owned());
     }
     let track = request.field(35)?.value();
-    let end = track.iter().position(|&b| b == b'=' || b == b'D').unwrap_or(track.len());
+    let end = track
+        .iter()
+        .position(|&b| b == b'=' || b == b'D')
+        .unwrap_or(track.len());
     Some(track[..end].to_vec())
 }
 
@@ -215,7 +256,12 @@ mod tests {
     fn request(mti: &str, pan: &str, processing: &str) -> MessageView<'static> {
         let spec = shipped("iso8583-1987-ascii").unwrap();
         let mut b = MessageBuilder::new(spec, Mti::parse(mti).unwrap());
-        b.set(2, pan).unwrap().set(3, processing).unwrap().set(11, "000001").unwrap();
+        b.set(2, pan)
+            .unwrap()
+            .set(3, processing)
+            .unwrap()
+            .set(11, "000001")
+            .unwrap();
         MessageView::decode(spec, b.encode()).unwrap()
     }
 
@@ -247,26 +293,65 @@ mod tests {
     fn the_longest_prefix_and_then_the_narrowest_conditions_win() {
         let t = table();
         let link = |mti, pan, pc| t.route(&request(mti, pan, pc)).map(|r| r.link);
-        assert_eq!(link("0200", "4000056655665556", "000000"), Some("visa-link"));
-        assert_eq!(link("0200", "4761739001010119", "000000"), Some("uk-link"), "longer prefix");
-        assert_eq!(link("0200", "4000056655665556", "010000"), Some("cash-link"), "narrowed by MTI and processing code");
-        assert_eq!(link("0100", "4000056655665556", "000000"), Some("auth-link"));
-        assert_eq!(link("0400", "4000056655665556", "000000"), Some("visa-link"), "reversal falls back");
+        assert_eq!(
+            link("0200", "4000056655665556", "000000"),
+            Some("visa-link")
+        );
+        assert_eq!(
+            link("0200", "4761739001010119", "000000"),
+            Some("uk-link"),
+            "longer prefix"
+        );
+        assert_eq!(
+            link("0200", "4000056655665556", "010000"),
+            Some("cash-link"),
+            "narrowed by MTI and processing code"
+        );
+        assert_eq!(
+            link("0100", "4000056655665556", "000000"),
+            Some("auth-link")
+        );
+        assert_eq!(
+            link("0400", "4000056655665556", "000000"),
+            Some("visa-link"),
+            "reversal falls back"
+        );
         assert_eq!(link("0200", "5413330089020011", "000000"), Some("mc-link"));
-        assert_eq!(link("0200", "2221000000000009", "000000"), Some("mc-link"), "range start");
-        assert_eq!(link("0200", "2720999999999996", "000000"), Some("mc-link"), "range end");
-        assert_eq!(link("0200", "2721000000000004", "000000"), None, "past the range: no route");
+        assert_eq!(
+            link("0200", "2221000000000009", "000000"),
+            Some("mc-link"),
+            "range start"
+        );
+        assert_eq!(
+            link("0200", "2720999999999996", "000000"),
+            Some("mc-link"),
+            "range end"
+        );
+        assert_eq!(
+            link("0200", "2721000000000004", "000000"),
+            None,
+            "past the range: no route"
+        );
         assert_eq!(link("0200", "6011000990139424", "000000"), None);
     }
 
     #[test]
     fn the_default_link_takes_the_rest_and_track_2_gives_the_pan() {
-        let t = RouteTable::new(&[rule("visa", &["4"], &[], &[], "visa-link")], Some("other")).unwrap();
-        let r = t.route(&request("0200", "6011000990139424", "000000")).unwrap();
+        let t = RouteTable::new(
+            &[rule("visa", &["4"], &[], &[], "visa-link")],
+            Some("other"),
+        )
+        .unwrap();
+        let r = t
+            .route(&request("0200", "6011000990139424", "000000"))
+            .unwrap();
         assert_eq!((r.name, r.link), ("default", "other"));
         let spec = shipped("iso8583-1987-ascii").unwrap();
         let mut b = MessageBuilder::new(spec, Mti::parse("0200").unwrap());
-        b.set(35, "4000056655665556=2912101").unwrap().set(11, "000001").unwrap();
+        b.set(35, "4000056655665556=2912101")
+            .unwrap()
+            .set(11, "000001")
+            .unwrap();
         let view = MessageView::decode(spec, b.encode()).unwrap();
         assert_eq!(t.route(&view).unwrap().link, "visa-link");
     }
@@ -283,9 +368,18 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        for part in ["route \"a\": no BINs", "same number of digits", "\"0210\" is not a request MTI", "processing code \"0x\"", "low end is above"] {
+        for part in [
+            "route \"a\": no BINs",
+            "same number of digits",
+            "\"0210\" is not a request MTI",
+            "processing code \"0x\"",
+            "low end is above",
+        ] {
             assert!(err.contains(part), "{part} missing: {err}");
         }
-        assert_eq!(BinRange::parse("222100-272099").unwrap().to_string(), "222100-272099");
+        assert_eq!(
+            BinRange::parse("222100-272099").unwrap().to_string(),
+            "222100-272099"
+        );
     }
 }

@@ -166,7 +166,11 @@ impl IssuerSim {
                 });
             }
         });
-        Ok(IssuerSim { addr, ledger, shutdown })
+        Ok(IssuerSim {
+            addr,
+            ledger,
+            shutdown,
+        })
     }
 
     /// Stop listening and close every connection.
@@ -175,7 +179,13 @@ impl IssuerSim {
     }
 }
 
-async fn serve(stream: TcpStream, config: Arc<IssuerSimConfig>, ledger: Arc<Ledger>, shutdown: CancellationToken, mut rng: Rng) {
+async fn serve(
+    stream: TcpStream,
+    config: Arc<IssuerSimConfig>,
+    ledger: Arc<Ledger>,
+    shutdown: CancellationToken,
+    mut rng: Rng,
+) {
     let _ = stream.set_nodelay(true);
     let (mut input, mut output) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Frame>(4096);
@@ -217,7 +227,10 @@ async fn serve(stream: TcpStream, config: Arc<IssuerSimConfig>, ledger: Arc<Ledg
             }
             ledger.requests.fetch_add(1, Ordering::Relaxed);
             on_this_connection += 1;
-            if config.disconnect_after.is_some_and(|n| on_this_connection > n) {
+            if config
+                .disconnect_after
+                .is_some_and(|n| on_this_connection > n)
+            {
                 break 'read;
             }
             let header = framing.header.reply_to(&frame.header);
@@ -252,7 +265,12 @@ async fn serve(stream: TcpStream, config: Arc<IssuerSimConfig>, ledger: Arc<Ledg
 }
 
 /// The answer to one request and when to send it; `None` for silence.
-fn answer(config: &IssuerSimConfig, ledger: &Ledger, request: &MessageView<'static>, rng: &mut Rng) -> Option<(Bytes, Duration)> {
+fn answer(
+    config: &IssuerSimConfig,
+    ledger: &Ledger,
+    request: &MessageView<'static>,
+    rng: &mut Rng,
+) -> Option<(Bytes, Duration)> {
     let mti = request.mti();
     let mut builder = MessageBuilder::new(config.spec, mti);
     let text = |n| request.field(n).map(|f| f.text()).unwrap_or_default();
@@ -303,7 +321,9 @@ fn answer(config: &IssuerSimConfig, ledger: &Ledger, request: &MessageView<'stat
                     .insert((text(41), text(11), text(7)), approval);
                 ledger.approved.fetch_add(1, Ordering::Relaxed);
             } else {
-                builder.respond_to(request, config.decline_code.as_bytes()).ok()?;
+                builder
+                    .respond_to(request, config.decline_code.as_bytes())
+                    .ok()?;
                 ledger.declined.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -26,7 +26,12 @@ use crate::SimError;
 
 /// Test cards: Luhn-valid PANs of common BIN ranges (Visa, Mastercard, Mastercard 2-series,
 /// Discover).
-pub const TEST_PANS: &[&str] = &["4000056655665556", "5413330089020011", "2223000048400011", "6011000990139424"];
+pub const TEST_PANS: &[&str] = &[
+    "4000056655665556",
+    "5413330089020011",
+    "2223000048400011",
+    "6011000990139424",
+];
 
 /// A load run.
 #[derive(Debug, Clone)]
@@ -162,15 +167,20 @@ struct Shared {
 /// Run the load and report.
 pub async fn run(config: TerminalSimConfig) -> Result<LoadReport, SimError> {
     if config.connections == 0 || config.window == 0 {
-        return Err(SimError::Config("connections and window must be at least 1".into()));
+        return Err(SimError::Config(
+            "connections and window must be at least 1".into(),
+        ));
     }
     if config.count.is_none() && config.duration.is_none() {
-        return Err(SimError::Config("give a count or a duration: every run is bounded".into()));
+        return Err(SimError::Config(
+            "give a count or a duration: every run is bounded".into(),
+        ));
     }
     if config.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err(SimError::Config("rate must be a positive number".into()));
     }
-    let latency = Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| SimError::Config(e.to_string()))?;
+    let latency = Histogram::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| SimError::Config(e.to_string()))?;
     let started = Instant::now();
     let shared = Arc::new(Shared {
         deadline: config.duration.map(|d| started + d),
@@ -182,7 +192,10 @@ pub async fn run(config: TerminalSimConfig) -> Result<LoadReport, SimError> {
     let n = shared.config.connections;
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let count = shared.config.count.map(|c| c / n as u64 + u64::from((i as u64) < c % n as u64));
+        let count = shared
+            .config
+            .count
+            .map(|c| c / n as u64 + u64::from((i as u64) < c % n as u64));
         tasks.push(tokio::spawn(connection(shared.clone(), i, count)));
     }
     let progress = shared.config.progress.then(|| {
@@ -211,8 +224,16 @@ pub async fn run(config: TerminalSimConfig) -> Result<LoadReport, SimError> {
     }
     let elapsed = started.elapsed();
     let t = &shared.totals;
-    let codes = shared.codes.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let latency = shared.latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let codes = shared
+        .codes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let latency = shared
+        .latency
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Ok(LoadReport {
         sent: t.sent.load(Ordering::Relaxed),
         answered: t.answered.load(Ordering::Relaxed),
@@ -239,40 +260,79 @@ async fn connection(shared: Arc<Shared>, index: usize, count: Option<u64>) {
     let _ = tcp.set_nodelay(true);
     match &cfg.tls {
         None => drive(shared.clone(), index, count, tcp).await,
-        Some(tls) => match tokio::time::timeout(cfg.timeout, tls.connector().connect(tls.server_name(), tcp)).await {
-            Ok(Ok(stream)) => drive(shared.clone(), index, count, stream).await,
-            _ => {
-                shared.totals.connect_errors.fetch_add(1, Ordering::Relaxed);
+        Some(tls) => {
+            match tokio::time::timeout(cfg.timeout, tls.connector().connect(tls.server_name(), tcp))
+                .await
+            {
+                Ok(Ok(stream)) => drive(shared.clone(), index, count, stream).await,
+                _ => {
+                    shared.totals.connect_errors.fetch_add(1, Ordering::Relaxed);
+                }
             }
-        },
+        }
     }
 }
 
 /// One terminal's requests over one connection.
-async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(shared: Arc<Shared>, index: usize, count: Option<u64>, stream: S) {
+async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(
+    shared: Arc<Shared>,
+    index: usize,
+    count: Option<u64>,
+    stream: S,
+) {
     let cfg = shared.config.clone();
     let (mut input, mut output) = tokio::io::split(stream);
     let terminal = format!("T{:07}", u64::from(cfg.first_terminal) + index as u64);
     // STAN -> when the request was sent (or scheduled, in open loop).
     let pending: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
     // Closed loop: permits are the window. Open loop: a generous bound on what may wait.
-    let window = Arc::new(Semaphore::new(if cfg.rate.is_some() { 10_000 } else { cfg.window }));
+    let window = Arc::new(Semaphore::new(if cfg.rate.is_some() {
+        10_000
+    } else {
+        cfg.window
+    }));
     let reader = {
-        let (shared, pending, window, spec, framing) = (shared.clone(), pending.clone(), window.clone(), cfg.spec, cfg.framing);
+        let (shared, pending, window, spec, framing) = (
+            shared.clone(),
+            pending.clone(),
+            window.clone(),
+            cfg.spec,
+            cfg.framing,
+        );
         tokio::spawn(async move {
             let mut codec = FrameCodec::new(framing);
             let mut buf = BytesMut::with_capacity(8192);
             loop {
                 while let Ok(Some(frame)) = codec.decode(&mut buf) {
-                    let Ok(answer) = MessageView::decode(spec, frame.message) else { continue };
-                    let Some(stan) = answer.field(11).and_then(|f| f.as_u64()) else { continue };
-                    let Some(sent) = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&(stan as u32)) else {
+                    let Ok(answer) = MessageView::decode(spec, frame.message) else {
+                        continue;
+                    };
+                    let Some(stan) = answer.field(11).and_then(|f| f.as_u64()) else {
+                        continue;
+                    };
+                    let Some(sent) = pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&(stan as u32))
+                    else {
                         continue;
                     };
                     let micros = sent.elapsed().as_micros().max(1) as u64;
-                    let _ = shared.latency.lock().unwrap_or_else(|p| p.into_inner()).record(micros);
-                    let code = answer.field(39).map(|f| f.text()).unwrap_or_else(|| "--".into());
-                    *shared.codes.lock().unwrap_or_else(|p| p.into_inner()).entry(code).or_default() += 1;
+                    let _ = shared
+                        .latency
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(micros);
+                    let code = answer
+                        .field(39)
+                        .map(|f| f.text())
+                        .unwrap_or_else(|| "--".into());
+                    *shared
+                        .codes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(code)
+                        .or_default() += 1;
                     shared.totals.answered.fetch_add(1, Ordering::Relaxed);
                     window.add_permits(1);
                 }
@@ -286,12 +346,15 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(shared: Arc<Shared>, 
     let mut rng = Rng::new(0xC0FFEE ^ index as u64);
     let mut codec = FrameCodec::new(cfg.framing);
     let mut out = BytesMut::new();
-    let interval = cfg.rate.map(|r| Duration::from_secs_f64(cfg.connections as f64 / r));
+    let interval = cfg
+        .rate
+        .map(|r| Duration::from_secs_f64(cfg.connections as f64 / r));
     let start = Instant::now();
     let mut stan = 0u32;
     let mut sent = 0u64;
     loop {
-        if count.is_some_and(|c| sent >= c) || shared.deadline.is_some_and(|d| Instant::now() >= d) {
+        if count.is_some_and(|c| sent >= c) || shared.deadline.is_some_and(|d| Instant::now() >= d)
+        {
             break;
         }
         let scheduled = match interval {
@@ -308,13 +371,21 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(shared: Arc<Shared>, 
         let Ok(permit) = permit else { break };
         permit.forget();
         stan = stan % 999_999 + 1;
-        let Some(message) = request(&cfg, &terminal, stan, index, &mut rng) else { break };
-        pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(stan, if interval.is_some() { scheduled } else { Instant::now() });
+        let Some(message) = request(&cfg, &terminal, stan, index, &mut rng) else {
+            break;
+        };
+        pending.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            stan,
+            if interval.is_some() {
+                scheduled
+            } else {
+                Instant::now()
+            },
+        );
         out.clear();
-        if codec.encode(Frame::new(message), &mut out).is_err() || output.write_all(&out).await.is_err() {
+        if codec.encode(Frame::new(message), &mut out).is_err()
+            || output.write_all(&out).await.is_err()
+        {
             break;
         }
         sent += 1;
@@ -322,7 +393,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(shared: Arc<Shared>, 
     }
     // Wait for the answers still due, then count what never came.
     let wait_until = Instant::now() + cfg.timeout;
-    while !pending.lock().unwrap_or_else(|p| p.into_inner()).is_empty() && Instant::now() < wait_until && !reader.is_finished() {
+    while !pending.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        && Instant::now() < wait_until
+        && !reader.is_finished()
+    {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     reader.abort();
@@ -332,10 +406,18 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(shared: Arc<Shared>, 
 }
 
 /// A realistic request: card, amount, times, STAN, RRN, terminal and merchant.
-fn request(cfg: &TerminalSimConfig, terminal: &str, stan: u32, index: usize, rng: &mut Rng) -> Option<Bytes> {
+fn request(
+    cfg: &TerminalSimConfig,
+    terminal: &str,
+    stan: u32,
+    index: usize,
+    rng: &mut Rng,
+) -> Option<Bytes> {
     let spec = cfg.spec;
     let mut b = MessageBuilder::new(spec, cfg.mti);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let civil = Civil::from_unix(i64::try_from(now).unwrap_or(0));
     let field7 = civil.mmddhhmmss();
     let pan = cfg.pans.get(stan as usize % cfg.pans.len().max(1))?;
@@ -361,7 +443,8 @@ fn request(cfg: &TerminalSimConfig, terminal: &str, stan: u32, index: usize, rng
         }
     }
     if spec.field(42).is_some() {
-        b.set(42, format!("MERCHANT{:07}", index % 10_000_000)).ok()?;
+        b.set(42, format!("MERCHANT{:07}", index % 10_000_000))
+            .ok()?;
     }
     Some(b.encode())
 }

@@ -23,7 +23,11 @@ const MAX_CONNECTIONS: usize = 32;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serve until `shutdown`.
-pub async fn serve(listener: TcpListener, state: Arc<impl AdminState>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<impl AdminState>,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -34,7 +38,9 @@ pub async fn serve(listener: TcpListener, state: Arc<impl AdminState>, shutdown:
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(TIMEOUT, answer(stream, &*state)).await;
@@ -53,31 +59,73 @@ async fn answer(mut stream: TcpStream, state: &impl AdminState) -> std::io::Resu
         }
         head.extend_from_slice(&buf[..n]);
         if head.len() > MAX_HEAD {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"request head too large\n").await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"request head too large\n",
+            )
+            .await;
         }
     }
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (method, target) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
     if method != b"GET" {
-        return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"GET only\n").await;
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"GET only\n",
+        )
+        .await;
     }
     match path {
-        b"/metrics" => respond(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", &state.metrics()).await,
+        b"/metrics" => {
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                &state.metrics(),
+            )
+            .await
+        }
         b"/livez" => respond(&mut stream, "200 OK", "text/plain", b"ok\n").await,
         b"/readyz" => match state.readiness() {
             Ok(()) => respond(&mut stream, "200 OK", "text/plain", b"ready\n").await,
             Err(reasons) => {
                 let body = format!("not ready: {}\n", reasons.join("; "));
-                respond(&mut stream, "503 Service Unavailable", "text/plain", body.as_bytes()).await
+                respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    body.as_bytes(),
+                )
+                .await
             }
         },
-        _ => respond(&mut stream, "404 Not Found", "text/plain", b"try /metrics, /livez or /readyz\n").await,
+        _ => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                b"try /metrics, /livez or /readyz\n",
+            )
+            .await
+        }
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]) -> std::io::Result<()> {
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use switchyard_audit::{AuditConfig, KeySource};
 use switchyard_iso8583::Spec;
 use switchyard_mux::{
-    AcceptorConfig, ClientTls, ClientTlsFiles, Endpoint, Framing, Header, LengthPrefix, LinkConfig, Selection,
-    ServerTls, ServerTlsFiles,
+    AcceptorConfig, ClientTls, ClientTlsFiles, Endpoint, Framing, Header, LengthPrefix, LinkConfig,
+    Selection, ServerTls, ServerTlsFiles,
 };
 use switchyard_router::{RouteRule, RouteTable};
 
@@ -270,7 +270,10 @@ pub struct Plan {
 
 /// Where a configuration came from (for messages).
 pub fn origin(path: Option<&Path>) -> String {
-    path.map_or_else(|| "embedded default configuration".into(), |p| p.display().to_string())
+    path.map_or_else(
+        || "embedded default configuration".into(),
+        |p| p.display().to_string(),
+    )
 }
 
 /// Read and check a configuration; every problem at once.
@@ -279,7 +282,8 @@ pub fn load(path: Option<&Path>) -> Result<Plan, Vec<String>> {
         None => EMBEDDED_DEFAULT.to_string(),
         Some(p) => std::fs::read_to_string(p).map_err(|e| vec![format!("{}: {e}", p.display())])?,
     };
-    let config: Config = toml::from_str(&text).map_err(|e| vec![format!("{}: {}", origin(path), e.to_string().trim_end())])?;
+    let config: Config = toml::from_str(&text)
+        .map_err(|e| vec![format!("{}: {}", origin(path), e.to_string().trim_end())])?;
     plan(config)
 }
 
@@ -288,7 +292,9 @@ fn framing(at: &str, f: &FramingSection, problems: &mut Vec<String>) -> Framing 
     if let Some(p) = &f.prefix {
         match LengthPrefix::from_name(p) {
             Some(prefix) => framing.prefix = prefix,
-            None => problems.push(format!("{at}.framing.prefix: {p:?} is not one of binary2, ascii4, bcd2, binary4")),
+            None => problems.push(format!(
+                "{at}.framing.prefix: {p:?} is not one of binary2, ascii4, bcd2, binary4"
+            )),
         }
     }
     framing.prefix_includes_itself = f.prefix_includes_itself;
@@ -296,10 +302,15 @@ fn framing(at: &str, f: &FramingSection, problems: &mut Vec<String>) -> Framing 
         framing.header = match h.as_str() {
             "none" => Header::None,
             "tpdu" => Header::Tpdu,
-            other => match other.strip_prefix("fixed:").and_then(|n| n.parse::<u8>().ok()) {
+            other => match other
+                .strip_prefix("fixed:")
+                .and_then(|n| n.parse::<u8>().ok())
+            {
                 Some(n) if n > 0 => Header::Fixed(n),
                 _ => {
-                    problems.push(format!("{at}.framing.header: {h:?} is not none, tpdu or fixed:N (N 1..255)"));
+                    problems.push(format!(
+                        "{at}.framing.header: {h:?} is not none, tpdu or fixed:N (N 1..255)"
+                    ));
                     Header::None
                 }
             },
@@ -328,17 +339,27 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(v.unwrap_or(default))
 }
 
-fn key_source(at: &str, file: &Option<PathBuf>, env: &Option<String>, demo: bool, problems: &mut Vec<String>) -> KeySource {
+fn key_source(
+    at: &str,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+    demo: bool,
+    problems: &mut Vec<String>,
+) -> KeySource {
     match (file, env) {
         (Some(f), None) => KeySource::File(f.clone()),
         (None, Some(v)) => KeySource::Env(v.clone()),
         (Some(_), Some(_)) => {
-            problems.push(format!("{at}: give a key file or an environment variable, not both"));
+            problems.push(format!(
+                "{at}: give a key file or an environment variable, not both"
+            ));
             KeySource::Demo
         }
         (None, None) if demo => KeySource::Demo,
         (None, None) => {
-            problems.push(format!("{at}: no key: set {at}_file or {at}_env (or demo_keys = true for a demo)"));
+            problems.push(format!(
+                "{at}: no key: set {at}_file or {at}_env (or demo_keys = true for a demo)"
+            ));
             KeySource::Demo
         }
     }
@@ -357,20 +378,34 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
             problems.push(format!("{at}.name: used twice"));
         }
         if l.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!("{at}.listen: {:?} is not an address:port", l.listen));
+            problems.push(format!(
+                "{at}.listen: {:?} is not an address:port",
+                l.listen
+            ));
         }
         let framing = framing(&at, &l.framing, &mut problems);
-        let Some(spec) = spec(&at, &l.spec, &mut problems) else { continue };
+        let Some(spec) = spec(&at, &l.spec, &mut problems) else {
+            continue;
+        };
         let mut a = AcceptorConfig::new(&l.name, spec);
         a.framing = framing;
         a.max_connections = l.max_connections.unwrap_or(a.max_connections);
-        a.max_connections_per_source = l.max_connections_per_source.unwrap_or(a.max_connections_per_source);
-        a.max_in_flight_per_connection = l.max_in_flight_per_connection.unwrap_or(a.max_in_flight_per_connection);
+        a.max_connections_per_source = l
+            .max_connections_per_source
+            .unwrap_or(a.max_connections_per_source);
+        a.max_in_flight_per_connection = l
+            .max_in_flight_per_connection
+            .unwrap_or(a.max_in_flight_per_connection);
         a.frame_timeout = ms(l.frame_timeout_ms, 5_000);
         a.idle_timeout = ms(l.idle_timeout_ms, 300_000);
         a.handshake_timeout = ms(l.handshake_timeout_ms, 10_000);
-        if a.max_connections == 0 || a.max_connections_per_source == 0 || a.max_in_flight_per_connection == 0 {
-            problems.push(format!("{at}: connection and in-flight limits must be at least 1"));
+        if a.max_connections == 0
+            || a.max_connections_per_source == 0
+            || a.max_in_flight_per_connection == 0
+        {
+            problems.push(format!(
+                "{at}: connection and in-flight limits must be at least 1"
+            ));
         }
         let tls = match &l.tls {
             None => None,
@@ -395,11 +430,19 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
             problems.push(format!("{at}.name: used twice"));
         }
         if l.simulated != l.endpoints.is_empty() {
-            problems.push(format!("{at}: give endpoints, or simulated = true, not both"));
+            problems.push(format!(
+                "{at}: give endpoints, or simulated = true, not both"
+            ));
         }
         let framing = framing(&at, &l.framing, &mut problems);
-        let Some(spec) = spec(&at, &l.spec, &mut problems) else { continue };
-        let first = l.endpoints.first().cloned().unwrap_or_else(|| "127.0.0.1:0".into());
+        let Some(spec) = spec(&at, &l.spec, &mut problems) else {
+            continue;
+        };
+        let first = l
+            .endpoints
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:0".into());
         let mut c = LinkConfig::new(&l.name, &first, spec);
         c.framing = framing;
         let tls = match &l.tls {
@@ -435,12 +478,17 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
             })
             .collect();
         if c.endpoints.is_empty() {
-            c.endpoints.push(Endpoint { addr: first, tls: None });
+            c.endpoints.push(Endpoint {
+                addr: first,
+                tls: None,
+            });
         }
         if let Some(h) = &l.header_hex {
             match switchyard_iso8583::wire::from_hex(h.as_bytes()) {
                 Ok(bytes) => c.header = Bytes::from(bytes),
-                Err(at_char) => problems.push(format!("{at}.header_hex: not hex at character {at_char}")),
+                Err(at_char) => {
+                    problems.push(format!("{at}.header_hex: not hex at character {at_char}"))
+                }
             }
         }
         c.connections = l.connections.unwrap_or(c.connections);
@@ -461,7 +509,9 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
             None | Some("least-outstanding") => Selection::LeastOutstanding,
             Some("round-robin") => Selection::RoundRobin,
             Some(other) => {
-                problems.push(format!("{at}.selection: {other:?} is not least-outstanding or round-robin"));
+                problems.push(format!(
+                    "{at}.selection: {other:?} is not least-outstanding or round-robin"
+                ));
                 Selection::LeastOutstanding
             }
         };
@@ -487,7 +537,10 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
     let link_names: HashSet<&str> = config.links.iter().map(|l| l.name.as_str()).collect();
     for (i, r) in config.routes.iter().enumerate() {
         if !link_names.contains(r.link.as_str()) {
-            problems.push(format!("routes[{i}] ({:?}).link: no link named {:?}", r.name, r.link));
+            problems.push(format!(
+                "routes[{i}] ({:?}).link: no link named {:?}",
+                r.name, r.link
+            ));
         }
     }
     if let Some(d) = &config.routing.default {
@@ -507,7 +560,9 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
         None | Some("durable") => true,
         Some("fire-and-forget") => false,
         Some(other) => {
-            problems.push(format!("audit.durability: {other:?} is not durable or fire-and-forget"));
+            problems.push(format!(
+                "audit.durability: {other:?} is not durable or fire-and-forget"
+            ));
             true
         }
     };
@@ -518,15 +573,30 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
     if let Some(mib) = a.segment_mib {
         audit.segment_bytes = mib << 20;
     }
-    let chain_key = key_source("audit.chain_key", &a.chain_key_file, &a.chain_key_env, a.demo_keys, &mut problems);
-    let pan_key = key_source("audit.pan_key", &a.pan_key_file, &a.pan_key_env, a.demo_keys, &mut problems);
+    let chain_key = key_source(
+        "audit.chain_key",
+        &a.chain_key_file,
+        &a.chain_key_env,
+        a.demo_keys,
+        &mut problems,
+    );
+    let pan_key = key_source(
+        "audit.pan_key",
+        &a.pan_key_file,
+        &a.pan_key_env,
+        a.demo_keys,
+        &mut problems,
+    );
     if problems.is_empty() {
         if let Err(e) = switchyard_audit::AuditKeys::load(&chain_key, &pan_key) {
             problems.push(format!("audit: {e}"));
         }
     }
     if config.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-        problems.push(format!("admin.listen: {:?} is not an address:port", config.admin.listen));
+        problems.push(format!(
+            "admin.listen: {:?} is not an address:port",
+            config.admin.listen
+        ));
     }
     if let Some(f) = &config.log.format {
         if f != "text" && f != "json" {

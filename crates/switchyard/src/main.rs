@@ -47,7 +47,7 @@ enum Command {
     /// Simulators: an issuer host, and terminals sending load.
     Sim {
         #[command(subcommand)]
-        command: sim_cmd::SimCommand,
+        command: Box<sim_cmd::SimCommand>,
     },
     /// Decode one message (hex, whitespace ignored; or raw bytes) to JSON. Masked unless --reveal.
     Decode {
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         Command::Encode { spec, raw, input } => codec_cmd::encode(&spec, raw, input.as_deref()),
         Command::Run { config, log_format } => run::run(config, log_format),
         Command::CheckConfig { file } => run::check_config(&file),
-        Command::Sim { command } => sim_cmd::run(command),
+        Command::Sim { command } => sim_cmd::run(*command),
         Command::Specs => codec_cmd::specs(),
         Command::Audit { command } => audit_cmd::run(*command),
     };

@@ -33,7 +33,9 @@ struct Switch {
 
 impl AdminState for Switch {
     fn metrics(&self) -> Vec<u8> {
-        self.telemetry.ready.set(i64::from(self.readiness().is_ok()));
+        self.telemetry
+            .ready
+            .set(i64::from(self.readiness().is_ok()));
         self.telemetry.render(&self.sources)
     }
 
@@ -76,7 +78,11 @@ pub fn check_config(path: &Path) -> CmdResult {
             for p in &problems {
                 eprintln!("{p}");
             }
-            Err(fail(EX_CONFIG)(anyhow!("{}: {} problem(s)", path.display(), problems.len())))
+            Err(fail(EX_CONFIG)(anyhow!(
+                "{}: {} problem(s)",
+                path.display(),
+                problems.len()
+            )))
         }
     }
 }
@@ -89,7 +95,11 @@ pub fn run(path: Option<PathBuf>, log_format: Option<String>) -> CmdResult {
             for p in &problems {
                 eprintln!("{p}");
             }
-            return Err(fail(EX_CONFIG)(anyhow!("{}: {} problem(s); nothing started", config::origin(path.as_deref()), problems.len())));
+            return Err(fail(EX_CONFIG)(anyhow!(
+                "{}: {} problem(s); nothing started",
+                config::origin(path.as_deref()),
+                problems.len()
+            )));
         }
     };
     let json = log_format.as_deref().or(plan.config.log.format.as_deref()) == Some("json");
@@ -103,13 +113,16 @@ pub fn run(path: Option<PathBuf>, log_format: Option<String>) -> CmdResult {
 }
 
 async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
-    let keys = Arc::new(AuditKeys::load(&plan.chain_key, &plan.pan_key).map_err(|e| fail(EX_CONFIG)(e.into()))?);
+    let keys = Arc::new(
+        AuditKeys::load(&plan.chain_key, &plan.pan_key).map_err(|e| fail(EX_CONFIG)(e.into()))?,
+    );
     if keys.is_demo() {
         eprintln!("switchyard: WARNING: {DEMO_WARNING}");
     }
     let telemetry = Telemetry::new().map_err(|e| fail(EX_IOERR)(e.into()))?;
     plan.audit.on_batch = Some(telemetry.batch_observer());
-    let (audit, recovery) = AuditLog::open(plan.audit.clone(), keys.clone()).map_err(|e| fail(EX_IOERR)(anyhow!("audit log: {e}")))?;
+    let (audit, recovery) = AuditLog::open(plan.audit.clone(), keys.clone())
+        .map_err(|e| fail(EX_IOERR)(anyhow!("audit log: {e}")))?;
     tracing::info!(dir = %plan.audit.dir.display(), next_seq = recovery.next_seq, torn_bytes = recovery.torn_bytes, "audit log open");
     let audit = Arc::new(audit);
 
@@ -119,8 +132,13 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
         if section.simulated {
             let mut sim = IssuerSimConfig::approving(link.spec);
             sim.framing = link.framing;
-            let issuer = IssuerSim::start("127.0.0.1:0", sim).await.map_err(|e| fail(EX_IOERR)(e.into()))?;
-            link.endpoints = vec![Endpoint { addr: issuer.addr.to_string(), tls: None }];
+            let issuer = IssuerSim::start("127.0.0.1:0", sim)
+                .await
+                .map_err(|e| fail(EX_IOERR)(e.into()))?;
+            link.endpoints = vec![Endpoint {
+                addr: issuer.addr.to_string(),
+                tls: None,
+            }];
             tracing::info!(link = %section.name, addr = %issuer.addr, "simulated issuer started");
             simulators.push(issuer);
         }
@@ -131,13 +149,21 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
     for (section, link) in &plan.links {
         client_tls.extend(link.endpoints.iter().filter_map(|e| e.tls.clone()));
         let connections = link.connections;
-        let started = Arc::new(IssuerLink::start(link.clone(), None).map_err(|e| fail(EX_CONFIG)(e.into()))?);
+        let started =
+            Arc::new(IssuerLink::start(link.clone(), None).map_err(|e| fail(EX_CONFIG)(e.into()))?);
         link_sources.push((section.name.clone(), started.clone(), connections));
         links.insert(section.name.clone(), started);
     }
     let router = Arc::new(
-        Router::new(plan.routes.clone(), links.clone(), audit.clone(), keys.clone(), plan.durable, &telemetry.registry)
-            .map_err(|e| fail(EX_CONFIG)(e.into()))?,
+        Router::new(
+            plan.routes.clone(),
+            links.clone(),
+            audit.clone(),
+            keys.clone(),
+            plan.durable,
+            &telemetry.registry,
+        )
+        .map_err(|e| fail(EX_CONFIG)(e.into()))?,
     );
 
     // Bind everything before serving anything: a port in use stops the start cleanly.
@@ -147,7 +173,12 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
             .await
             .with_context(|| format!("listener {:?}: binding {}", section.name, section.listen))
             .map_err(fail(EX_IOERR))?;
-        bound.push((section.clone(), acceptor_config.clone(), tls.clone(), listener));
+        bound.push((
+            section.clone(),
+            acceptor_config.clone(),
+            tls.clone(),
+            listener,
+        ));
     }
     let admin_listener = TcpListener::bind(&plan.config.admin.listen)
         .await
@@ -180,7 +211,11 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
         listeners_bound: AtomicBool::new(true),
     });
     let admin_stop = CancellationToken::new();
-    tokio::spawn(admin::serve(admin_listener, switch.clone(), admin_stop.clone()));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        switch.clone(),
+        admin_stop.clone(),
+    ));
     tracing::info!(admin = %plan.config.admin.listen, config = %config::origin(path.as_deref()), "switchyard running");
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| fail(EX_IOERR)(e.into()))?;
@@ -207,7 +242,10 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
     .await
     .is_ok();
     if !drained {
-        tracing::warn!(grace_ms = plan.config.shutdown.grace_ms, "grace period over with requests still in flight");
+        tracing::warn!(
+            grace_ms = plan.config.shutdown.grace_ms,
+            "grace period over with requests still in flight"
+        );
     }
     for link in links.values() {
         let _ = tokio::time::timeout(Duration::from_secs(2), link.shutdown()).await;
@@ -244,19 +282,29 @@ fn reload(
         let mut not_applied = Vec::new();
         let shape = |p: &config::Plan| {
             (
-                p.listeners.iter().map(|(l, _, _)| (l.name.clone(), l.listen.clone(), l.spec.clone())).collect::<Vec<_>>(),
-                p.links.iter().map(|(l, _)| (l.name.clone(), l.endpoints.clone(), l.spec.clone())).collect::<Vec<_>>(),
+                p.listeners
+                    .iter()
+                    .map(|(l, _, _)| (l.name.clone(), l.listen.clone(), l.spec.clone()))
+                    .collect::<Vec<_>>(),
+                p.links
+                    .iter()
+                    .map(|(l, _)| (l.name.clone(), l.endpoints.clone(), l.spec.clone()))
+                    .collect::<Vec<_>>(),
             )
         };
         if shape(&plan) != shape(running) {
             not_applied.push("listeners or links changed: restart to apply those".to_string());
         }
-        router.replace_routes(plan.routes).map_err(|e| vec![e.to_string()])?;
+        router
+            .replace_routes(plan.routes)
+            .map_err(|e| vec![e.to_string()])?;
         for tls in server_tls {
-            tls.reload().map_err(|e| vec![format!("listener certificate: {e}")])?;
+            tls.reload()
+                .map_err(|e| vec![format!("listener certificate: {e}")])?;
         }
         for tls in client_tls {
-            tls.reload().map_err(|e| vec![format!("link certificate: {e}")])?;
+            tls.reload()
+                .map_err(|e| vec![format!("link certificate: {e}")])?;
         }
         Ok(not_applied)
     })();

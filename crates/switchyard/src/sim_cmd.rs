@@ -33,9 +33,19 @@ pub struct Wire {
 impl Wire {
     fn resolve(&self) -> anyhow::Result<(&'static switchyard_iso8583::Spec, Framing)> {
         let spec = resolve_spec(&self.spec)?;
-        let prefix = LengthPrefix::from_name(&self.framing)
-            .ok_or_else(|| anyhow!("--framing {:?}: expected binary2, ascii4, bcd2 or binary4", self.framing))?;
-        Ok((spec, Framing { prefix, ..Framing::default() }))
+        let prefix = LengthPrefix::from_name(&self.framing).ok_or_else(|| {
+            anyhow!(
+                "--framing {:?}: expected binary2, ascii4, bcd2 or binary4",
+                self.framing
+            )
+        })?;
+        Ok((
+            spec,
+            Framing {
+                prefix,
+                ..Framing::default()
+            },
+        ))
     }
 }
 
@@ -126,7 +136,12 @@ pub fn run(command: SimCommand) -> CmdResult {
 }
 
 fn delays(text: &str) -> anyhow::Result<(Duration, Duration)> {
-    let ms = |s: &str| s.trim().parse::<u64>().map(Duration::from_millis).map_err(|_| anyhow!("--delay-ms {text:?}: expected N or MIN-MAX"));
+    let ms = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| anyhow!("--delay-ms {text:?}: expected N or MIN-MAX"))
+    };
     match text.split_once('-') {
         Some((a, b)) => Ok((ms(a)?, ms(b)?)),
         None => {
@@ -140,7 +155,9 @@ fn issuer(args: IssuerArgs) -> CmdResult {
     let (spec, framing) = args.wire.resolve().map_err(fail(EX_USAGE))?;
     let (delay_min, delay_max) = delays(&args.delay_ms).map_err(fail(EX_USAGE))?;
     if !(0.0..=1.0).contains(&args.approval_rate) || !(0.0..=1.0).contains(&args.silence_rate) {
-        return Err(fail(EX_USAGE)(anyhow!("--approval-rate and --silence-rate are between 0 and 1")));
+        return Err(fail(EX_USAGE)(anyhow!(
+            "--approval-rate and --silence-rate are between 0 and 1"
+        )));
     }
     let config = IssuerSimConfig {
         framing,
@@ -153,9 +170,12 @@ fn issuer(args: IssuerArgs) -> CmdResult {
         ..IssuerSimConfig::approving(spec)
     };
     runtime()?.block_on(async {
-        let sim = IssuerSim::start(&args.listen, config).await.map_err(|e| fail(EX_IOERR)(anyhow!("binding {}: {e}", args.listen)))?;
+        let sim = IssuerSim::start(&args.listen, config)
+            .await
+            .map_err(|e| fail(EX_IOERR)(anyhow!("binding {}: {e}", args.listen)))?;
         eprintln!("simulated issuer on {}", sim.addr);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| fail(EX_IOERR)(e.into()))?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| fail(EX_IOERR)(e.into()))?;
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -168,7 +188,14 @@ fn issuer(args: IssuerArgs) -> CmdResult {
 
 fn terminal(args: TerminalArgs) -> CmdResult {
     let (spec, framing) = args.wire.resolve().map_err(fail(EX_USAGE))?;
-    let mti = Mti::parse(&args.mti).filter(|m| m.is_request()).ok_or_else(|| fail(EX_USAGE)(anyhow!("--mti {:?}: expected a request MTI such as 0200", args.mti)))?;
+    let mti = Mti::parse(&args.mti)
+        .filter(|m| m.is_request())
+        .ok_or_else(|| {
+            fail(EX_USAGE)(anyhow!(
+                "--mti {:?}: expected a request MTI such as 0200",
+                args.mti
+            ))
+        })?;
     let tls = match &args.tls_ca {
         None => None,
         Some(ca) => Some(Arc::new(
@@ -181,11 +208,17 @@ fn terminal(args: TerminalArgs) -> CmdResult {
         )),
     };
     if args.count.is_none() && args.duration.is_none() {
-        return Err(fail(EX_USAGE)(anyhow!("give --count or --duration: every run is bounded")));
+        return Err(fail(EX_USAGE)(anyhow!(
+            "give --count or --duration: every run is bounded"
+        )));
     }
     let duration = match args.duration {
         Some(d) if d.is_finite() && d > 0.0 => Some(Duration::from_secs_f64(d)),
-        Some(_) => return Err(fail(EX_USAGE)(anyhow!("--duration must be a positive number of seconds"))),
+        Some(_) => {
+            return Err(fail(EX_USAGE)(anyhow!(
+                "--duration must be a positive number of seconds"
+            )))
+        }
         None => None,
     };
     let config = TerminalSimConfig {
@@ -206,7 +239,11 @@ fn terminal(args: TerminalArgs) -> CmdResult {
         .block_on(switchyard_sim::run(config))
         .map_err(|e| fail(EX_USAGE)(e.into()))?;
     if args.json {
-        let codes: serde_json::Map<String, serde_json::Value> = report.codes.iter().map(|(c, n)| (c.clone(), (*n).into())).collect();
+        let codes: serde_json::Map<String, serde_json::Value> = report
+            .codes
+            .iter()
+            .map(|(c, n)| (c.clone(), (*n).into()))
+            .collect();
         let json = serde_json::json!({
             "sent": report.sent,
             "answered": report.answered,

@@ -10,7 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 use switchyard_audit::{AuditLog, BatchObserver};
 use switchyard_mux::{AcceptorStats, IssuerLink};
 use switchyard_router::metrics::LATENCY_BUCKETS;
@@ -54,36 +57,111 @@ impl Telemetry {
     pub fn new() -> prometheus::Result<Telemetry> {
         let registry = Registry::new();
         let t = Telemetry {
-            link_ready: IntGaugeVec::new(Opts::new("switchyard_link_ready_connections", "Issuer link connections ready to carry requests."), &["link"])?,
-            link_up: IntGaugeVec::new(Opts::new("switchyard_link_up", "1 when the issuer link has at least one ready connection."), &["link"])?,
-            link_in_flight: IntGaugeVec::new(Opts::new("switchyard_link_in_flight", "Requests waiting for the issuer on this link."), &["link"])?,
+            link_ready: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_link_ready_connections",
+                    "Issuer link connections ready to carry requests.",
+                ),
+                &["link"],
+            )?,
+            link_up: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_link_up",
+                    "1 when the issuer link has at least one ready connection.",
+                ),
+                &["link"],
+            )?,
+            link_in_flight: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_link_in_flight",
+                    "Requests waiting for the issuer on this link.",
+                ),
+                &["link"],
+            )?,
             link_events: IntCounterVec::new(
-                Opts::new("switchyard_link_events_total", "Issuer link events: timeouts, late responses, connection failures..."),
+                Opts::new(
+                    "switchyard_link_events_total",
+                    "Issuer link events: timeouts, late responses, connection failures...",
+                ),
                 &["link", "event"],
             )?,
-            link_reconnects: IntCounterVec::new(Opts::new("switchyard_link_reconnects_total", "Connections opened to replace lost ones."), &["link"])?,
-            listener_open: IntGaugeVec::new(Opts::new("switchyard_listener_connections", "Terminal connections open."), &["listener"])?,
+            link_reconnects: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_link_reconnects_total",
+                    "Connections opened to replace lost ones.",
+                ),
+                &["link"],
+            )?,
+            listener_open: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_listener_connections",
+                    "Terminal connections open.",
+                ),
+                &["listener"],
+            )?,
             listener_events: IntCounterVec::new(
-                Opts::new("switchyard_listener_events_total", "Terminal connection events: accepted, refused, framing errors..."),
+                Opts::new(
+                    "switchyard_listener_events_total",
+                    "Terminal connection events: accepted, refused, framing errors...",
+                ),
                 &["listener", "event"],
             )?,
-            tls_failures: IntCounterVec::new(Opts::new("switchyard_tls_handshake_failures_total", "Terminal TLS handshakes that failed."), &["listener"])?,
-            audit_records: IntCounter::new("switchyard_audit_records_total", "Audit records made durable.")?,
-            audit_bytes: IntCounter::new("switchyard_audit_bytes_total", "Bytes written to the audit log.")?,
-            audit_write_failures: IntCounter::new("switchyard_audit_write_failures_total", "Audit log write or fdatasync failures.")?,
-            audit_failed: IntGauge::new("switchyard_audit_failed", "1 when the audit log has failed and the switch answers 96.")?,
+            tls_failures: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_tls_handshake_failures_total",
+                    "Terminal TLS handshakes that failed.",
+                ),
+                &["listener"],
+            )?,
+            audit_records: IntCounter::new(
+                "switchyard_audit_records_total",
+                "Audit records made durable.",
+            )?,
+            audit_bytes: IntCounter::new(
+                "switchyard_audit_bytes_total",
+                "Bytes written to the audit log.",
+            )?,
+            audit_write_failures: IntCounter::new(
+                "switchyard_audit_write_failures_total",
+                "Audit log write or fdatasync failures.",
+            )?,
+            audit_failed: IntGauge::new(
+                "switchyard_audit_failed",
+                "1 when the audit log has failed and the switch answers 96.",
+            )?,
             audit_batch: Histogram::with_opts(
-                HistogramOpts::new("switchyard_audit_batch_records", "Records per group commit.")
-                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0]),
+                HistogramOpts::new(
+                    "switchyard_audit_batch_records",
+                    "Records per group commit.",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+                ]),
             )?,
             audit_sync: Histogram::with_opts(
-                HistogramOpts::new("switchyard_audit_sync_duration_seconds", "fdatasync time per group commit.").buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "switchyard_audit_sync_duration_seconds",
+                    "fdatasync time per group commit.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
-            ready: IntGauge::new("switchyard_ready", "1 when the switch is ready (what /readyz says).")?,
-            reloads: IntCounterVec::new(Opts::new("switchyard_config_reloads_total", "Configuration reloads (SIGHUP), by result."), &["result"])?,
+            ready: IntGauge::new(
+                "switchyard_ready",
+                "1 when the switch is ready (what /readyz says).",
+            )?,
+            reloads: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_config_reloads_total",
+                    "Configuration reloads (SIGHUP), by result.",
+                ),
+                &["result"],
+            )?,
             registry,
         };
-        let build = IntGaugeVec::new(Opts::new("switchyard_build_info", "Build information; always 1."), &["version"])?;
+        let build = IntGaugeVec::new(
+            Opts::new("switchyard_build_info", "Build information; always 1."),
+            &["version"],
+        )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let r = &t.registry;
         r.register(Box::new(build))?;
@@ -124,8 +202,12 @@ impl Telemetry {
         for (name, link, connections) in &sources.links {
             let ready = link.ready_connections() as i64;
             self.link_ready.with_label_values(&[name]).set(ready);
-            self.link_up.with_label_values(&[name]).set(i64::from(ready > 0));
-            self.link_in_flight.with_label_values(&[name]).set(link.in_flight() as i64);
+            self.link_up
+                .with_label_values(&[name])
+                .set(i64::from(ready > 0));
+            self.link_in_flight
+                .with_label_values(&[name])
+                .set(link.in_flight() as i64);
             let s = link.stats();
             let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
             for (event, value) in [
@@ -168,14 +250,23 @@ impl Telemetry {
                 ("idle_closed", load(&s.idle_closed)),
                 ("undelivered", load(&s.undelivered)),
             ] {
-                sync(&self.listener_events.with_label_values(&[name, event]), value);
+                sync(
+                    &self.listener_events.with_label_values(&[name, event]),
+                    value,
+                );
             }
-            sync(&self.tls_failures.with_label_values(&[name]), load(&s.tls_handshake_failures));
+            sync(
+                &self.tls_failures.with_label_values(&[name]),
+                load(&s.tls_handshake_failures),
+            );
         }
         let a = sources.audit.stats();
         sync(&self.audit_records, a.records.load(Ordering::Relaxed));
         sync(&self.audit_bytes, a.bytes.load(Ordering::Relaxed));
-        sync(&self.audit_write_failures, a.failures.load(Ordering::Relaxed));
+        sync(
+            &self.audit_write_failures,
+            a.failures.load(Ordering::Relaxed),
+        );
         self.audit_failed.set(i64::from(sources.audit.is_failed()));
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for these metric types.
@@ -188,12 +279,17 @@ impl Telemetry {
 /// configured level.
 pub fn init_logging(json: bool, level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second initialisation (tests) is refused quietly.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
