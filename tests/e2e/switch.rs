@@ -466,7 +466,15 @@ fn the_switch_routes_answers_audits_and_counts_every_transaction() {
         ),
         1.0
     );
-    assert_eq!(switch.metric("switchyard_audit_records_total", &[]), 8.0);
+    // Eight pairs, and an in-flight record before each of the five requests put on a wire.
+    assert_eq!(switch.metric("switchyard_audit_records_total", &[]), 13.0);
+    // The silent issuer's timeout left an unknown outcome: its reversal is queued.
+    let (_, saf) = http_get(switch.admin, "/saf");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&saf).unwrap();
+    assert_eq!(entries.len(), 1, "{saf}");
+    assert_eq!(entries[0]["link"], "silent");
+    assert_eq!(entries[0]["basis"]["original_mti"], "0200");
+    assert_eq!(switch.metric("switchyard_saf_backlog", &[]), 1.0);
     assert_eq!(
         switch.metric("switchyard_link_up", &[("link", "dead")]),
         0.0

@@ -51,6 +51,8 @@ pub enum RecordKind {
     Operator,
     /// A log event (opened, torn tail repaired, ...).
     Event,
+    /// A store-and-forward journal event (its own log directory).
+    Saf,
 }
 
 impl RecordKind {
@@ -61,6 +63,7 @@ impl RecordKind {
             RecordKind::InFlight => 2,
             RecordKind::Operator => 3,
             RecordKind::Event => 4,
+            RecordKind::Saf => 5,
         }
     }
 
@@ -71,6 +74,7 @@ impl RecordKind {
             2 => Some(RecordKind::InFlight),
             3 => Some(RecordKind::Operator),
             4 => Some(RecordKind::Event),
+            5 => Some(RecordKind::Saf),
             _ => None,
         }
     }
@@ -82,6 +86,7 @@ impl RecordKind {
             RecordKind::InFlight => "in-flight",
             RecordKind::Operator => "operator",
             RecordKind::Event => "event",
+            RecordKind::Saf => "saf",
         }
     }
 }

@@ -43,10 +43,21 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// Call `each` for every record in order. A damaged record stops the read with its place,
 /// except at the very end of the newest segment, which a running writer may be filling.
-pub fn for_each(dir: &Path, mut each: impl FnMut(RecordRef<'_>) -> Result<()>) -> Result<u64> {
-    let all = segments(dir)?;
+pub fn for_each(dir: &Path, each: impl FnMut(RecordRef<'_>) -> Result<()>) -> Result<u64> {
+    for_each_recent(dir, usize::MAX, each)
+}
+
+/// [`for_each`] over the newest `segments` segments only (crash recovery and the duplicate
+/// window look at recent records, not a year of them).
+pub fn for_each_recent(
+    dir: &Path,
+    segments: usize,
+    mut each: impl FnMut(RecordRef<'_>) -> Result<()>,
+) -> Result<u64> {
+    let all = self::segments(dir)?;
+    let skip = all.len().saturating_sub(segments);
     let mut count = 0;
-    for (i, (_, path)) in all.iter().enumerate() {
+    for (i, (_, path)) in all.iter().enumerate().skip(skip) {
         let bytes = std::fs::read(path).map_err(|e| AuditError::io(path, e))?;
         SegmentHeader::decode(&bytes).map_err(|r| corrupt(path, 0, r))?;
         let mut offset = HEADER_LEN;

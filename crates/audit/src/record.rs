@@ -59,13 +59,15 @@ pub enum Outcome {
     Reversed,
     /// The issuer answered with something unusable (outcome unknown).
     IssuerError,
+    /// The switch restarted with the request in flight (reversed).
+    Recovered,
     /// Internal error (39 = 96).
     SystemError,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Approved,
         Outcome::Declined,
         Outcome::Timeout,
@@ -79,6 +81,7 @@ impl Outcome {
         Outcome::SwitchAnswered,
         Outcome::Reversed,
         Outcome::IssuerError,
+        Outcome::Recovered,
         Outcome::SystemError,
     ];
 
@@ -98,6 +101,7 @@ impl Outcome {
             Outcome::SwitchAnswered => "switch-answered",
             Outcome::Reversed => "reversed",
             Outcome::IssuerError => "issuer-error",
+            Outcome::Recovered => "recovered",
             Outcome::SystemError => "system-error",
         }
     }
@@ -261,6 +265,12 @@ pub struct PairRecord {
     /// The answer, protected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<ProtectedMessage>,
+    /// The in-flight record written before forwarding (crash recovery pairs them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inflight_seq: Option<u64>,
+    /// The reversal queued for this transaction, if its outcome was unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reversal_id: Option<u64>,
 }
 
 impl PairRecord {

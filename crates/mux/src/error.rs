@@ -119,6 +119,12 @@ pub enum MuxError {
         /// The link's name.
         link: Arc<str>,
     },
+    /// The work before sending (recording the request) failed: the request was not sent.
+    #[error("issuer link {link}: request not sent (recording it failed)")]
+    NotSent {
+        /// The link's name.
+        link: Arc<str>,
+    },
     /// A request with the same match key is already in flight: the request was not sent.
     #[error("issuer link {link}: a request with the same match key is in flight")]
     DuplicateInFlight {
@@ -180,6 +186,7 @@ impl MuxError {
             | MuxError::TlsMaterial { .. }
             | MuxError::TlsConfig(_)
             | MuxError::DuplicateInFlight { .. }
+            | MuxError::NotSent { .. }
             | MuxError::Config(_) => Side::Local,
         }
     }

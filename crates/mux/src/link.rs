@@ -220,6 +220,39 @@ fn stan_field(spec: &Spec) -> Option<FieldSpec> {
         .copied()
 }
 
+/// Work to do after a request has its place in the in-flight table and before it is
+/// written (see [`IssuerLink::forward_with`]).
+pub trait BeforeSend: Send {
+    /// Run with the STAN the issuer will see; `false` stops the request.
+    fn before_send(
+        self,
+        issuer_stan: Option<u32>,
+    ) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// No work before sending.
+#[derive(Debug, Clone, Copy)]
+pub struct NoHook;
+
+impl BeforeSend for NoHook {
+    async fn before_send(self, _: Option<u32>) -> bool {
+        true
+    }
+}
+
+impl<F, Fut> BeforeSend for F
+where
+    F: FnOnce(Option<u32>) -> Fut + Send,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    fn before_send(
+        self,
+        issuer_stan: Option<u32>,
+    ) -> impl std::future::Future<Output = bool> + Send {
+        self(issuer_stan)
+    }
+}
+
 /// What became of a forwarded request.
 #[derive(Debug)]
 pub struct Forwarded {
@@ -610,6 +643,19 @@ impl IssuerLink {
     /// [`send`](Self::send), also telling which STAN the issuer saw (the audit log keeps it,
     /// and a reversal must quote it).
     pub async fn forward(&self, request: &MessageView<'static>) -> Forwarded {
+        self.forward_with(request, NoHook).await
+    }
+
+    /// [`forward`](Self::forward), running `before_send` with the issuer's STAN once the
+    /// request holds its place in the in-flight table and before a byte is written: the
+    /// router durably records the request there, so that a crash between sending and
+    /// answering leaves a trace it can reverse. When the hook returns `false` the request
+    /// is not sent.
+    pub async fn forward_with(
+        &self,
+        request: &MessageView<'static>,
+        before_send: impl BeforeSend,
+    ) -> Forwarded {
         if !std::ptr::eq(request.spec(), self.shared.cfg.spec) {
             let error = MuxError::Config(format!(
                 "link {} speaks {}, the request was decoded as {}",
@@ -632,6 +678,7 @@ impl IssuerLink {
                 remap,
                 self.shared.cfg.request_timeout,
                 &mut issuer_stan,
+                before_send,
             )
             .await;
         Forwarded {
@@ -769,6 +816,7 @@ impl Shared {
         remap: bool,
         timeout: Duration,
         issuer_stan: &mut Option<u32>,
+        before_send: impl BeforeSend,
     ) -> Result<MessageView<'static>> {
         let cfg = &self.cfg;
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= cfg.max_in_flight {
@@ -862,6 +910,19 @@ impl Shared {
             },
         };
         self.slots[slot].outstanding.fetch_add(1, Ordering::Relaxed);
+        let mut waiting = Waiting {
+            shared: self,
+            key,
+            armed: true,
+        };
+        if !before_send.before_send(*issuer_stan).await {
+            // Never written.
+            waiting.armed = false;
+            self.take(&key);
+            return Err(MuxError::NotSent {
+                link: cfg.name.clone(),
+            });
+        }
         let frame = Frame {
             header: cfg.header.clone(),
             message: request.buffer().clone(),
@@ -869,15 +930,11 @@ impl Shared {
         };
         if conn.tx.try_send(frame).is_err() {
             // Never written: safe to report as down.
+            waiting.armed = false;
             self.take(&key);
             return Err(down());
         }
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
-        let mut waiting = Waiting {
-            shared: self,
-            key,
-            armed: true,
-        };
         let result = match tokio::time::timeout(timeout, &mut answer).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(MuxError::ConnectionLost {
@@ -1061,8 +1118,15 @@ impl Shared {
             .map_err(codec_err)?;
         builder.set(70, code).map_err(codec_err)?;
         let view = MessageView::decode(spec, builder.encode()).map_err(codec_err)?;
-        self.exchange(&view, Some(slot), false, self.cfg.echo_timeout, &mut None)
-            .await
+        self.exchange(
+            &view,
+            Some(slot),
+            false,
+            self.cfg.echo_timeout,
+            &mut None,
+            NoHook,
+        )
+        .await
     }
 }
 

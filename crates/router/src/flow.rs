@@ -19,8 +19,11 @@ use bytes::Bytes;
 use switchyard_audit::{AuditKeys, AuditLog, Outcome, PairRecord, ProtectedMessage, RecordKind};
 use switchyard_iso8583::{MessageBuilder, MessageView, Mti, Spec};
 use switchyard_mux::{
-    format_error_response, ConnectionInfo, Forwarded, Handler, IssuerLink, MuxError,
+    format_error_response, BeforeSend, ConnectionInfo, Forwarded, Handler, IssuerLink, MuxError,
 };
+
+use crate::integrity::{Duplicate, InFlightRecord, Integrity};
+use crate::saf::ReversalBasis;
 
 use crate::error::RouterError;
 use crate::metrics::RouterMetrics;
@@ -32,6 +35,13 @@ pub trait IssuerPort: Send + Sync + 'static {
     fn spec(&self) -> &'static Spec;
     /// Forward a request (in the issuer's dialect) and wait for the answer.
     fn forward(&self, request: &MessageView<'static>) -> impl Future<Output = Forwarded> + Send;
+    /// [`forward`](Self::forward), running `before_send` (with the STAN the issuer will see)
+    /// before anything is written; `false` from it stops the request.
+    fn forward_with(
+        &self,
+        request: &MessageView<'static>,
+        before_send: impl BeforeSend,
+    ) -> impl Future<Output = Forwarded> + Send;
 }
 
 impl IssuerPort for IssuerLink {
@@ -41,6 +51,14 @@ impl IssuerPort for IssuerLink {
 
     fn forward(&self, request: &MessageView<'static>) -> impl Future<Output = Forwarded> + Send {
         IssuerLink::forward(self, request)
+    }
+
+    fn forward_with(
+        &self,
+        request: &MessageView<'static>,
+        before_send: impl BeforeSend,
+    ) -> impl Future<Output = Forwarded> + Send {
+        IssuerLink::forward_with(self, request, before_send)
     }
 }
 
@@ -59,6 +77,7 @@ pub struct Router<P> {
     keys: Arc<AuditKeys>,
     durable: bool,
     metrics: RouterMetrics,
+    integrity: Option<Arc<Integrity>>,
 }
 
 impl<P> std::fmt::Debug for Router<P> {
@@ -109,7 +128,19 @@ impl<P: IssuerPort> Router<P> {
             keys,
             durable,
             metrics: RouterMetrics::new(registry)?,
+            integrity: None,
         })
+    }
+
+    /// Turn on reversals, in-flight records and duplicate detection.
+    pub fn with_integrity(mut self, integrity: Arc<Integrity>) -> Self {
+        self.integrity = Some(integrity);
+        self
+    }
+
+    /// The integrity state, when on.
+    pub fn integrity(&self) -> Option<&Arc<Integrity>> {
+        self.integrity.as_ref()
     }
 
     fn check_links(
@@ -152,12 +183,48 @@ impl<P: IssuerPort> Router<P> {
         let started = Instant::now();
         let mut pair = PairRecord::from_request(listener, &request, &self.keys, now_us());
         let mti = request.mti();
-        let (answer, outcome) = self.decide(&request, &mut pair).await;
+        let duplicate = match &self.integrity {
+            Some(i) => i.begin(&request),
+            None => Duplicate::NotChecked,
+        };
+        let mut pending = None;
+        let (answer, outcome) = match duplicate {
+            Duplicate::InFlight => (own_answer(&request, b"94"), Outcome::Duplicate),
+            Duplicate::Answered(previous) => (
+                MessageView::decode(request.spec(), previous).ok(),
+                Outcome::Duplicate,
+            ),
+            Duplicate::Fresh(key) => {
+                pending = Some(key);
+                self.decide(&request, &mut pair).await
+            }
+            Duplicate::NotChecked => self.decide(&request, &mut pair).await,
+        };
         if let Some(answer) = &answer {
             pair.set_response(answer, &self.keys);
         }
         let route = pair.route.clone();
-        let answer = self.audit_pair(pair, answer, outcome, started).await;
+        let unreversed = pair
+            .reversal_id
+            .is_none()
+            .then(|| (pair.issuer.clone(), pair.inflight_seq));
+        let (answer, recorded) = self.audit_pair(pair, answer, outcome, started).await;
+        if !recorded && outcome == Outcome::Approved {
+            // The approval could not be recorded and the terminal is told 96: take it back.
+            if let (Some(i), Some((Some(link), seq))) = (&self.integrity, unreversed) {
+                let basis = ReversalBasis::of(&request, None);
+                if let Err(e) = i
+                    .saf
+                    .enqueue(&link, "approval not recorded", basis, seq)
+                    .await
+                {
+                    tracing::error!(error = %e, "could not queue the reversal of an unrecorded approval");
+                }
+            }
+        }
+        if let (Some(i), Some(key)) = (&self.integrity, pending) {
+            i.finish(key, answer.as_ref().map(|a| a.buffer()));
+        }
         let route = route.as_deref().unwrap_or("none");
         self.metrics.observe(
             listener,
@@ -168,6 +235,13 @@ impl<P: IssuerPort> Router<P> {
             started.elapsed(),
         );
         answer.map(MessageView::into_bytes)
+    }
+
+    /// An answer could not be delivered to its terminal.
+    pub async fn undelivered(&self, spec: &'static Spec, answer: Bytes) {
+        if let (Some(i), Ok(view)) = (&self.integrity, MessageView::decode(spec, answer)) {
+            i.undelivered(&view).await;
+        }
     }
 
     /// What to answer, and how the transaction ended.
@@ -217,9 +291,67 @@ impl<P: IssuerPort> Router<P> {
         };
         pair.forwarded_us = Some(now_us());
         let sent = Instant::now();
-        let forwarded = link.forward(&outbound).await;
+        let forwarded = match &self.integrity {
+            None => link.forward(&outbound).await,
+            Some(_) => {
+                // The request is on disk before it is on the wire.
+                let recorded = std::sync::Mutex::new(None);
+                let before = pair.clone();
+                let audit = &self.audit;
+                let outbound_ref = &outbound;
+                let recorded_ref = &recorded;
+                let note = move |stan: Option<u32>| {
+                    let record = InFlightRecord {
+                        link: route.link.to_string(),
+                        basis: ReversalBasis::of(outbound_ref, stan),
+                        pair: before,
+                    };
+                    async move {
+                        match audit.append_json(RecordKind::InFlight, &record).await {
+                            Ok(seq) => {
+                                *recorded_ref.lock().unwrap_or_else(|p| p.into_inner()) = Some(seq);
+                                true
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "in-flight record failed: not forwarding");
+                                false
+                            }
+                        }
+                    }
+                };
+                let forwarded = link.forward_with(&outbound, note).await;
+                pair.inflight_seq = recorded.lock().unwrap_or_else(|p| p.into_inner()).take();
+                forwarded
+            }
+        };
         self.metrics.issuer_latency(route.link, sent.elapsed());
         pair.issuer_stan = forwarded.issuer_stan.map(|s| format!("{s:06}"));
+        if let Some(i) = &self.integrity {
+            match &forwarded.result {
+                Err(error) if error.outcome_unknown() => {
+                    let basis = ReversalBasis::of(&outbound, forwarded.issuer_stan);
+                    match i
+                        .saf
+                        .enqueue(route.link, &error.to_string(), basis, pair.inflight_seq)
+                        .await
+                    {
+                        Ok(id) => pair.reversal_id = Some(id),
+                        Err(e) => tracing::error!(error = %e, "could not queue a reversal"),
+                    }
+                }
+                Ok(response)
+                    if response
+                        .field(39)
+                        .is_some_and(|f| Outcome::is_approval_code(&f.text())) =>
+                {
+                    if let (Some(t), Some(s)) = (&pair.terminal, &pair.stan) {
+                        let basis = ReversalBasis::of(&outbound, forwarded.issuer_stan);
+                        i.approved(t, s, route.link, basis, pair.inflight_seq);
+                    }
+                }
+                _ => {}
+            }
+        }
         match forwarded.result {
             Ok(response) => {
                 let response = if same_dialect {
@@ -251,6 +383,7 @@ impl<P: IssuerPort> Router<P> {
                     MuxError::ConnectionLost { .. } => (b"91", Outcome::ConnectionLost),
                     MuxError::MalformedResponse { .. } => (b"91", Outcome::IssuerError),
                     MuxError::DuplicateInFlight { .. } => (b"94", Outcome::Duplicate),
+                    MuxError::NotSent { .. } => (b"96", Outcome::SystemError),
                     _ => (b"96", Outcome::SystemError),
                 };
                 tracing::info!(link = route.link, %error, "no issuer answer");
@@ -267,7 +400,7 @@ impl<P: IssuerPort> Router<P> {
         answer: Option<MessageView<'static>>,
         outcome: Outcome,
         started: Instant,
-    ) -> Option<MessageView<'static>> {
+    ) -> (Option<MessageView<'static>>, bool) {
         let answered = now_us();
         pair.answered_us = Some(answered);
         pair.latency_us = Some(started.elapsed().as_micros() as u64);
@@ -276,7 +409,10 @@ impl<P: IssuerPort> Router<P> {
             Ok(p) => p,
             Err(error) => {
                 tracing::error!(%error, "audit record does not serialise");
-                return answer.and_then(|a| own_answer_for_response(&a, b"96"));
+                return (
+                    answer.and_then(|a| own_answer_for_response(&a, b"96")),
+                    false,
+                );
             }
         };
         let appended = Instant::now();
@@ -290,11 +426,14 @@ impl<P: IssuerPort> Router<P> {
         };
         self.metrics.audit_latency(appended.elapsed());
         match result {
-            Ok(()) => answer,
+            Ok(()) => (answer, true),
             Err(error) => {
                 self.metrics.audit_failure();
                 tracing::error!(%error, "audit append failed: answering 96");
-                answer.and_then(|a| own_answer_for_response(&a, b"96"))
+                (
+                    answer.and_then(|a| own_answer_for_response(&a, b"96")),
+                    false,
+                )
             }
         }
     }
@@ -335,7 +474,7 @@ impl<P: IssuerPort> Router<P> {
         if let Some(a) = &answer {
             pair.set_response(a, &self.keys);
         }
-        let answer = self
+        let (answer, _) = self
             .audit_pair(pair, answer, Outcome::FormatError, started)
             .await;
         let mti = mti.unwrap_or_else(|| Mti::new(*b"0000").unwrap_or_else(|| unreachable!()));
@@ -372,6 +511,8 @@ pub struct TerminalHandler<P> {
     pub router: Arc<Router<P>>,
     /// The listener's name.
     pub listener: Arc<str>,
+    /// The listener's dialect.
+    pub spec: &'static Spec,
 }
 
 impl<P> std::fmt::Debug for TerminalHandler<P> {
@@ -402,8 +543,10 @@ impl<P: IssuerPort> Handler for TerminalHandler<P> {
             .handle_malformed(&self.listener, spec, frame, error)
     }
 
-    fn undelivered(&self, conn: &Arc<ConnectionInfo>, _response: Bytes) {
+    fn undelivered(&self, conn: &Arc<ConnectionInfo>, response: Bytes) {
         self.router.metrics.undelivered(&self.listener);
         tracing::warn!(listener = %self.listener, peer = %conn.peer, "terminal gone before its answer");
+        let (router, spec) = (self.router.clone(), self.spec);
+        tokio::spawn(async move { router.undelivered(spec, response).await });
     }
 }

@@ -6,6 +6,8 @@
 //! - [`routes`]: the route table (BIN prefixes and ranges, MTI, processing code).
 //! - [`flow`]: [`Router`]: the transaction flow and the response-code policy;
 //!   [`TerminalHandler`] plugs it into the mux's acceptor.
+//! - [`integrity`]: in-flight records, crash recovery, duplicate detection, undelivered
+//!   approvals; [`saf`]: reversals and the store-and-forward queue.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
 //! - [`error`]: the one error type.
 
@@ -13,10 +15,14 @@
 
 pub mod error;
 pub mod flow;
+pub mod integrity;
 pub mod metrics;
 pub mod routes;
+pub mod saf;
 
 pub use error::RouterError;
 pub use flow::{now_us, translate, IssuerPort, Router, TerminalHandler};
+pub use integrity::{recover, Integrity};
 pub use metrics::RouterMetrics;
 pub use routes::{BinRange, Route, RouteRule, RouteTable};
+pub use saf::{ReversalBasis, SafConfig, SafEntry, SafEvent, SafQueue};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use switchyard_audit::{query, AuditConfig, AuditKeys, AuditLog, Filter, Outcome, PairRecord};
 use switchyard_iso8583::{shipped, MessageBuilder, MessageView, Mti, Spec};
-use switchyard_mux::{Forwarded, MuxError};
+use switchyard_mux::{BeforeSend, Forwarded, MuxError};
 use switchyard_router::{IssuerPort, RouteRule, RouteTable, Router};
 
 /// What the scripted issuer does, chosen by the request's amount.
@@ -52,6 +52,21 @@ impl IssuerPort for Scripted {
             issuer_stan: Some(4242),
             result,
         }
+    }
+
+    async fn forward_with(
+        &self,
+        request: &MessageView<'static>,
+        before_send: impl BeforeSend,
+    ) -> Forwarded {
+        if !before_send.before_send(Some(4242)).await {
+            let link: Arc<str> = "scripted".into();
+            return Forwarded {
+                issuer_stan: None,
+                result: Err(MuxError::NotSent { link }),
+            };
+        }
+        self.forward(request).await
     }
 }
 

@@ -1,6 +1,8 @@
-//! The admin HTTP listener: `/metrics`, `/livez`, `/readyz`. A deliberately small HTTP/1.1
-//! server (GET only, one request per connection, bounded head size, time and connections):
-//! three read-only endpoints do not need a web framework on the switch's dependency list.
+//! The admin HTTP listener: `/metrics`, `/livez`, `/readyz`, `/saf` (the store-and-forward
+//! entries) and `POST /saf/retry|drop?id=N&operator=NAME`. A deliberately small HTTP/1.1
+//! server (one request per connection, bounded head size, time and connections): a handful
+//! of endpoints do not need a web framework on the switch's dependency list. Keep the admin
+//! address off the terminals' network.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,15 @@ pub trait AdminState: Send + Sync + 'static {
     fn metrics(&self) -> Vec<u8>;
     /// `Ok(())` when ready, else the reasons.
     fn readiness(&self) -> Result<(), Vec<String>>;
+    /// The store-and-forward entries as JSON (`None`: off).
+    fn saf_list(&self) -> Option<String>;
+    /// Put a dead letter back (`drop` false) or remove an entry, as `operator`.
+    fn saf_action(
+        &self,
+        id: u64,
+        operator: &str,
+        drop: bool,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
 }
 
 const MAX_HEAD: usize = 8 * 1024;
@@ -75,6 +86,48 @@ async fn answer(mut stream: TcpStream, state: &impl AdminState) -> std::io::Resu
         parts.next().unwrap_or_default(),
     );
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    if method == b"POST" && (path == b"/saf/retry" || path == b"/saf/drop") {
+        let query = target.split(|&b| b == b'?').nth(1).unwrap_or_default();
+        let param = |name: &str| {
+            query
+                .split(|&b| b == b'&')
+                .filter_map(|kv| {
+                    let mut it = kv.splitn(2, |&b| b == b'=');
+                    (it.next()? == name.as_bytes()).then(|| {
+                        String::from_utf8_lossy(it.next().unwrap_or_default()).into_owned()
+                    })
+                })
+                .next()
+        };
+        let id = param("id").and_then(|v| v.parse::<u64>().ok());
+        let operator = param("operator").filter(|o| {
+            !o.is_empty()
+                && o.len() <= 64
+                && o.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+        });
+        let (Some(id), Some(operator)) = (id, operator) else {
+            return respond(
+                &mut stream,
+                "400 Bad Request",
+                "text/plain",
+                b"need id=N and operator=NAME\n",
+            )
+            .await;
+        };
+        return match state.saf_action(id, &operator, path == b"/saf/drop").await {
+            Ok(()) => respond(&mut stream, "200 OK", "text/plain", b"done\n").await,
+            Err(e) => {
+                respond(
+                    &mut stream,
+                    "409 Conflict",
+                    "text/plain",
+                    format!("{e}\n").as_bytes(),
+                )
+                .await
+            }
+        };
+    }
     if method != b"GET" {
         return respond(
             &mut stream,
@@ -85,6 +138,18 @@ async fn answer(mut stream: TcpStream, state: &impl AdminState) -> std::io::Resu
         .await;
     }
     match path {
+        b"/saf" => match state.saf_list() {
+            Some(json) => respond(&mut stream, "200 OK", "application/json", json.as_bytes()).await,
+            None => {
+                respond(
+                    &mut stream,
+                    "404 Not Found",
+                    "text/plain",
+                    b"store-and-forward is off\n",
+                )
+                .await
+            }
+        },
         b"/metrics" => {
             respond(
                 &mut stream,

@@ -81,6 +81,41 @@ pub struct Config {
     /// Routing defaults.
     #[serde(default)]
     pub routing: RoutingSection,
+    /// Reversals, store-and-forward, duplicates.
+    #[serde(default)]
+    pub integrity: IntegritySection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegritySection {
+    /// Reversals for unknown outcomes, in-flight records, duplicate detection (on by default).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The store-and-forward journal (default: `saf` beside the audit directory).
+    pub saf_dir: Option<PathBuf>,
+    /// Seconds a completed request is remembered for duplicate detection.
+    pub duplicate_window_s: Option<u64>,
+    /// Delivery attempts of a reversal before it becomes a dead letter.
+    pub max_attempts: Option<u32>,
+    pub backoff_min_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    /// Response codes to a reversal that mean "try again later".
+    pub retryable_codes: Option<Vec<String>>,
+}
+
+impl Default for IntegritySection {
+    fn default() -> Self {
+        IntegritySection {
+            enabled: true,
+            saf_dir: None,
+            duplicate_window_s: None,
+            max_attempts: None,
+            backoff_min_ms: None,
+            backoff_max_ms: None,
+            retryable_codes: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +268,8 @@ pub struct LinkSection {
     pub connect_timeout_ms: Option<u64>,
     pub reconnect_min_ms: Option<u64>,
     pub reconnect_max_ms: Option<u64>,
+    /// Reversals as `0400` (default) or advices `0420`.
+    pub reversal_mti: Option<String>,
     pub tls: Option<ClientTlsSection>,
 }
 
@@ -258,6 +295,8 @@ pub struct RoutingSection {
 /// Everything built from a valid configuration, before anything binds.
 pub struct Plan {
     pub config: Config,
+    pub saf_dir: PathBuf,
+    pub saf: switchyard_router::SafConfig,
     pub listeners: Vec<(ListenerSection, AcceptorConfig, Option<Arc<ServerTls>>)>,
     /// Links; `simulated` links get their endpoint when the simulator is started.
     pub links: Vec<(LinkSection, LinkConfig)>,
@@ -515,6 +554,11 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
                 Selection::LeastOutstanding
             }
         };
+        if let Some(m) = &l.reversal_mti {
+            if m != "0400" && m != "0420" {
+                problems.push(format!("{at}.reversal_mti: {m:?} is not 0400 or 0420"));
+            }
+        }
         c.connect_timeout = ms(l.connect_timeout_ms, 5_000);
         c.reconnect_min = ms(l.reconnect_min_ms, 200);
         c.reconnect_max = ms(l.reconnect_max_ms, 30_000);
@@ -603,10 +647,37 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
             problems.push(format!("log.format: {f:?} is not text or json"));
         }
     }
+    let i = &config.integrity;
+    let saf_dir = i.saf_dir.clone().unwrap_or_else(|| {
+        a.dir
+            .parent()
+            .map_or_else(|| PathBuf::from("saf"), |p| p.join("saf"))
+    });
+    if saf_dir == a.dir {
+        problems.push("integrity.saf_dir: must differ from audit.dir".into());
+    }
+    let mut saf = switchyard_router::SafConfig::default();
+    saf.max_attempts = i.max_attempts.unwrap_or(saf.max_attempts);
+    saf.backoff_min = i
+        .backoff_min_ms
+        .map_or(saf.backoff_min, Duration::from_millis);
+    saf.backoff_max = i
+        .backoff_max_ms
+        .map_or(saf.backoff_max, Duration::from_millis);
+    if let Some(codes) = &i.retryable_codes {
+        saf.retryable_codes = codes.clone();
+    }
+    if saf.max_attempts == 0 || saf.backoff_min.is_zero() || saf.backoff_min > saf.backoff_max {
+        problems.push(
+            "integrity: max_attempts at least 1, 0 < backoff_min_ms <= backoff_max_ms".into(),
+        );
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
     Ok(Plan {
+        saf_dir,
+        saf,
         config,
         listeners,
         links,

@@ -9,6 +9,7 @@ mod audit_cmd;
 mod codec_cmd;
 mod config;
 mod run;
+mod saf_cmd;
 mod sim_cmd;
 mod telemetry;
 
@@ -43,6 +44,11 @@ enum Command {
     CheckConfig {
         /// The configuration file.
         file: PathBuf,
+    },
+    /// The store-and-forward queue of reversals: list, retry a dead letter, drop an entry.
+    Saf {
+        #[command(subcommand)]
+        command: saf_cmd::SafCommand,
     },
     /// Simulators: an issuer host, and terminals sending load.
     Sim {
@@ -100,6 +106,7 @@ fn main() -> ExitCode {
         Command::Run { config, log_format } => run::run(config, log_format),
         Command::CheckConfig { file } => run::check_config(&file),
         Command::Sim { command } => sim_cmd::run(*command),
+        Command::Saf { command } => saf_cmd::run(command),
         Command::Specs => codec_cmd::specs(),
         Command::Audit { command } => audit_cmd::run(*command),
     };

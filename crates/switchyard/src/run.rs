@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use switchyard_audit::{AuditKeys, AuditLog, DEMO_WARNING};
+use switchyard_audit::{AuditConfig, AuditKeys, AuditLog, RecordKind, DEMO_WARNING};
 use switchyard_mux::{Acceptor, ClientTls, Endpoint, IssuerLink, ServerTls};
-use switchyard_router::{Router, TerminalHandler};
+use switchyard_router::{Integrity, Router, SafQueue, TerminalHandler};
 use switchyard_sim::{IssuerSim, IssuerSimConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -25,6 +25,7 @@ use crate::config;
 use crate::telemetry::{init_logging, Sources, Telemetry};
 
 struct Switch {
+    router: Arc<Router<IssuerLink>>,
     telemetry: Telemetry,
     sources: Sources,
     draining: AtomicBool,
@@ -37,6 +38,33 @@ impl AdminState for Switch {
             .ready
             .set(i64::from(self.readiness().is_ok()));
         self.telemetry.render(&self.sources)
+    }
+
+    fn saf_list(&self) -> Option<String> {
+        let saf = self.sources.saf.as_ref()?;
+        serde_json::to_string(&saf.list()).ok()
+    }
+
+    async fn saf_action(&self, id: u64, operator: &str, drop: bool) -> Result<(), String> {
+        let saf = self
+            .sources
+            .saf
+            .as_ref()
+            .ok_or("store-and-forward is off")?;
+        saf.operator(id, operator, drop).await?;
+        let action = serde_json::json!({
+            "action": if drop { "saf-drop" } else { "saf-retry" },
+            "id": id,
+            "operator": operator,
+            "at_us": switchyard_router::now_us(),
+        });
+        // The operator's action goes to the audit log as well as the queue's journal.
+        self.router
+            .audit()
+            .append_json(RecordKind::Operator, &action)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn readiness(&self) -> Result<(), Vec<String>> {
@@ -154,17 +182,65 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
         link_sources.push((section.name.clone(), started.clone(), connections));
         links.insert(section.name.clone(), started);
     }
-    let router = Arc::new(
-        Router::new(
-            plan.routes.clone(),
-            links.clone(),
-            audit.clone(),
-            keys.clone(),
-            plan.durable,
-            &telemetry.registry,
-        )
-        .map_err(|e| fail(EX_CONFIG)(e.into()))?,
-    );
+    let saf_stop = CancellationToken::new();
+    let integrity = if plan.config.integrity.enabled {
+        let mut journal_config = AuditConfig::new(&plan.saf_dir);
+        journal_config.segment_bytes = 16 << 20;
+        let (journal, _) = AuditLog::open(journal_config, keys.clone())
+            .map_err(|e| fail(EX_IOERR)(anyhow!("store-and-forward journal: {e}")))?;
+        let entries = switchyard_router::saf::replay(&plan.saf_dir)
+            .map_err(|e| fail(EX_IOERR)(anyhow!("store-and-forward journal: {e}")))?;
+        let saf = Arc::new(SafQueue::new(Arc::new(journal), entries, plan.saf.clone()));
+        let window = Duration::from_secs(plan.config.integrity.duplicate_window_s.unwrap_or(600));
+        let integrity = Arc::new(Integrity::new(saf, window));
+        let specs: HashMap<String, &'static switchyard_iso8583::Spec> = plan
+            .listeners
+            .iter()
+            .map(|(l, a, _)| (l.name.clone(), a.spec))
+            .collect();
+        let remembered = integrity
+            .rebuild_duplicates(&plan.audit.dir, &specs)
+            .map_err(|e| fail(EX_IOERR)(anyhow!("duplicate window: {e}")))?;
+        let recovered = switchyard_router::recover(&plan.audit.dir, &audit, &integrity.saf)
+            .await
+            .map_err(|e| fail(EX_IOERR)(anyhow!("crash recovery: {e}")))?;
+        tracing::info!(
+            backlog = integrity.saf.backlog(),
+            dead_letters = integrity.saf.dead_letters(),
+            recovered,
+            remembered,
+            "store-and-forward queue open"
+        );
+        Some(integrity)
+    } else {
+        None
+    };
+    let router = Router::new(
+        plan.routes.clone(),
+        links.clone(),
+        audit.clone(),
+        keys.clone(),
+        plan.durable,
+        &telemetry.registry,
+    )
+    .map_err(|e| fail(EX_CONFIG)(e.into()))?;
+    let router = Arc::new(match &integrity {
+        Some(i) => router.with_integrity(i.clone()),
+        None => router,
+    });
+    if let Some(i) = &integrity {
+        for (section, _) in &plan.links {
+            let advice = section.reversal_mti.as_deref() == Some("0420");
+            if let Some(started) = links.get(&section.name) {
+                tokio::spawn(i.saf.clone().deliver(
+                    section.name.clone(),
+                    started.clone(),
+                    advice,
+                    saf_stop.clone(),
+                ));
+            }
+        }
+    }
 
     // Bind everything before serving anything: a port in use stops the start cleanly.
     let mut bound = Vec::new();
@@ -193,6 +269,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
         let handler = Arc::new(TerminalHandler {
             router: router.clone(),
             listener: section.name.clone().into(),
+            spec: acceptor_config.spec,
         });
         server_tls.extend(tls.clone());
         let acceptor = Arc::new(Acceptor::new(acceptor_config, handler, tls));
@@ -206,7 +283,9 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
             listeners: listener_sources,
             links: link_sources,
             audit: audit.clone(),
+            saf: integrity.as_ref().map(|i| i.saf.clone()),
         },
+        router: router.clone(),
         draining: AtomicBool::new(false),
         listeners_bound: AtomicBool::new(true),
     });
@@ -247,6 +326,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
             "grace period over with requests still in flight"
         );
     }
+    saf_stop.cancel();
     for link in links.values() {
         let _ = tokio::time::timeout(Duration::from_secs(2), link.shutdown()).await;
     }

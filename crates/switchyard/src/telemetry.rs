@@ -42,6 +42,10 @@ pub struct Telemetry {
     audit_failed: IntGauge,
     audit_batch: Histogram,
     audit_sync: Histogram,
+    saf_backlog: IntGauge,
+    saf_dead: IntGauge,
+    saf_delivered: IntCounter,
+    saf_attempts: IntCounter,
     pub ready: IntGauge,
     pub reloads: IntCounterVec,
 }
@@ -51,6 +55,7 @@ pub struct Sources {
     pub listeners: Vec<(String, Arc<AcceptorStats>)>,
     pub links: Vec<(String, Arc<IssuerLink>, usize)>,
     pub audit: Arc<AuditLog>,
+    pub saf: Option<Arc<switchyard_router::SafQueue>>,
 }
 
 impl Telemetry {
@@ -145,6 +150,22 @@ impl Telemetry {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
+            saf_backlog: IntGauge::new(
+                "switchyard_saf_backlog",
+                "Reversals waiting to be delivered.",
+            )?,
+            saf_dead: IntGauge::new(
+                "switchyard_saf_dead_letters",
+                "Reversals out of attempts, waiting for an operator.",
+            )?,
+            saf_delivered: IntCounter::new(
+                "switchyard_saf_delivered_total",
+                "Reversals the issuer acknowledged.",
+            )?,
+            saf_attempts: IntCounter::new(
+                "switchyard_saf_attempts_total",
+                "Reversal delivery attempts.",
+            )?,
             ready: IntGauge::new(
                 "switchyard_ready",
                 "1 when the switch is ready (what /readyz says).",
@@ -179,6 +200,10 @@ impl Telemetry {
         r.register(Box::new(t.audit_failed.clone()))?;
         r.register(Box::new(t.audit_batch.clone()))?;
         r.register(Box::new(t.audit_sync.clone()))?;
+        r.register(Box::new(t.saf_backlog.clone()))?;
+        r.register(Box::new(t.saf_dead.clone()))?;
+        r.register(Box::new(t.saf_delivered.clone()))?;
+        r.register(Box::new(t.saf_attempts.clone()))?;
         r.register(Box::new(t.ready.clone()))?;
         r.register(Box::new(t.reloads.clone()))?;
         for result in ["ok", "error"] {
@@ -268,6 +293,12 @@ impl Telemetry {
             a.failures.load(Ordering::Relaxed),
         );
         self.audit_failed.set(i64::from(sources.audit.is_failed()));
+        if let Some(saf) = &sources.saf {
+            self.saf_backlog.set(saf.backlog() as i64);
+            self.saf_dead.set(saf.dead_letters() as i64);
+            sync(&self.saf_delivered, saf.delivered.load(Ordering::Relaxed));
+            sync(&self.saf_attempts, saf.attempts.load(Ordering::Relaxed));
+        }
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for these metric types.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -1,0 +1,335 @@
+//! The acquirer's guarantees around the flow: requests sent at most once, reversals for
+//! every unknown outcome, crash recovery from in-flight records, duplicate detection.
+//!
+//! - Before a request is written to an issuer, an in-flight record (the request in protected
+//!   form and what its reversal needs) is made durable; the pair record written afterwards
+//!   names it. On start, [`recover`] finds in-flight records without a pair (the switch died
+//!   in between) and queues their reversals.
+//! - Duplicates: a request whose terminal id, STAN and transmission date and time match one
+//!   in flight is answered 94; one matching a completed request within the window gets the
+//!   same answer again and is not forwarded. The window is rebuilt from the audit log on
+//!   start ([`Integrity::rebuild_duplicates`]), so it survives a restart.
+//! - Approvals the terminal never received (its connection was gone) are reversed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use switchyard_audit::{AuditLog, Outcome, PairRecord, ProtectedMessage, RecordKind};
+use switchyard_iso8583::{wire, MessageBuilder, MessageView, Mti, Spec};
+
+use crate::flow::now_us;
+use crate::saf::{ReversalBasis, SafQueue};
+
+/// The durable note written before a request goes to an issuer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InFlightRecord {
+    /// The issuer link.
+    pub link: String,
+    /// What the reversal needs.
+    pub basis: ReversalBasis,
+    /// The request part of the pair record.
+    pub pair: PairRecord,
+}
+
+/// Identifies a terminal's request for duplicate detection: terminal id, STAN,
+/// transmission date and time, MTI class.
+pub type DuplicateKey = (String, String, String, String);
+
+enum Seen {
+    InFlight,
+    Answered(Bytes, Instant),
+}
+
+struct Approval {
+    link: String,
+    basis: ReversalBasis,
+    inflight_seq: Option<u64>,
+    at: Instant,
+}
+
+/// Bounds on the in-memory state (oldest entries go first past them).
+const MAX_DUPLICATE_ENTRIES: usize = 200_000;
+const MAX_RECENT_APPROVALS: usize = 200_000;
+const RECENT_APPROVAL_TTL: Duration = Duration::from_secs(300);
+
+/// The integrity state of one switch.
+pub struct Integrity {
+    /// The reversal queue.
+    pub saf: Arc<SafQueue>,
+    /// How long a completed request is remembered for duplicates.
+    pub duplicate_window: Duration,
+    seen: Mutex<HashMap<DuplicateKey, Seen>>,
+    approvals: Mutex<HashMap<(String, String), Approval>>,
+}
+
+impl std::fmt::Debug for Integrity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Integrity")
+            .field("saf", &self.saf)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What duplicate detection says about a new request.
+#[derive(Debug)]
+pub enum Duplicate {
+    /// Not seen: go ahead (and call [`Integrity::finish`] afterwards).
+    Fresh(DuplicateKey),
+    /// The same request is in flight: answer 94.
+    InFlight,
+    /// Answered before within the window: send this answer again.
+    Answered(Bytes),
+    /// Not subject to duplicate detection (network management, reversals, responses).
+    NotChecked,
+}
+
+impl Integrity {
+    /// Integrity over a reversal queue.
+    pub fn new(saf: Arc<SafQueue>, duplicate_window: Duration) -> Integrity {
+        Integrity {
+            saf,
+            duplicate_window,
+            seen: Mutex::new(HashMap::new()),
+            approvals: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(request: &MessageView<'_>) -> Option<DuplicateKey> {
+        let mti = request.mti();
+        if !(matches!(mti.class(), 1 | 2) && mti.function() == 0) {
+            return None;
+        }
+        let text = |n| request.field(n).map(|f| f.text());
+        Some((
+            text(41)?,
+            text(11)?,
+            text(7).unwrap_or_default(),
+            mti.request_class().as_str().to_string(),
+        ))
+    }
+
+    /// Check a request against the requests in flight and the recent answers.
+    pub fn begin(&self, request: &MessageView<'_>) -> Duplicate {
+        let Some(key) = Self::key(request) else {
+            return Duplicate::NotChecked;
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get(&key) {
+            Some(Seen::InFlight) => return Duplicate::InFlight,
+            Some(Seen::Answered(answer, at)) if at.elapsed() < self.duplicate_window => {
+                return Duplicate::Answered(answer.clone());
+            }
+            _ => {}
+        }
+        if seen.len() >= MAX_DUPLICATE_ENTRIES {
+            let window = self.duplicate_window;
+            seen.retain(|_, s| {
+                matches!(s, Seen::Answered(_, at) if at.elapsed() < window)
+                    || matches!(s, Seen::InFlight)
+            });
+        }
+        seen.insert(key.clone(), Seen::InFlight);
+        Duplicate::Fresh(key)
+    }
+
+    /// A fresh request is finished: remember its answer (or forget it when there is none).
+    pub fn finish(&self, key: DuplicateKey, answer: Option<&Bytes>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            Some(a) => {
+                seen.insert(key, Seen::Answered(a.clone(), Instant::now()));
+            }
+            None => {
+                seen.remove(&key);
+            }
+        }
+    }
+
+    /// Remember an approval until its answer has surely left (for undelivered answers).
+    pub fn approved(
+        &self,
+        terminal: &str,
+        stan: &str,
+        link: &str,
+        basis: ReversalBasis,
+        inflight_seq: Option<u64>,
+    ) {
+        let mut map = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_RECENT_APPROVALS {
+            map.retain(|_, a| a.at.elapsed() < RECENT_APPROVAL_TTL);
+        }
+        map.insert(
+            (terminal.to_string(), stan.to_string()),
+            Approval {
+                link: link.to_string(),
+                basis,
+                inflight_seq,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// An answer could not be delivered: if it was an approval, queue its reversal.
+    pub async fn undelivered(&self, answer: &MessageView<'_>) {
+        let approved = answer
+            .field(39)
+            .is_some_and(|f| Outcome::is_approval_code(&f.text()));
+        let (Some(terminal), Some(stan)) = (
+            answer.field(41).map(|f| f.text()),
+            answer.field(11).map(|f| f.text()),
+        ) else {
+            return;
+        };
+        if !approved {
+            return;
+        }
+        let found = self
+            .approvals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(terminal, stan));
+        if let Some(a) = found {
+            if let Err(e) = self
+                .saf
+                .enqueue(
+                    &a.link,
+                    "terminal gone before its approval",
+                    a.basis,
+                    a.inflight_seq,
+                )
+                .await
+            {
+                tracing::error!(error = %e, "could not queue the reversal of an undelivered approval");
+            }
+        }
+    }
+
+    /// Load the answers of the duplicate window from the audit log's newest segments.
+    /// `specs` maps listener names to their dialects.
+    pub fn rebuild_duplicates(
+        &self,
+        audit_dir: &Path,
+        specs: &HashMap<String, &'static Spec>,
+    ) -> switchyard_audit::Result<usize> {
+        let since = now_us() - i64::try_from(self.duplicate_window.as_micros()).unwrap_or(i64::MAX);
+        let mut loaded = 0;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        switchyard_audit::for_each_recent(audit_dir, 2, |r| {
+            if r.kind != Some(RecordKind::Pair) {
+                return Ok(());
+            }
+            let Ok(pair) = serde_json::from_slice::<PairRecord>(r.payload) else {
+                return Ok(());
+            };
+            if pair.received_us < since {
+                return Ok(());
+            }
+            let (Some(spec), Some(response)) = (specs.get(&pair.listener), &pair.response) else {
+                return Ok(());
+            };
+            let (Some(terminal), Some(stan)) = (&pair.terminal, &pair.stan) else {
+                return Ok(());
+            };
+            let Some(mti) = Mti::parse(&pair.request_mti)
+                .filter(|m| matches!(m.class(), 1 | 2) && m.function() == 0)
+            else {
+                return Ok(());
+            };
+            let field7 = pair.request.fields.get(&7).cloned().unwrap_or_default();
+            if let Some(answer) = rebuild(spec, response) {
+                // The age is approximated by the record's time.
+                let age =
+                    Duration::from_micros(u64::try_from(now_us() - pair.received_us).unwrap_or(0));
+                let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                seen.insert(
+                    (
+                        terminal.clone(),
+                        stan.clone(),
+                        field7,
+                        mti.request_class().as_str().to_string(),
+                    ),
+                    Seen::Answered(answer, at),
+                );
+                loaded += 1;
+            }
+            Ok(())
+        })?;
+        Ok(loaded)
+    }
+}
+
+/// An answer re-made from its protected form: every stored field except the masked PAN.
+fn rebuild(spec: &'static Spec, protected: &ProtectedMessage) -> Option<Bytes> {
+    let mut b = MessageBuilder::new(spec, Mti::parse(&protected.mti)?);
+    for (&n, text) in &protected.fields {
+        let Some(f) = spec.field(n) else { continue };
+        if n == 2 || f.sensitivity != switchyard_iso8583::Sensitivity::None {
+            continue;
+        }
+        let value = if f.class.is_binary() {
+            wire::from_hex(text.as_bytes()).ok()?
+        } else {
+            text.as_bytes().to_vec()
+        };
+        b.set(n, value).ok()?;
+    }
+    Some(b.encode())
+}
+
+/// Find in-flight records without a pair in the audit log's newest segments (the switch
+/// stopped between forwarding and answering), record each as `recovered`, and queue its
+/// reversal. Returns how many were found.
+pub async fn recover(
+    audit_dir: &Path,
+    audit: &AuditLog,
+    saf: &SafQueue,
+) -> switchyard_audit::Result<usize> {
+    let mut in_flight: BTreeMap<u64, InFlightRecord> = BTreeMap::new();
+    let mut paired = Vec::new();
+    switchyard_audit::for_each_recent(audit_dir, 2, |r| {
+        match r.kind {
+            Some(RecordKind::InFlight) => {
+                if let Ok(record) = serde_json::from_slice::<InFlightRecord>(r.payload) {
+                    in_flight.insert(r.seq, record);
+                }
+            }
+            Some(RecordKind::Pair) => {
+                if let Ok(pair) = serde_json::from_slice::<PairRecord>(r.payload) {
+                    paired.extend(pair.inflight_seq);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    for seq in paired {
+        in_flight.remove(&seq);
+    }
+    let mut found = 0;
+    for (seq, record) in in_flight {
+        if saf.covers_inflight(seq) {
+            continue;
+        }
+        found += 1;
+        let id = saf
+            .enqueue(
+                &record.link,
+                "switch restarted with the request in flight",
+                record.basis,
+                Some(seq),
+            )
+            .await?;
+        let mut pair = record.pair;
+        pair.outcome = Some(Outcome::Recovered);
+        pair.inflight_seq = Some(seq);
+        pair.reversal_id = Some(id);
+        pair.answered_us = None;
+        audit.append_json(RecordKind::Pair, &pair).await?;
+        tracing::warn!(seq, link = %record.link, "request in flight at the last stop: reversal queued");
+    }
+    Ok(found)
+}
