@@ -61,26 +61,61 @@ impl Switch {
             dir.path().join("audit").display()
         );
         std::fs::write(&config, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         let switch = Switch {
-            child,
+            child: Self::spawn(&config),
             terminals: format!("127.0.0.1:{terminals}").parse().unwrap(),
             admin: format!("127.0.0.1:{admin}").parse().unwrap(),
             dir,
             config,
         };
+        switch.wait_ready();
+        switch
+    }
+
+    /// Start the process; its log goes to `switchyard.log` beside the config.
+    fn spawn(config: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.with_file_name("switchyard.log"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + WAIT;
-        while http_get(switch.admin, "/readyz").0 != 200 {
-            assert!(Instant::now() < deadline, "switch not ready in time");
+        while http_get(self.admin, "/readyz").0 != 200 {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.config.with_file_name("switchyard.log"))
+                    .unwrap_or_default();
+                panic!("switch not ready in time; its log:\n{log}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        switch
+    }
+
+    /// Stop the process if it still runs (SIGTERM), then start it again on the same
+    /// configuration and data.
+    pub fn restart(mut self) -> Switch {
+        if self.child.try_wait().unwrap().is_none() {
+            self.signal("-TERM");
+            self.wait_exit();
+        }
+        self.child = Self::spawn(&self.config);
+        self.wait_ready();
+        self
+    }
+
+    /// SIGTERM and wait: the exit code.
+    pub fn wait_for_term(&mut self) -> Option<i32> {
+        self.signal("-TERM");
+        self.wait_exit()
     }
 
     pub fn signal(&self, sig: &str) {

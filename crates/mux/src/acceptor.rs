@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -345,6 +345,9 @@ impl<H: Handler> Acceptor<H> {
         });
         let mut reader = FrameReader::new(input, codec, Side::Downstream);
         let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight_per_connection));
+        // Set when the terminal closed or broke the connection: answers still coming are
+        // undeliverable (ISO 8583 terminals do not half-close), so they go to `undelivered`.
+        let gone = Arc::new(AtomicBool::new(false));
         loop {
             let next = tokio::select! {
                 biased;
@@ -367,6 +370,9 @@ impl<H: Handler> Acceptor<H> {
                     continue;
                 }
                 Some(Err(end)) => {
+                    if matches!(end, ReadEnd::Eof | ReadEnd::Error(_)) {
+                        gone.store(true, Ordering::Release);
+                    }
                     self.note_end(&conn, end);
                     break;
                 }
@@ -383,12 +389,13 @@ impl<H: Handler> Acceptor<H> {
                 self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(listener = %cfg.name, peer = %conn.peer, %error, "undecodable request");
             }
-            let (handler, conn, tx, stats, spec) = (
+            let (handler, conn, tx, stats, spec, gone) = (
                 self.handler.clone(),
                 conn.clone(),
                 tx.clone(),
                 self.stats.clone(),
                 cfg.spec,
+                gone.clone(),
             );
             // Each request is its own task: answers go back in whatever order they are ready.
             tokio::spawn(async move {
@@ -398,7 +405,10 @@ impl<H: Handler> Acceptor<H> {
                 };
                 if let Some(response) = answer {
                     let frame = Frame::with_header(reply_header, response);
-                    if let Err(unsent) = tx.send(frame).await {
+                    if gone.load(Ordering::Acquire) {
+                        stats.undelivered.fetch_add(1, Ordering::Relaxed);
+                        handler.undelivered(&conn, frame.message);
+                    } else if let Err(unsent) = tx.send(frame).await {
                         stats.undelivered.fetch_add(1, Ordering::Relaxed);
                         handler.undelivered(&conn, unsent.0.message);
                     }
@@ -410,7 +420,12 @@ impl<H: Handler> Acceptor<H> {
         // closes the connection once the last one is gone.
         drop(tx);
         drop(reader);
-        if let Ok(Err(e)) = writer.await {
+        if let Ok(Err(failure)) = writer.await {
+            for message in failure.unwritten {
+                self.stats.undelivered.fetch_add(1, Ordering::Relaxed);
+                self.handler.undelivered(&conn, message);
+            }
+            let e = failure.error;
             tracing::info!(listener = %cfg.name, peer = %conn.peer, error = %e, "write to terminal failed");
         }
     }

@@ -4,13 +4,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
-use crate::error::{MuxError, Result, Side};
+use crate::error::{MuxError, Side};
 use crate::framing::{Frame, FrameCodec};
 
 /// The most frames gathered into one write, and the most bytes: enough to turn a burst into
@@ -29,9 +29,16 @@ pub struct IoCounters {
     pub frames_read: AtomicU64,
 }
 
+/// A writer that stopped on an error, with the messages of the batch it could not write.
+#[derive(Debug)]
+pub(crate) struct WriteFailure {
+    pub(crate) error: MuxError,
+    pub(crate) unwritten: Vec<Bytes>,
+}
+
 /// Write every frame that arrives on `rx`: each wake-up takes all frames already queued and
 /// sends them with one write (and one TLS flush). Ends when every sender is gone (after
-/// writing what they sent) or on the first error.
+/// writing what they sent) or on the first error, which returns the batch's messages.
 pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     mut out: W,
     mut rx: mpsc::Receiver<Frame>,
@@ -39,17 +46,31 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     side: Side,
     write_timeout: Duration,
     counters: &IoCounters,
-) -> Result<()> {
+) -> std::result::Result<(), WriteFailure> {
     let mut buf = BytesMut::with_capacity(4096);
+    // The messages of the batch being written, kept (as cheap `Bytes` handles) so that a
+    // failed write can say which answers never left.
+    let mut batch: Vec<Bytes> = Vec::with_capacity(16);
+    let fail = |error: MuxError, batch: &mut Vec<Bytes>| WriteFailure {
+        error,
+        unwritten: std::mem::take(batch),
+    };
     while let Some(first) = rx.recv().await {
         buf.clear();
-        codec.encode_frame(&first, &mut buf)?;
-        let mut frames = 1u64;
-        while (frames as usize) < MAX_FRAMES_PER_WRITE && buf.len() < MAX_BYTES_PER_WRITE {
+        batch.clear();
+        if let Err(e) = codec.encode_frame(&first, &mut buf) {
+            batch.push(first.message);
+            return Err(fail(e, &mut batch));
+        }
+        batch.push(first.message);
+        while batch.len() < MAX_FRAMES_PER_WRITE && buf.len() < MAX_BYTES_PER_WRITE {
             match rx.try_recv() {
                 Ok(frame) => {
-                    codec.encode_frame(&frame, &mut buf)?;
-                    frames += 1;
+                    let encoded = codec.encode_frame(&frame, &mut buf);
+                    batch.push(frame.message);
+                    if let Err(e) = encoded {
+                        return Err(fail(e, &mut batch));
+                    }
                 }
                 Err(_) => break,
             }
@@ -60,16 +81,16 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
         };
         match tokio::time::timeout(write_timeout, write).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(MuxError::io(side, e)),
+            Ok(Err(e)) => return Err(fail(MuxError::io(side, e), &mut batch)),
             Err(_) => {
-                return Err(MuxError::io(
-                    side,
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"),
-                ))
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out");
+                return Err(fail(MuxError::io(side, e), &mut batch));
             }
         }
         counters.write_calls.fetch_add(1, Ordering::Relaxed);
-        counters.frames_written.fetch_add(frames, Ordering::Relaxed);
+        counters
+            .frames_written
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         if buf.capacity() > 4 * MAX_BYTES_PER_WRITE {
             buf = BytesMut::with_capacity(4096);
         }

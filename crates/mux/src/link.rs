@@ -1332,6 +1332,9 @@ where
                 &s.stats.io,
             )
             .await
+            // What was not written fails with the connection (outcome unknown): the
+            // requests' callers learn it from the in-flight table.
+            .map_err(|f| f.error)
         })
     };
     let mut reader: JoinHandle<ReadEnd> = {

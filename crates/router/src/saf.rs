@@ -104,9 +104,10 @@ impl ReversalBasis {
     }
 }
 
-/// One journal event.
+/// One journal event. Externally tagged (`{"enqueue":{...}}`): serde's internally tagged
+/// enums cannot read maps with numeric keys back, and the basis has one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub enum SafEvent {
     /// A reversal to deliver.
     Enqueue {
@@ -498,5 +499,54 @@ impl SafQueue {
         }
         apply(&mut self.lock(), event);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_events_read_back_and_reversals_quote_the_original() {
+        let spec = switchyard_iso8583::shipped("iso8583-1987-ascii").unwrap();
+        let mut b = MessageBuilder::new(spec, Mti::parse("0200").unwrap());
+        b.set(2, "4000056655665556")
+            .unwrap()
+            .set(4, "000000001234")
+            .unwrap();
+        b.set(7, "1124093000").unwrap().set(11, "000042").unwrap();
+        b.set(32, "123456")
+            .unwrap()
+            .set(35, "4000056655665556=2912")
+            .unwrap()
+            .set(41, "TERM0001")
+            .unwrap();
+        let request = MessageView::decode(spec, b.encode()).unwrap();
+        let basis = ReversalBasis::of(&request, Some(777));
+        assert!(
+            !basis.fields.contains_key(&2) && !basis.fields.contains_key(&35),
+            "no card data"
+        );
+        let event = SafEvent::Enqueue {
+            id: 9,
+            link: "issuer".into(),
+            reason: "timeout".into(),
+            created_us: 1,
+            basis: basis.clone(),
+            inflight_seq: Some(3),
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(!json.contains("4000056655665556"));
+        assert_eq!(serde_json::from_str::<SafEvent>(&json).unwrap(), event);
+        let reversal = basis.message(spec, Mti::parse("0400").unwrap()).unwrap();
+        assert_eq!(
+            reversal.str(90),
+            Some("020000077711240930000000012345600000000000")
+        );
+        assert_eq!(
+            (reversal.str(4), reversal.str(11), reversal.str(41)),
+            (Some("000000001234"), Some("000042"), Some("TERM0001"))
+        );
+        assert!(!reversal.has(2) && !reversal.has(35));
     }
 }

@@ -86,6 +86,10 @@ pub struct Ledger {
     pub requests: AtomicU64,
     /// Network management requests answered.
     pub network: AtomicU64,
+    /// The original STANs (field 90) of the reversals received, in arrival order.
+    pub reversal_order: Mutex<Vec<String>>,
+    /// The share of requests left unanswered now (f64 bits), changeable while running.
+    silence: AtomicU64,
 }
 
 impl Ledger {
@@ -140,6 +144,9 @@ impl IssuerSim {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let ledger = Arc::new(Ledger::default());
+        ledger
+            .silence
+            .store(config.silence_rate.to_bits(), Ordering::Relaxed);
         let shutdown = CancellationToken::new();
         let config = Arc::new(config);
         let (l, s) = (ledger.clone(), shutdown.clone());
@@ -171,6 +178,13 @@ impl IssuerSim {
             ledger,
             shutdown,
         })
+    }
+
+    /// Change the share of requests left unanswered (an issuer going quiet and coming back).
+    pub fn set_silence_rate(&self, rate: f64) {
+        self.ledger
+            .silence
+            .store(rate.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
     }
 
     /// Stop listening and close every connection.
@@ -279,7 +293,7 @@ fn answer(
         builder.respond_to(request, b"00").ok()?;
         return Some((builder.encode(), Duration::ZERO));
     }
-    if rng.chance(config.silence_rate) {
+    if rng.chance(f64::from_bits(ledger.silence.load(Ordering::Relaxed))) {
         return None;
     }
     let delay = rng.between(config.delay_min, config.delay_max);
@@ -293,6 +307,11 @@ fn answer(
                 original.get(4..10).unwrap_or_default().to_string(),
                 original.get(10..20).unwrap_or_default().to_string(),
             );
+            ledger
+                .reversal_order
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(key.1.clone());
             let removed = ledger
                 .approvals
                 .lock()

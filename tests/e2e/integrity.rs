@@ -1,0 +1,345 @@
+//! Transaction integrity end to end: the real switch, simulated issuers with ledgers, and
+//! terminals that time out, vanish, retransmit, while the switch itself is killed.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use switchyard_audit::{query, Filter, Outcome, PairRecord};
+use switchyard_iso8583::{shipped, MessageBuilder, Mti, Spec};
+use switchyard_sim::{IssuerSim, IssuerSimConfig};
+
+use crate::switch::{http_get, Switch, Terminal};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn spec() -> &'static Spec {
+    shipped("iso8583-1987-ascii").unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn issuer(rt: &tokio::runtime::Runtime, config: IssuerSimConfig) -> IssuerSim {
+    rt.block_on(IssuerSim::start("127.0.0.1:0", config))
+        .unwrap()
+}
+
+/// A 0200 from terminal `tid`.
+fn request(tid: &str, stan: u32, amount: u64) -> Bytes {
+    let mut b = MessageBuilder::new(spec(), Mti::parse("0200").unwrap());
+    b.set(2, "4000056655665556")
+        .unwrap()
+        .set(3, "000000")
+        .unwrap()
+        .set_u64(4, amount)
+        .unwrap();
+    b.set(7, "1124093000")
+        .unwrap()
+        .set_u64(11, u64::from(stan))
+        .unwrap();
+    b.set(41, tid).unwrap().set(49, "978").unwrap();
+    b.encode()
+}
+
+fn config_body(issuer: SocketAddr, link_extra: &str) -> String {
+    format!(
+        "[[links]]\nname = \"issuer\"\nendpoints = [\"{issuer}\"]\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n{link_extra}\n\
+         [routing]\ndefault = \"issuer\"\n[integrity]\nbackoff_min_ms = 50\nbackoff_max_ms = 300\n"
+    )
+}
+
+/// Wait until the switch's store-and-forward queue is empty (every reversal acknowledged).
+fn drained(admin: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = http_get(admin, "/saf");
+        if status == 200 && body.trim() == "[]" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "reversals not drained: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pairs(dir: &Path) -> Vec<PairRecord> {
+    let mut all = Vec::new();
+    query(dir, &Filter::default(), |_, r| all.push(r)).unwrap();
+    all
+}
+
+#[test]
+fn approvals_the_terminals_never_saw_are_reversed_so_the_ledger_matches_them() {
+    let rt = runtime();
+    // Answers take 0 to 400 ms; the link waits 250 ms: about a third arrive too late.
+    let mut slow = IssuerSimConfig::approving(spec());
+    slow.delay_max = Duration::from_millis(400);
+    let sim = issuer(&rt, slow);
+    let switch = Switch::start(&config_body(sim.addr, "timeout_ms = 250"));
+    let addr = switch.terminals;
+    let terminals: Vec<_> = (0..4u32)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut term = Terminal::connect(addr);
+                let (mut approved, mut amount) = (0u64, 0u64);
+                for k in 1..=20u32 {
+                    let value = u64::from(t * 1000 + k);
+                    let answer = term.call(&request(&format!("TERM000{t}"), k, value));
+                    if answer.str(39) == Some("00") {
+                        approved += 1;
+                        amount += value;
+                    } else {
+                        assert_eq!(answer.str(39), Some("91"));
+                    }
+                }
+                (approved, amount)
+            })
+        })
+        .collect();
+    let (mut seen, mut seen_amount) = (0, 0);
+    for t in terminals {
+        let (a, m) = t.join().unwrap();
+        seen += a;
+        seen_amount += m;
+    }
+    drained(switch.admin);
+    let ledger = &sim.ledger;
+    assert!(
+        ledger.reversed.load(Ordering::Relaxed) > 0,
+        "some approvals came too late: {}",
+        ledger.summary()
+    );
+    assert_eq!(
+        ledger.standing().len() as u64,
+        seen,
+        "the issuer holds exactly the approvals the terminals saw"
+    );
+    assert_eq!(ledger.standing_amount(), seen_amount);
+    let records = pairs(&switch.audit_dir());
+    let timeouts = records
+        .iter()
+        .filter(|r| r.outcome == Some(Outcome::Timeout))
+        .count();
+    assert_eq!(records.len(), 80);
+    assert_eq!(timeouts as u64, 80 - seen);
+    assert!(records
+        .iter()
+        .filter(|r| r.outcome == Some(Outcome::Timeout))
+        .all(|r| r.reversal_id.is_some()));
+}
+
+#[test]
+fn reversals_wait_for_an_issuer_that_went_quiet_and_drain_in_order_when_it_is_back() {
+    let rt = runtime();
+    let mut quiet = IssuerSimConfig::approving(spec());
+    quiet.silence_rate = 1.0;
+    let sim = issuer(&rt, quiet);
+    let switch = Switch::start(&config_body(
+        sim.addr,
+        "timeout_ms = 200\necho_interval_ms = 0",
+    ));
+    let mut term = Terminal::connect(switch.terminals);
+    for k in 1..=5 {
+        assert_eq!(term.call(&request("TERMQUIE", k, 100)).str(39), Some("91"));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let (_, waiting) = http_get(switch.admin, "/saf");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&waiting).unwrap();
+    assert_eq!(entries.len(), 5, "{waiting}");
+    assert!(
+        entries[0]["attempts"].as_u64().unwrap() >= 1,
+        "already retried: {waiting}"
+    );
+    sim.set_silence_rate(0.0);
+    drained(switch.admin);
+    // In the order the requests were made: the STANs the issuer saw, as the audit log has them.
+    let expected: Vec<String> = pairs(&switch.audit_dir())
+        .into_iter()
+        .filter_map(|r| r.issuer_stan)
+        .collect();
+    let mut arrived: Vec<String> = Vec::new();
+    for stan in sim.ledger.reversal_order.lock().unwrap().iter() {
+        if !arrived.contains(stan) {
+            arrived.push(stan.clone());
+        }
+    }
+    assert_eq!(arrived, expected);
+}
+
+#[test]
+fn an_approval_whose_terminal_hung_up_is_reversed() {
+    let rt = runtime();
+    let mut slow = IssuerSimConfig::approving(spec());
+    slow.delay_min = Duration::from_millis(300);
+    slow.delay_max = Duration::from_millis(300);
+    let sim = issuer(&rt, slow);
+    let switch = Switch::start(&config_body(sim.addr, ""));
+    {
+        let mut term = Terminal::connect(switch.terminals);
+        term.send(&request("TERMGONE", 1, 4200));
+        std::thread::sleep(Duration::from_millis(50));
+    } // the terminal hangs up before the answer
+    let deadline = Instant::now() + WAIT;
+    while sim.ledger.reversed.load(Ordering::Relaxed) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no reversal: {}",
+            sim.ledger.summary()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drained(switch.admin);
+    assert_eq!(sim.ledger.standing().len(), 0);
+    assert!(switch.metric("switchyard_undelivered_responses_total", &[]) >= 1.0);
+}
+
+#[test]
+fn retransmissions_reach_the_issuer_once() {
+    let rt = runtime();
+    let mut slow = IssuerSimConfig::approving(spec());
+    slow.delay_min = Duration::from_millis(200);
+    slow.delay_max = Duration::from_millis(200);
+    let sim = issuer(&rt, slow);
+    let switch = Switch::start(&config_body(sim.addr, ""));
+    let mut term = Terminal::connect(switch.terminals);
+    let original = request("TERMDUP1", 7, 990);
+    term.send(&original);
+    term.send(&original); // retransmitted while the first is in flight
+    let (first, second) = (term.recv().unwrap(), term.recv().unwrap());
+    let mut codes = vec![
+        first.str(39).unwrap().to_string(),
+        second.str(39).unwrap().to_string(),
+    ];
+    codes.sort();
+    assert_eq!(codes, ["00", "94"]);
+    let approval = if first.str(39) == Some("00") {
+        first
+    } else {
+        second
+    };
+    // Retransmitted after the answer: the same answer again, not forwarded.
+    let again = term.call(&original);
+    assert_eq!(
+        (again.str(39), again.str(38)),
+        (Some("00"), approval.str(38))
+    );
+    assert_eq!(
+        sim.ledger.requests.load(Ordering::Relaxed),
+        1,
+        "the issuer saw it once"
+    );
+
+    // The window survives a restart: the answer is rebuilt from the audit log.
+    let mut restarted = switch.restart();
+    let mut term = Terminal::connect(restarted.terminals);
+    let after = term.call(&original);
+    assert_eq!(
+        (after.str(39), after.str(38), after.str(11)),
+        (Some("00"), approval.str(38), Some("000007"))
+    );
+    assert_eq!(sim.ledger.requests.load(Ordering::Relaxed), 1);
+    assert_eq!(restarted.wait_for_term(), Some(0));
+}
+
+/// The switch killed with SIGKILL under load, again and again, then left to recover: no
+/// approval at the issuer lacks its audit pair, and every approval left orphaned is reversed.
+/// `SWITCHYARD_KILL_CYCLES` sets the number of kills (default 3).
+#[test]
+fn a_switch_killed_under_load_leaves_no_orphaned_approval() {
+    let cycles: usize = std::env::var("SWITCHYARD_KILL_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let rt = runtime();
+    let mut slow = IssuerSimConfig::approving(spec());
+    slow.delay_max = Duration::from_millis(40);
+    let sim = issuer(&rt, slow);
+    let mut switch = Switch::start(&config_body(sim.addr, ""));
+    let mut stan = 0u32;
+    for cycle in 0..=cycles {
+        let addr = switch.terminals;
+        let load: Vec<_> = (0..4u32)
+            .map(|t| {
+                let first = stan + t * 100_000;
+                std::thread::spawn(move || {
+                    let Ok(stream) = TcpStream::connect_timeout(&addr, WAIT) else {
+                        return;
+                    };
+                    stream.set_read_timeout(Some(WAIT)).unwrap();
+                    let mut term = Terminal::over(stream);
+                    for k in 1..=100_000u32 {
+                        term.send(&request(
+                            &format!("TERMK{t:03}"),
+                            (first + k) % 999_999 + 1,
+                            100,
+                        ));
+                        if term.recv().is_none() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        stan += 1_000;
+        std::thread::sleep(Duration::from_millis(300 + 97 * cycle as u64 % 300));
+        if cycle == cycles {
+            switch.signal("-TERM");
+            assert_eq!(switch.wait_exit(), Some(0));
+        } else {
+            switch.signal("-KILL");
+            switch.wait_exit();
+        }
+        for t in load {
+            t.join().unwrap();
+        }
+        switch = switch.restart();
+    }
+    drained(switch.admin);
+    let records = pairs(&switch.audit_dir());
+    let approved: HashMap<String, &PairRecord> = records
+        .iter()
+        .filter(|r| r.outcome == Some(Outcome::Approved))
+        .filter_map(|r| Some((r.issuer_stan.clone()?, r)))
+        .collect();
+    for ((tid, issuer_stan, _), _) in sim.ledger.standing() {
+        let pair = approved.get(&issuer_stan);
+        assert!(
+            pair.is_some_and(|p| p.terminal.as_deref() == Some(tid.as_str())),
+            "approval {tid}/{issuer_stan} at the issuer has no approved audit pair ({} standing, {})",
+            sim.ledger.standing().len(),
+            sim.ledger.summary()
+        );
+    }
+    let verified = crate::support::switchyard(
+        &[
+            "audit",
+            "verify",
+            "--dir",
+            switch.audit_dir().to_str().unwrap(),
+            "--demo-keys",
+        ],
+        b"",
+    );
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    eprintln!(
+        "{cycles} kills: {} pairs, {} recovered, ledger {}",
+        records.len(),
+        records
+            .iter()
+            .filter(|r| r.outcome == Some(Outcome::Recovered))
+            .count(),
+        sim.ledger.summary()
+    );
+}
