@@ -447,8 +447,7 @@ impl SafQueue {
                     .unwrap_or_else(|| "--".into()),
                 Err(e) => e.to_string(),
             };
-            let settled = matches!(&outcome, Ok(_))
-                && !self.config.retryable_codes.iter().any(|c| *c == result);
+            let settled = outcome.is_ok() && !self.config.retryable_codes.contains(&result);
             if settled {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(id = entry.id, link = %link_name, response_code = %result, "reversal acknowledged");
