@@ -343,3 +343,160 @@ fn a_switch_killed_under_load_leaves_no_orphaned_approval() {
         sim.ledger.summary()
     );
 }
+
+#[test]
+fn dead_letters_are_listed_retried_and_dropped_by_operators_and_the_registry_applies() {
+    let rt = runtime();
+    let mut quiet = IssuerSimConfig::approving(spec());
+    quiet.silence_rate = 1.0;
+    let sim = issuer(&rt, quiet);
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry.toml");
+    std::fs::write(
+        &registry,
+        "[[merchants]]\nid = \"MERCHANT0000001\"\nmcc = \"5411\"\n[[terminals]]\nid = \"TERMOPS1\"\nmerchant = \"MERCHANT0000001\"\n",
+    )
+    .unwrap();
+    let body = format!(
+        "[registry]\nfile = \"{}\"\n{}max_attempts = 2\n",
+        registry.display(),
+        config_body(sim.addr, "timeout_ms = 150\necho_interval_ms = 0")
+    );
+    let switch = Switch::start(&body);
+    let mut term = Terminal::connect(switch.terminals);
+    let mut b = MessageBuilder::new(spec(), Mti::parse("0200").unwrap());
+    b.set(2, "4000056655665556")
+        .unwrap()
+        .set(3, "000000")
+        .unwrap()
+        .set(4, "000000000100")
+        .unwrap();
+    b.set(7, "1124093000")
+        .unwrap()
+        .set(11, "000001")
+        .unwrap()
+        .set(18, "7995")
+        .unwrap();
+    b.set(41, "TERMOPS1")
+        .unwrap()
+        .set(42, "MERCHANT0000001")
+        .unwrap()
+        .set(49, "978")
+        .unwrap();
+    assert_eq!(
+        term.call(&b.encode()).str(39),
+        Some("03"),
+        "MCC 7995 is not the merchant's 5411"
+    );
+    assert_eq!(
+        switch.metric(
+            "switchyard_registry_refusals_total",
+            &[("reason", "mcc_mismatch")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        term.call(&request("TERMOPS2", 2, 100)).str(39),
+        Some("58"),
+        "unknown terminal"
+    );
+    assert_eq!(
+        term.call(&request("TERMOPS1", 3, 100)).str(39),
+        Some("91"),
+        "silent issuer"
+    );
+
+    let admin = switch.admin.to_string();
+    let deadline = Instant::now() + WAIT;
+    let id = loop {
+        let out = crate::support::switchyard(&["saf", "list", "--admin", &admin, "--json"], b"");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let dead: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|e: &serde_json::Value| e["state"] == "dead")
+            .collect();
+        if let Some(e) = dead.first() {
+            break e["id"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(switch.metric("switchyard_saf_dead_letters", &[]), 1.0);
+    let retried = crate::support::switchyard(
+        &[
+            "saf",
+            "retry",
+            "--admin",
+            &admin,
+            "--id",
+            &id.to_string(),
+            "--operator",
+            "alice",
+        ],
+        b"",
+    );
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    let dropped = crate::support::switchyard(
+        &[
+            "saf",
+            "drop",
+            "--admin",
+            &admin,
+            "--id",
+            &id.to_string(),
+            "--operator",
+            "bob",
+        ],
+        b"",
+    );
+    assert!(
+        dropped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dropped.stderr)
+    );
+    let listed = crate::support::switchyard(
+        &[
+            "saf",
+            "list",
+            "--dir",
+            switch.dir.path().join("saf").to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("0 entries"),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    let missing = crate::support::switchyard(
+        &[
+            "saf",
+            "drop",
+            "--admin",
+            &admin,
+            "--id",
+            "1",
+            "--operator",
+            "bob",
+        ],
+        b"",
+    );
+    assert_eq!(missing.status.code(), Some(65));
+    // Both operator actions are in the audit log.
+    let mut operators = Vec::new();
+    switchyard_audit::for_each(&switch.audit_dir(), |r| {
+        if r.kind == Some(switchyard_audit::RecordKind::Operator) {
+            operators.push(String::from_utf8_lossy(r.payload).to_string());
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(operators.len(), 2, "{operators:?}");
+    assert!(operators[0].contains("saf-retry") && operators[0].contains("alice"));
+    assert!(operators[1].contains("saf-drop") && operators[1].contains("bob"));
+}

@@ -124,7 +124,7 @@ impl Totals {
                 (self.reversed, self.reversed_amount) =
                     (self.reversed + 1, self.reversed_amount + amount)
             }
-            Some(Outcome::Approved) => {
+            Some(Outcome::Approved | Outcome::StandInApproved) => {
                 (self.approved, self.approved_amount) =
                     (self.approved + 1, self.approved_amount + amount)
             }

@@ -61,13 +61,19 @@ pub enum Outcome {
     IssuerError,
     /// The switch restarted with the request in flight (reversed).
     Recovered,
+    /// Refused by the merchant and terminal registry (58, 03, 12).
+    Refused,
+    /// Blocked by an abnormal-activity rule.
+    Blocked,
+    /// Approved by the switch standing in for an issuer that was down (advice queued).
+    StandInApproved,
     /// Internal error (39 = 96).
     SystemError,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 18] = [
         Outcome::Approved,
         Outcome::Declined,
         Outcome::Timeout,
@@ -82,6 +88,9 @@ impl Outcome {
         Outcome::Reversed,
         Outcome::IssuerError,
         Outcome::Recovered,
+        Outcome::Refused,
+        Outcome::Blocked,
+        Outcome::StandInApproved,
         Outcome::SystemError,
     ];
 
@@ -102,6 +111,9 @@ impl Outcome {
             Outcome::Reversed => "reversed",
             Outcome::IssuerError => "issuer-error",
             Outcome::Recovered => "recovered",
+            Outcome::Refused => "refused",
+            Outcome::Blocked => "blocked",
+            Outcome::StandInApproved => "stand-in-approved",
             Outcome::SystemError => "system-error",
         }
     }
@@ -271,6 +283,9 @@ pub struct PairRecord {
     /// The reversal queued for this transaction, if its outcome was unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reversal_id: Option<u64>,
+    /// Abnormal-activity rules that fired (flagged or blocked), and registry refusals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
 }
 
 impl PairRecord {

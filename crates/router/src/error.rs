@@ -9,6 +9,9 @@ pub enum RouterError {
     /// A route names a link that does not exist.
     #[error("route table names unknown issuer link(s): {}", .0.join(", "))]
     UnknownLinks(Vec<String>),
+    /// The registry file is invalid; one line per problem.
+    #[error("registry: {}", .0.join("; "))]
+    Registry(Vec<String>),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),

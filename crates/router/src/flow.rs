@@ -23,6 +23,8 @@ use switchyard_mux::{
 };
 
 use crate::integrity::{Duplicate, InFlightRecord, Integrity};
+use crate::registry::{Registry, RuleState};
+use crate::routes::StandIn;
 use crate::saf::ReversalBasis;
 
 use crate::error::RouterError;
@@ -78,6 +80,8 @@ pub struct Router<P> {
     durable: bool,
     metrics: RouterMetrics,
     integrity: Option<Arc<Integrity>>,
+    registry: RwLock<Option<Arc<Registry>>>,
+    rule_state: RuleState,
 }
 
 impl<P> std::fmt::Debug for Router<P> {
@@ -129,7 +133,14 @@ impl<P: IssuerPort> Router<P> {
             durable,
             metrics: RouterMetrics::new(registry)?,
             integrity: None,
+            registry: RwLock::new(None),
+            rule_state: RuleState::default(),
         })
+    }
+
+    /// Use (or stop using, with `None`) a merchant and terminal registry; swapped whole.
+    pub fn replace_registry(&self, registry: Option<Registry>) {
+        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry.map(Arc::new);
     }
 
     /// Turn on reversals, in-flight records and duplicate detection.
@@ -180,6 +191,17 @@ impl<P: IssuerPort> Router<P> {
 
     /// Handle one decoded request from `listener`; the answer for the terminal.
     pub async fn handle(&self, listener: &str, request: MessageView<'static>) -> Option<Bytes> {
+        self.handle_from(listener, request, None).await
+    }
+
+    /// [`handle`](Self::handle) for a connection that presented a client certificate with
+    /// this SHA-256 fingerprint (lower-case hex).
+    pub async fn handle_from(
+        &self,
+        listener: &str,
+        request: MessageView<'static>,
+        certificate: Option<String>,
+    ) -> Option<Bytes> {
         let started = Instant::now();
         let mut pair = PairRecord::from_request(listener, &request, &self.keys, now_us());
         let mti = request.mti();
@@ -196,9 +218,13 @@ impl<P: IssuerPort> Router<P> {
             ),
             Duplicate::Fresh(key) => {
                 pending = Some(key);
-                self.decide(&request, &mut pair).await
+                self.decide(&request, &mut pair, certificate.as_deref())
+                    .await
             }
-            Duplicate::NotChecked => self.decide(&request, &mut pair).await,
+            Duplicate::NotChecked => {
+                self.decide(&request, &mut pair, certificate.as_deref())
+                    .await
+            }
         };
         if let Some(answer) = &answer {
             pair.set_response(answer, &self.keys);
@@ -249,6 +275,7 @@ impl<P: IssuerPort> Router<P> {
         &self,
         request: &MessageView<'static>,
         pair: &mut PairRecord,
+        certificate: Option<&str>,
     ) -> (Option<MessageView<'static>>, Outcome) {
         let mti = request.mti();
         if !mti.is_request() {
@@ -264,13 +291,68 @@ impl<P: IssuerPort> Router<P> {
             1 | 2 | 4 => {}
             _ => return (own_answer(request, b"12"), Outcome::InvalidTransaction),
         }
+        let registry = self
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(registry) = &registry {
+            if let Err(refusal) = registry.check(request, certificate) {
+                self.metrics.refused(refusal.name());
+                pair.rules.push(format!("registry:{}", refusal.name()));
+                return (
+                    own_answer(request, refusal.response_code()),
+                    Outcome::Refused,
+                );
+            }
+            if matches!(mti.class(), 1 | 2) {
+                let terminal = pair.terminal.clone().unwrap_or_default();
+                let card = pair.pan.as_ref().map(|p| p.hash.as_str());
+                let merchant = registry.merchant_of(&terminal);
+                let verdict = self.rule_state.evaluate(
+                    &registry.rules,
+                    merchant,
+                    &terminal,
+                    card,
+                    pair.amount.unwrap_or(0),
+                );
+                for (name, block) in &verdict.hits {
+                    self.metrics.rule_hit(name, *block);
+                    pair.rules.push((*name).to_string());
+                }
+                if let Some(code) = verdict.block {
+                    return (own_answer(request, code.as_bytes()), Outcome::Blocked);
+                }
+            }
+        }
         let table = self
             .routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let Some(route) = table.route(request) else {
-            return (own_answer(request, b"15"), Outcome::NoRoute);
+        // A terminal's reversal goes where its original went, quoting the STAN the issuer saw.
+        let original = self.integrity.as_ref().and_then(|i| i.original_of(request));
+        let route = match &original {
+            Some((link, _)) => crate::routes::Route {
+                name: "original",
+                link,
+                stand_in: None,
+            },
+            None => match table.route(request) {
+                Some(route) => route,
+                None => return (own_answer(request, b"15"), Outcome::NoRoute),
+            },
+        };
+        let rewritten;
+        let request = match &original {
+            Some((_, issuer_stan)) => match quote_issuer_stan(request, issuer_stan) {
+                Some(r) => {
+                    rewritten = r;
+                    &rewritten
+                }
+                None => return (own_answer(request, b"30"), Outcome::FormatError),
+            },
+            None => request,
         };
         pair.route = Some(route.name.to_string());
         pair.issuer = Some(route.link.to_string());
@@ -326,7 +408,25 @@ impl<P: IssuerPort> Router<P> {
         };
         self.metrics.issuer_latency(route.link, sent.elapsed());
         pair.issuer_stan = forwarded.issuer_stan.map(|s| format!("{s:06}"));
+        let approved = forwarded.result.as_ref().is_ok_and(|r| {
+            r.field(39)
+                .is_some_and(|f| Outcome::is_approval_code(&f.text()))
+        });
+        if let (Ok(_), false, Some(registry), Some(t)) =
+            (&forwarded.result, approved, &registry, &pair.terminal)
+        {
+            self.rule_state.declined(&registry.rules, t);
+        }
         if let Some(i) = &self.integrity {
+            if matches!(mti.class(), 1 | 2) {
+                if let (Some(t), Some(s)) = (&pair.terminal, &pair.stan) {
+                    let f7 = request.field(7).map(|f| f.text()).unwrap_or_default();
+                    let issuer_stan = forwarded
+                        .issuer_stan
+                        .map_or_else(|| s.clone(), |n| format!("{n:06}"));
+                    i.forwarded(t, s, &f7, route.link, &issuer_stan);
+                }
+            }
             match &forwarded.result {
                 Err(error) if error.outcome_unknown() => {
                     let basis = ReversalBasis::of(&outbound, forwarded.issuer_stan);
@@ -339,17 +439,30 @@ impl<P: IssuerPort> Router<P> {
                         Err(e) => tracing::error!(error = %e, "could not queue a reversal"),
                     }
                 }
-                Ok(response)
-                    if response
-                        .field(39)
-                        .is_some_and(|f| Outcome::is_approval_code(&f.text())) =>
-                {
+                Ok(_) if approved => {
                     if let (Some(t), Some(s)) = (&pair.terminal, &pair.stan) {
                         let basis = ReversalBasis::of(&outbound, forwarded.issuer_stan);
                         i.approved(t, s, route.link, basis, pair.inflight_seq);
                     }
                 }
                 _ => {}
+            }
+        }
+        if let (Err(MuxError::LinkDown { .. } | MuxError::LinkBusy { .. }), Some(stand_in)) =
+            (&forwarded.result, route.stand_in)
+        {
+            if let Some(answer) = self
+                .stand_in(
+                    request,
+                    &outbound,
+                    stand_in,
+                    registry.as_deref(),
+                    route.link,
+                    pair,
+                )
+                .await
+            {
+                return (Some(answer), Outcome::StandInApproved);
             }
         }
         match forwarded.result {
@@ -390,6 +503,64 @@ impl<P: IssuerPort> Router<P> {
                 (own_answer(request, code), outcome)
             }
         }
+    }
+
+    /// Approve in place of an issuer that cannot be reached, within the route's stand-in
+    /// limits, and queue the advice that tells the issuer later.
+    async fn stand_in(
+        &self,
+        request: &MessageView<'static>,
+        outbound: &MessageView<'static>,
+        limits: &StandIn,
+        registry: Option<&Registry>,
+        link: &str,
+        pair: &mut PairRecord,
+    ) -> Option<MessageView<'static>> {
+        let integrity = self.integrity.as_ref()?;
+        let amount = request.field(4).and_then(|f| f.as_u64())?;
+        let mcc = request.field(18).map(|f| f.text()).or_else(|| {
+            let terminal = pair.terminal.as_deref()?;
+            registry?.merchant_of(terminal).map(|m| m.mcc.clone())
+        });
+        let processing = request.field(3).map(|f| f.text()).unwrap_or_default();
+        let allowed = amount <= limits.floor_limit
+            && (limits.mccs.is_empty() || mcc.is_some_and(|m| limits.mccs.contains(&m)))
+            && (limits.processing_codes.is_empty()
+                || limits
+                    .processing_codes
+                    .iter()
+                    .any(|p| processing.starts_with(p.as_str())));
+        if !allowed {
+            return None;
+        }
+        let auth_id = format!("S{:05}", now_us().rem_euclid(100_000));
+        let spec: &'static Spec = request.spec();
+        let mut b = MessageBuilder::new(spec, request.mti());
+        b.respond_to(request, b"00").ok()?;
+        if spec.field(38).is_some() {
+            b.set(38, &auth_id).ok()?;
+        }
+        let answer = MessageView::decode(spec, b.encode()).ok()?;
+        let mut basis = ReversalBasis::of(outbound, None);
+        basis.fields.insert(38, auth_id);
+        basis.fields.insert(39, "00".into());
+        let advice = if request.mti().class() == 1 {
+            "0120"
+        } else {
+            "0220"
+        };
+        match integrity
+            .saf
+            .enqueue_as(link, "stand-in advice", basis, None, Some(advice.into()))
+            .await
+        {
+            Ok(id) => pair.reversal_id = Some(id),
+            Err(e) => {
+                tracing::error!(error = %e, "stand-in advice not queued: declining");
+                return None;
+            }
+        }
+        Some(answer)
     }
 
     /// Write the pair record (waiting for it to be durable unless configured otherwise); the
@@ -490,6 +661,26 @@ impl<P: IssuerPort> Router<P> {
     }
 }
 
+/// A terminal's reversal with field 90's STAN replaced by the one the issuer saw.
+fn quote_issuer_stan(
+    request: &MessageView<'static>,
+    issuer_stan: &str,
+) -> Option<MessageView<'static>> {
+    let spec: &'static Spec = request.spec();
+    let original = request.field(90)?.text();
+    let mut quoted = original.clone();
+    quoted.replace_range(4..10, issuer_stan.get(..6)?);
+    let mut b = MessageBuilder::new(spec, request.mti());
+    for field in request.fields() {
+        if field.number == 90 {
+            b.set(90, &quoted).ok()?;
+        } else {
+            b.set(field.number, field.value()).ok()?;
+        }
+    }
+    MessageView::decode(spec, b.encode()).ok()
+}
+
 /// Replace the code of an answer the switch or issuer made with `code` (for 96 after an
 /// audit failure): the same echo fields, the switch's own response.
 fn own_answer_for_response(
@@ -526,10 +717,19 @@ impl<P> std::fmt::Debug for TerminalHandler<P> {
 impl<P: IssuerPort> Handler for TerminalHandler<P> {
     fn request(
         &self,
-        _conn: &Arc<ConnectionInfo>,
+        conn: &Arc<ConnectionInfo>,
         request: MessageView<'static>,
     ) -> impl Future<Output = Option<Bytes>> + Send {
-        self.router.handle(&self.listener, request)
+        let certificate = conn.client_certificate.as_ref().map(|c| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, c.as_ref());
+            digest
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        });
+        self.router
+            .handle_from(&self.listener, request, certificate)
     }
 
     fn malformed(

@@ -35,6 +35,11 @@ pub struct InFlightRecord {
     pub pair: PairRecord,
 }
 
+/// A forwarded request: terminal id, its STAN, field 7.
+type OriginalKey = (String, String, String);
+/// Where it went: the link and the STAN the issuer saw.
+type Original = (String, String);
+
 /// Identifies a terminal's request for duplicate detection: terminal id, STAN,
 /// transmission date and time, MTI class.
 pub type DuplicateKey = (String, String, String, String);
@@ -55,6 +60,7 @@ struct Approval {
 const MAX_DUPLICATE_ENTRIES: usize = 200_000;
 const MAX_RECENT_APPROVALS: usize = 200_000;
 const RECENT_APPROVAL_TTL: Duration = Duration::from_secs(300);
+const MAX_ORIGINALS: usize = 1_000_000;
 
 /// The integrity state of one switch.
 pub struct Integrity {
@@ -64,6 +70,8 @@ pub struct Integrity {
     pub duplicate_window: Duration,
     seen: Mutex<HashMap<DuplicateKey, Seen>>,
     approvals: Mutex<HashMap<(String, String), Approval>>,
+    /// Where forwarded requests went, for the terminals' reversals of them.
+    originals: Mutex<HashMap<OriginalKey, Original>>,
 }
 
 impl std::fmt::Debug for Integrity {
@@ -95,6 +103,7 @@ impl Integrity {
             duplicate_window,
             seen: Mutex::new(HashMap::new()),
             approvals: Mutex::new(HashMap::new()),
+            originals: Mutex::new(HashMap::new()),
         }
     }
 
@@ -147,6 +156,45 @@ impl Integrity {
                 seen.remove(&key);
             }
         }
+    }
+
+    /// Remember where a request went, for the terminal's reversal of it.
+    pub fn forwarded(
+        &self,
+        terminal: &str,
+        stan: &str,
+        field7: &str,
+        link: &str,
+        issuer_stan: &str,
+    ) {
+        let mut map = self.originals.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_ORIGINALS {
+            map.clear();
+        }
+        map.insert(
+            (terminal.to_string(), stan.to_string(), field7.to_string()),
+            (link.to_string(), issuer_stan.to_string()),
+        );
+    }
+
+    /// For a terminal's reversal (04xx with field 90): the link its original went to and the
+    /// STAN the issuer saw.
+    pub fn original_of(&self, request: &MessageView<'_>) -> Option<(String, String)> {
+        if request.mti().class() != 4 {
+            return None;
+        }
+        let f90 = request.field(90)?.text();
+        let terminal = request.field(41)?.text();
+        let key = (
+            terminal,
+            f90.get(4..10)?.to_string(),
+            f90.get(10..20)?.to_string(),
+        );
+        self.originals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned()
     }
 
     /// Remember an approval until its answer has surely left (for undelivered answers).
@@ -240,6 +288,15 @@ impl Integrity {
                 return Ok(());
             };
             let field7 = pair.request.fields.get(&7).cloned().unwrap_or_default();
+            if let (Some(link), Some(issuer_stan)) = (&pair.issuer, &pair.issuer_stan) {
+                self.originals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        (terminal.clone(), stan.clone(), field7.clone()),
+                        (link.clone(), issuer_stan.clone()),
+                    );
+            }
             if let Some(answer) = rebuild(spec, response) {
                 // The age is approximated by the record's time.
                 let age =

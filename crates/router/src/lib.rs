@@ -8,6 +8,7 @@
 //!   [`TerminalHandler`] plugs it into the mux's acceptor.
 //! - [`integrity`]: in-flight records, crash recovery, duplicate detection, undelivered
 //!   approvals; [`saf`]: reversals and the store-and-forward queue.
+//! - [`registry`]: merchants, terminals and the abnormal-activity rules.
 //! - [`metrics`]: Prometheus metrics with bounded labels.
 //! - [`error`]: the one error type.
 
@@ -17,6 +18,7 @@ pub mod error;
 pub mod flow;
 pub mod integrity;
 pub mod metrics;
+pub mod registry;
 pub mod routes;
 pub mod saf;
 
@@ -24,5 +26,6 @@ pub use error::RouterError;
 pub use flow::{now_us, translate, IssuerPort, Router, TerminalHandler};
 pub use integrity::{recover, Integrity};
 pub use metrics::RouterMetrics;
-pub use routes::{BinRange, Route, RouteRule, RouteTable};
+pub use registry::{Refusal, Registry, RuleState};
+pub use routes::{BinRange, Route, RouteRule, RouteTable, StandIn};
 pub use saf::{ReversalBasis, SafConfig, SafEntry, SafEvent, SafQueue};

@@ -74,6 +74,8 @@ pub struct RouterMetrics {
     audit_append: Histogram,
     audit_failures: IntCounter,
     undelivered: IntCounterVec,
+    refused: IntCounterVec,
+    rule_hits: IntCounterVec,
 }
 
 impl RouterMetrics {
@@ -133,7 +135,17 @@ impl RouterMetrics {
                 ),
                 &["listener"],
             )?,
+            refused: IntCounterVec::new(
+                Opts::new("switchyard_registry_refusals_total", "Requests the merchant and terminal registry refused, by reason (mcc_mismatch, unknown_terminal...)."),
+                &["reason"],
+            )?,
+            rule_hits: IntCounterVec::new(
+                Opts::new("switchyard_rule_hits_total", "Abnormal-activity rules that fired, by rule and action (flag or block)."),
+                &["rule", "action"],
+            )?,
         };
+        registry.register(Box::new(m.refused.clone()))?;
+        registry.register(Box::new(m.rule_hits.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.responses.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -185,6 +197,16 @@ impl RouterMetrics {
 
     pub(crate) fn audit_failure(&self) {
         self.audit_failures.inc();
+    }
+
+    pub(crate) fn refused(&self, reason: &str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
+
+    pub(crate) fn rule_hit(&self, rule: &str, block: bool) {
+        self.rule_hits
+            .with_label_values(&[rule, if block { "block" } else { "flag" }])
+            .inc();
     }
 
     pub(crate) fn undelivered(&self, listener: &str) {

@@ -91,6 +91,19 @@ impl fmt::Display for BinRange {
     }
 }
 
+/// Stand-in processing of a route: when its issuer link is down or busy, approve small
+/// amounts for some merchant categories and transaction types, and tell the issuer later
+/// with an advice (0120/0220) through the store-and-forward queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StandIn {
+    /// Largest amount approved (minor units).
+    pub floor_limit: u64,
+    /// Merchant category codes (field 18, or the merchant's registered MCC) allowed.
+    pub mccs: Vec<String>,
+    /// Processing codes (field 3) or their leading digits allowed.
+    pub processing_codes: Vec<String>,
+}
+
 /// A rule as configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteRule {
@@ -104,6 +117,8 @@ pub struct RouteRule {
     pub processing_codes: Vec<String>,
     /// The issuer link.
     pub link: String,
+    /// Stand-in processing when the link is down or busy (none: decline with 91).
+    pub stand_in: Option<StandIn>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,12 +136,14 @@ pub struct Route<'t> {
     pub name: &'t str,
     /// The issuer link.
     pub link: &'t str,
+    /// Stand-in processing, if configured.
+    pub stand_in: Option<&'t StandIn>,
 }
 
 /// An immutable route table.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    names: Vec<(String, String)>,
+    names: Vec<(String, String, Option<StandIn>)>,
     rules: Vec<Compiled>,
     default_link: Option<String>,
 }
@@ -167,7 +184,9 @@ impl RouteTable {
                     Err(e) => problems.push(format!("{at}: {e}")),
                 }
             }
-            table.names.push((rule.name.clone(), rule.link.clone()));
+            table
+                .names
+                .push((rule.name.clone(), rule.link.clone(), rule.stand_in.clone()));
         }
         if !problems.is_empty() {
             return Err(RouterError::Routes(problems));
@@ -196,7 +215,7 @@ impl RouteTable {
     pub fn links(&self) -> impl Iterator<Item = &str> {
         self.names
             .iter()
-            .map(|(_, l)| l.as_str())
+            .map(|(_, l, _)| l.as_str())
             .chain(self.default_link.as_deref())
     }
 
@@ -225,12 +244,17 @@ impl RouteTable {
                     continue;
                 }
             }
-            let (name, link) = &self.names[rule.route];
-            return Some(Route { name, link });
+            let (name, link, stand_in) = &self.names[rule.route];
+            return Some(Route {
+                name,
+                link,
+                stand_in: stand_in.as_ref(),
+            });
         }
         self.default_link.as_deref().map(|link| Route {
             name: "default",
             link,
+            stand_in: None,
         })
     }
 }
@@ -272,6 +296,7 @@ mod tests {
             mtis: mtis.iter().map(|s| s.to_string()).collect(),
             processing_codes: pcs.iter().map(|s| s.to_string()).collect(),
             link: link.into(),
+            stand_in: None,
         }
     }
 

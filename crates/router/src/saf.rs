@@ -97,7 +97,7 @@ impl ReversalBasis {
                 b.set(n, v)?;
             }
         }
-        if spec.field(90).is_some() {
+        if spec.field(90).is_some() && mti.class() == 4 {
             b.set(90, self.original_data_elements())?;
         }
         MessageView::decode(spec, b.encode())
@@ -119,6 +119,9 @@ pub enum SafEvent {
         /// The audit record of the request in flight this reverses, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         inflight_seq: Option<u64>,
+        /// The MTI to send instead of the link's reversal MTI (advices: 0120, 0220).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_mti: Option<String>,
     },
     /// A delivery attempt that did not settle the entry.
     Attempt {
@@ -158,6 +161,8 @@ pub struct SafEntry {
     pub last_result: Option<String>,
     pub basis: ReversalBasis,
     pub inflight_seq: Option<u64>,
+    /// The MTI to send (advices), instead of the link's reversal MTI.
+    pub first_mti: Option<String>,
 }
 
 /// Delivery settings.
@@ -215,6 +220,7 @@ fn apply(entries: &mut BTreeMap<u64, SafEntry>, event: SafEvent) {
             created_us,
             basis,
             inflight_seq,
+            first_mti,
         } => {
             entries.insert(
                 id,
@@ -228,6 +234,7 @@ fn apply(entries: &mut BTreeMap<u64, SafEntry>, event: SafEvent) {
                     last_result: None,
                     basis,
                     inflight_seq,
+                    first_mti,
                 },
             );
         }
@@ -319,6 +326,19 @@ impl SafQueue {
         basis: ReversalBasis,
         inflight_seq: Option<u64>,
     ) -> switchyard_audit::Result<u64> {
+        self.enqueue_as(link, reason, basis, inflight_seq, None)
+            .await
+    }
+
+    /// Queue a message durably with its own MTI (a stand-in advice, 0120 or 0220); its id.
+    pub async fn enqueue_as(
+        &self,
+        link: &str,
+        reason: &str,
+        basis: ReversalBasis,
+        inflight_seq: Option<u64>,
+        first_mti: Option<String>,
+    ) -> switchyard_audit::Result<u64> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let event = SafEvent::Enqueue {
             id,
@@ -327,6 +347,7 @@ impl SafQueue {
             created_us: now_us(),
             basis,
             inflight_seq,
+            first_mti,
         };
         self.record(&event).await?;
         apply(&mut self.lock(), event);
@@ -420,6 +441,15 @@ impl SafQueue {
                     _ = self.wake.notified() => continue,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
+            };
+            let (first, repeat) = match entry.first_mti.as_deref().and_then(Mti::parse) {
+                // An advice: 0220 first, 0221 for repeats.
+                Some(m) => {
+                    let mut r = m.digits();
+                    r[3] = b'1';
+                    (m.digits(), r)
+                }
+                None => (first, repeat),
             };
             let mti = Mti::new(if entry.attempts == 0 { first } else { repeat })
                 .unwrap_or_else(|| unreachable!());
@@ -533,6 +563,7 @@ mod tests {
             created_us: 1,
             basis: basis.clone(),
             inflight_seq: Some(3),
+            first_mti: None,
         };
         let json = serde_json::to_string(&event).unwrap();
         assert!(!json.contains("4000056655665556"));

@@ -84,6 +84,26 @@ pub struct Config {
     /// Reversals, store-and-forward, duplicates.
     #[serde(default)]
     pub integrity: IntegritySection,
+    /// The merchant and terminal registry.
+    #[serde(default)]
+    pub registry: RegistrySection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// The registry file (merchants, terminals, rules); none: no registry checks.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandInSection {
+    pub floor_limit: u64,
+    #[serde(default)]
+    pub mccs: Vec<String>,
+    #[serde(default)]
+    pub processing_codes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,6 +303,8 @@ pub struct RouteSection {
     #[serde(default)]
     pub processing_codes: Vec<String>,
     pub link: String,
+    /// Approve small amounts while the link is down or busy (advice sent later).
+    pub stand_in: Option<StandInSection>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -295,6 +317,7 @@ pub struct RoutingSection {
 /// Everything built from a valid configuration, before anything binds.
 pub struct Plan {
     pub config: Config,
+    pub registry: Option<switchyard_router::Registry>,
     pub saf_dir: PathBuf,
     pub saf: switchyard_router::SafConfig,
     pub listeners: Vec<(ListenerSection, AcceptorConfig, Option<Arc<ServerTls>>)>,
@@ -576,6 +599,11 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
             mtis: r.mti.clone(),
             processing_codes: r.processing_codes.clone(),
             link: r.link.clone(),
+            stand_in: r.stand_in.as_ref().map(|s| switchyard_router::StandIn {
+                floor_limit: s.floor_limit,
+                mccs: s.mccs.clone(),
+                processing_codes: s.processing_codes.clone(),
+            }),
         })
         .collect();
     let link_names: HashSet<&str> = config.links.iter().map(|l| l.name.as_str()).collect();
@@ -672,10 +700,28 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
             "integrity: max_attempts at least 1, 0 < backoff_min_ms <= backoff_max_ms".into(),
         );
     }
+    let registry = match &config.registry.file {
+        None => None,
+        Some(path) => match switchyard_router::Registry::load(path) {
+            Ok(r) => Some(r),
+            Err(switchyard_router::RouterError::Registry(list)) => {
+                problems.extend(list.into_iter().map(|p| format!("registry.file: {p}")));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("registry.file: {e}"));
+                None
+            }
+        },
+    };
+    if config.registry.file.is_some() && !config.integrity.enabled {
+        // Fine: the registry works without integrity; nothing to check.
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
     Ok(Plan {
+        registry,
         saf_dir,
         saf,
         config,

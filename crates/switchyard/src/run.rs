@@ -228,6 +228,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
         Some(i) => router.with_integrity(i.clone()),
         None => router,
     });
+    router.replace_registry(plan.registry.take());
     if let Some(i) = &integrity {
         for (section, _) in &plan.links {
             let advice = section.reversal_mti.as_deref() == Some("0420");
@@ -378,6 +379,7 @@ fn reload(
         router
             .replace_routes(plan.routes)
             .map_err(|e| vec![e.to_string()])?;
+        router.replace_registry(plan.registry);
         for tls in server_tls {
             tls.reload()
                 .map_err(|e| vec![format!("listener certificate: {e}")])?;
