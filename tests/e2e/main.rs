@@ -6,6 +6,7 @@
 
 mod audit_cli;
 mod cli;
+mod deploy;
 mod integrity;
 mod interop;
 mod support;

@@ -61,6 +61,64 @@ fn config_error(e: impl ToString) -> MuxError {
     MuxError::TlsConfig(e.to_string())
 }
 
+/// One DER element at the start of `der`: (tag, contents, rest).
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7F);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, rest) = (rest.get(..n)?, rest.get(n..)?);
+        (
+            bytes.iter().fold(0usize, |a, &b| (a << 8) | usize::from(b)),
+            rest,
+        )
+    };
+    Some((tag, rest.get(..len)?, rest.get(len..)?))
+}
+
+/// The end of a certificate's validity (Unix seconds), read from its DER: Certificate ->
+/// tbsCertificate -> [version], serial, signature, issuer, validity -> notAfter.
+pub fn certificate_not_after(der: &[u8]) -> Option<i64> {
+    let (_, certificate, _) = der_element(der)?;
+    let (_, tbs, _) = der_element(certificate)?;
+    let mut rest = tbs;
+    let (tag, _, after) = der_element(rest)?;
+    if tag == 0xA0 {
+        rest = after; // explicit version
+    }
+    for _ in 0..3 {
+        rest = der_element(rest)?.2; // serial, signature algorithm, issuer
+    }
+    let (_, validity, _) = der_element(rest)?;
+    let (_, _, after_not_before) = der_element(validity)?;
+    let (tag, time, _) = der_element(after_not_before)?;
+    let text = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 => {
+            // UTCTime: YYMMDDhhmmss, 1950..2049.
+            let yy: i64 = text.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, text.get(2..)?)
+        }
+        0x18 => (text.get(..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    let num = |r: std::ops::Range<usize>| rest.get(r).and_then(|v| v.parse::<u32>().ok());
+    switchyard_iso8583::datetime::Civil {
+        year,
+        month: num(0..2)?,
+        day: num(2..4)?,
+        hour: num(4..6)?,
+        minute: num(6..8)?,
+        second: num(8..10)?,
+    }
+    .to_unix()
+}
+
 /// Files for a TLS server (the terminal listener).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTlsFiles {
@@ -78,20 +136,32 @@ pub struct ServerTlsFiles {
 pub struct ServerTls {
     files: ServerTlsFiles,
     current: RwLock<Arc<ServerConfig>>,
+    /// When the certificate in use expires (Unix seconds).
+    not_after: std::sync::atomic::AtomicI64,
 }
 
 impl ServerTls {
     /// Load the files.
     pub fn load(files: ServerTlsFiles) -> Result<ServerTls> {
-        let config = Self::build(&files)?;
+        let (config, not_after) = Self::build(&files)?;
         Ok(ServerTls {
             files,
             current: RwLock::new(config),
+            not_after: std::sync::atomic::AtomicI64::new(not_after),
         })
     }
 
-    fn build(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>> {
+    /// When the certificate in use expires (Unix seconds; 0 if unreadable).
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn build(files: &ServerTlsFiles) -> Result<(Arc<ServerConfig>, i64)> {
         let chain = load_certs(&files.cert_chain)?;
+        let not_after = chain
+            .first()
+            .and_then(|c| certificate_not_after(c))
+            .unwrap_or(0);
         let key = load_key(&files.private_key)?;
         let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
@@ -108,16 +178,17 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        Ok(Arc::new(
-            builder.with_single_cert(chain, key).map_err(config_error)?,
-        ))
+        let config = builder.with_single_cert(chain, key).map_err(config_error)?;
+        Ok((Arc::new(config), not_after))
     }
 
     /// Read the files again and use them for new handshakes. On error the configuration in
     /// use stays as it was.
     pub fn reload(&self) -> Result<()> {
-        let config = Self::build(&self.files)?;
+        let (config, not_after) = Self::build(&self.files)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        self.not_after
+            .store(not_after, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

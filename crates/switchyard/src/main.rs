@@ -8,6 +8,7 @@ mod admin;
 mod audit_cmd;
 mod codec_cmd;
 mod config;
+mod notify;
 mod run;
 mod saf_cmd;
 mod sim_cmd;
@@ -44,6 +45,15 @@ enum Command {
     CheckConfig {
         /// The configuration file.
         file: PathBuf,
+    },
+    /// Ask a running switch's admin endpoint (container health checks): exit 0 on HTTP 200.
+    Health {
+        /// The admin address.
+        #[arg(long, default_value = "127.0.0.1:9583")]
+        admin: String,
+        /// The endpoint: /livez or /readyz.
+        #[arg(long, default_value = "/livez")]
+        path: String,
     },
     /// The store-and-forward queue of reversals: list, retry a dead letter, drop an entry.
     Saf {
@@ -107,6 +117,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => run::check_config(&file),
         Command::Sim { command } => sim_cmd::run(*command),
         Command::Saf { command } => saf_cmd::run(command),
+        Command::Health { admin, path } => saf_cmd::health(&admin, &path),
         Command::Specs => codec_cmd::specs(),
         Command::Audit { command } => audit_cmd::run(*command),
     };

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState};
 use crate::codec_cmd::{fail, CmdResult, EX_CONFIG, EX_IOERR};
 use crate::config;
+use crate::notify;
 use crate::telemetry::{init_logging, Sources, Telemetry};
 
 struct Switch {
@@ -266,6 +267,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
     let mut served = Vec::new();
     let mut listener_sources = Vec::new();
     let mut server_tls: Vec<Arc<ServerTls>> = Vec::new();
+    let mut certificates = Vec::new();
     for (section, acceptor_config, tls, listener) in bound {
         let handler = Arc::new(TerminalHandler {
             router: router.clone(),
@@ -273,6 +275,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
             spec: acceptor_config.spec,
         });
         server_tls.extend(tls.clone());
+        certificates.extend(tls.clone().map(|t| (section.name.clone(), t)));
         let acceptor = Arc::new(Acceptor::new(acceptor_config, handler, tls));
         listener_sources.push((section.name.clone(), acceptor.stats().clone()));
         tracing::info!(listener = %section.name, addr = %section.listen, spec = %section.spec, "accepting terminals");
@@ -285,6 +288,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
             links: link_sources,
             audit: audit.clone(),
             saf: integrity.as_ref().map(|i| i.saf.clone()),
+            certificates,
         },
         router: router.clone(),
         draining: AtomicBool::new(false),
@@ -297,6 +301,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
         admin_stop.clone(),
     ));
     tracing::info!(admin = %plan.config.admin.listen, config = %config::origin(path.as_deref()), "switchyard running");
+    notify::notify("READY=1");
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| fail(EX_IOERR)(e.into()))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| fail(EX_IOERR)(e.into()))?;
@@ -305,11 +310,16 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(path.as_deref(), &plan, &router, &server_tls, &client_tls, &switch),
+            _ = hup.recv() => {
+                notify::reloading();
+                reload(path.as_deref(), &plan, &router, &server_tls, &client_tls, &switch);
+                notify::notify("READY=1");
+            }
         }
     }
 
     // Drain.
+    notify::notify("STOPPING=1");
     tracing::info!("draining: not ready, no new connections, finishing requests in flight");
     switch.draining.store(true, Ordering::Release);
     accepting.cancel();

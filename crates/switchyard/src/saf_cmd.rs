@@ -1,4 +1,5 @@
-//! `switchyard saf list|retry|drop`: the store-and-forward queue for operators.
+//! `switchyard saf list|retry|drop`: the store-and-forward queue for operators; and
+//! `switchyard health`, the same small HTTP client for container health checks.
 //!
 //! `list` reads the journal directory directly (safe while the switch runs: the journal is
 //! append-only) or asks a running switch. `retry` and `drop` go through the running switch's
@@ -146,6 +147,25 @@ fn act(admin: &str, action: &str, id: u64, operator: &str) -> CmdResult {
     } else {
         Err(fail(EX_DATAERR)(anyhow!(
             "{action} {id}: HTTP {status}: {}",
+            body.trim()
+        )))
+    }
+}
+
+/// `switchyard health`: GET an admin endpoint; success on 200.
+pub fn health(admin: &str, path: &str) -> CmdResult {
+    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        return Err(fail(EX_USAGE)(anyhow!(
+            "--path {path:?}: expected /livez or /readyz"
+        )));
+    }
+    let (status, body) = admin_request(admin, "GET", path).map_err(fail(EX_IOERR))?;
+    if status == 200 {
+        print!("{body}");
+        Ok(())
+    } else {
+        Err(fail(EX_IOERR)(anyhow!(
+            "{admin}{path}: HTTP {status}: {}",
             body.trim()
         )))
     }

@@ -42,6 +42,7 @@ pub struct Telemetry {
     audit_failed: IntGauge,
     audit_batch: Histogram,
     audit_sync: Histogram,
+    cert_expiry: IntGaugeVec,
     saf_backlog: IntGauge,
     saf_dead: IntGauge,
     saf_delivered: IntCounter,
@@ -56,6 +57,7 @@ pub struct Sources {
     pub links: Vec<(String, Arc<IssuerLink>, usize)>,
     pub audit: Arc<AuditLog>,
     pub saf: Option<Arc<switchyard_router::SafQueue>>,
+    pub certificates: Vec<(String, Arc<switchyard_mux::ServerTls>)>,
 }
 
 impl Telemetry {
@@ -150,6 +152,13 @@ impl Telemetry {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
+            cert_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_tls_certificate_expiry_timestamp_seconds",
+                    "When the listener's TLS certificate expires (Unix time).",
+                ),
+                &["listener"],
+            )?,
             saf_backlog: IntGauge::new(
                 "switchyard_saf_backlog",
                 "Reversals waiting to be delivered.",
@@ -200,6 +209,7 @@ impl Telemetry {
         r.register(Box::new(t.audit_failed.clone()))?;
         r.register(Box::new(t.audit_batch.clone()))?;
         r.register(Box::new(t.audit_sync.clone()))?;
+        r.register(Box::new(t.cert_expiry.clone()))?;
         r.register(Box::new(t.saf_backlog.clone()))?;
         r.register(Box::new(t.saf_dead.clone()))?;
         r.register(Box::new(t.saf_delivered.clone()))?;
@@ -293,6 +303,11 @@ impl Telemetry {
             a.failures.load(Ordering::Relaxed),
         );
         self.audit_failed.set(i64::from(sources.audit.is_failed()));
+        for (listener, tls) in &sources.certificates {
+            self.cert_expiry
+                .with_label_values(&[listener])
+                .set(tls.not_after());
+        }
         if let Some(saf) = &sources.saf {
             self.saf_backlog.set(saf.backlog() as i64);
             self.saf_dead.set(saf.dead_letters() as i64);

@@ -72,6 +72,16 @@ async fn tls_and_mutual_tls_terminals() {
         client_ca: None,
     })
     .unwrap();
+    // rcgen's default validity ends on 4096-01-01 (a GeneralizedTime).
+    let far = switchyard_iso8583::datetime::Civil {
+        year: 4096,
+        month: 1,
+        day: 1,
+        hour: 0,
+        minute: 0,
+        second: 0,
+    };
+    assert_eq!(tls.not_after(), far.to_unix().unwrap());
     let plain_tls = start(
         AcceptorConfig::new("tls", spec()),
         Approver::default(),
