@@ -346,7 +346,49 @@ pub fn load(path: Option<&Path>) -> Result<Plan, Vec<String>> {
     };
     let config: Config = toml::from_str(&text)
         .map_err(|e| vec![format!("{}: {}", origin(path), e.to_string().trim_end())])?;
+    let mut config = config;
+    if let Some(base) = path.and_then(Path::parent) {
+        config.resolve_paths(base);
+    }
     plan(config)
+}
+
+impl Config {
+    /// Make the file paths of a configuration file relative to the file's directory (a
+    /// config and its registry, keys and certificates can move together).
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let fix_opt = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        };
+        fix(&mut self.audit.dir);
+        fix_opt(&mut self.audit.chain_key_file);
+        fix_opt(&mut self.audit.pan_key_file);
+        fix_opt(&mut self.integrity.saf_dir);
+        fix_opt(&mut self.registry.file);
+        for l in &mut self.listeners {
+            if let Some(t) = &mut l.tls {
+                fix(&mut t.cert);
+                fix(&mut t.key);
+                fix_opt(&mut t.client_ca);
+            }
+        }
+        for l in &mut self.links {
+            if let Some(t) = &mut l.tls {
+                fix(&mut t.ca);
+                fix_opt(&mut t.cert);
+                fix_opt(&mut t.key);
+            }
+        }
+    }
 }
 
 fn framing(at: &str, f: &FramingSection, problems: &mut Vec<String>) -> Framing {
