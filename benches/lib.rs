@@ -1,5 +1,7 @@
 //! Shared fixtures for the codec bench and the profiling loop: the golden 0200 and an
-//! iso_8583_rs spec with the same layout.
+//! iso_8583_rs spec with the same layout; and the load benchmark ([`loadbench`]).
+
+pub mod loadbench;
 
 use bytes::Bytes;
 use iso_8583_rs::specfile::{FieldDescription, Spec as TheirSpec};

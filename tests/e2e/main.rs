@@ -9,5 +9,6 @@ mod cli;
 mod deploy;
 mod integrity;
 mod interop;
+mod loadbench;
 mod support;
 mod switch;

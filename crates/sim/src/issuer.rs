@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use switchyard_iso8583::{MessageBuilder, MessageView, Spec};
 use switchyard_mux::{Frame, FrameCodec, Framing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,8 @@ pub struct IssuerSimConfig {
     pub disconnect_after: Option<u64>,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Serve TLS with this certificate (the issuer side of a TLS link).
+    pub tls: Option<Arc<switchyard_mux::ServerTls>>,
 }
 
 impl IssuerSimConfig {
@@ -56,6 +58,7 @@ impl IssuerSimConfig {
             silence_rate: 0.0,
             disconnect_after: None,
             max_connections: 64,
+            tls: None,
         }
     }
 }
@@ -168,7 +171,20 @@ impl IssuerSim {
                 seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
                 let (config, ledger, s) = (config.clone(), l.clone(), s.clone());
                 tokio::spawn(async move {
-                    serve(stream, config, ledger, s, Rng::new(seed)).await;
+                    let _ = stream.set_nodelay(true);
+                    match &config.tls {
+                        None => serve(stream, config.clone(), ledger, s, Rng::new(seed)).await,
+                        Some(tls) => {
+                            let accepted = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                tls.acceptor().accept(stream),
+                            )
+                            .await;
+                            if let Ok(Ok(stream)) = accepted {
+                                serve(stream, config.clone(), ledger, s, Rng::new(seed)).await;
+                            }
+                        }
+                    }
                     drop(permit);
                 });
             }
@@ -193,15 +209,16 @@ impl IssuerSim {
     }
 }
 
-async fn serve(
-    stream: TcpStream,
+async fn serve<S>(
+    stream: S,
     config: Arc<IssuerSimConfig>,
     ledger: Arc<Ledger>,
     shutdown: CancellationToken,
     mut rng: Rng,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut input, mut output) = stream.into_split();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut input, mut output) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Frame>(4096);
     let framing = config.framing;
     let conn_done = CancellationToken::new();

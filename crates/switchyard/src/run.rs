@@ -90,6 +90,23 @@ impl AdminState for Switch {
     }
 }
 
+/// A terminal listener with a deep accept queue: terminals reconnect in bursts (after a
+/// network blip or a restart), and a full queue costs each extra terminal a one-second SYN
+/// retransmission.
+fn bind_terminals(addr: &str) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an address:port")
+    })?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// `switchyard check-config FILE`.
 pub fn check_config(path: &Path) -> CmdResult {
     match config::load(Some(path)) {
@@ -247,8 +264,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
     // Bind everything before serving anything: a port in use stops the start cleanly.
     let mut bound = Vec::new();
     for (section, acceptor_config, tls) in &plan.listeners {
-        let listener = TcpListener::bind(&section.listen)
-            .await
+        let listener = bind_terminals(&section.listen)
             .with_context(|| format!("listener {:?}: binding {}", section.name, section.listen))
             .map_err(fail(EX_IOERR))?;
         bound.push((

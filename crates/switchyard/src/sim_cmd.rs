@@ -71,6 +71,12 @@ pub struct IssuerArgs {
     /// Close each connection after this many requests.
     #[arg(long)]
     disconnect_after: Option<u64>,
+    /// Serve TLS with this certificate chain (PEM)...
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// ...and this key.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -159,7 +165,19 @@ fn issuer(args: IssuerArgs) -> CmdResult {
             "--approval-rate and --silence-rate are between 0 and 1"
         )));
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            switchyard_mux::ServerTls::load(switchyard_mux::ServerTlsFiles {
+                cert_chain: cert.clone(),
+                private_key: key.clone(),
+                client_ca: None,
+            })
+            .map_err(|e| fail(EX_USAGE)(e.into()))?,
+        )),
+        _ => None,
+    };
     let config = IssuerSimConfig {
+        tls,
         framing,
         approval_rate: args.approval_rate,
         decline_code: args.decline_code,
@@ -167,6 +185,7 @@ fn issuer(args: IssuerArgs) -> CmdResult {
         delay_max,
         silence_rate: args.silence_rate,
         disconnect_after: args.disconnect_after,
+        max_connections: 1024,
         ..IssuerSimConfig::approving(spec)
     };
     runtime()?.block_on(async {

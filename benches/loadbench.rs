@@ -1,0 +1,476 @@
+//! The load benchmark: the same workloads against a simulated issuer directly (the floor)
+//! and through the switch (durable audit, fire-and-forget audit, TLS on both sides), side by
+//! side in one run on one machine, with the switch's CPU and memory.
+//!
+//! The issuer and the switch are real processes (`switchyard sim issuer`, `switchyard run`);
+//! the terminals are this process (`switchyard_sim`, latency in an HdrHistogram, open loop
+//! corrected for coordinated omission). Everything talks over 127.0.0.1.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_iso8583::shipped;
+use switchyard_mux::{ClientTls, ClientTlsFiles};
+use switchyard_sim::{LoadReport, TerminalSimConfig};
+
+/// How big a run is.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `switchyard` binary.
+    pub switchyard: PathBuf,
+    /// A few seconds in all (the test suite's size).
+    pub smoke: bool,
+    /// Repetitions of each measurement (medians are reported).
+    pub repetitions: usize,
+}
+
+/// The measured workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Direct,
+    Durable,
+    FireAndForget,
+    Tls,
+}
+
+impl Shape {
+    pub const ALL: [Shape; 4] = [
+        Shape::Direct,
+        Shape::Durable,
+        Shape::FireAndForget,
+        Shape::Tls,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Direct => "1 direct to issuer",
+            Shape::Durable => "2 switch, durable audit",
+            Shape::FireAndForget => "3 switch, fire-and-forget audit",
+            Shape::Tls => "4 switch, durable, TLS both sides",
+        }
+    }
+}
+
+/// One scenario of load.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub connections: usize,
+    pub window: usize,
+    /// Open loop at this total rate (otherwise closed loop with `window`).
+    pub rate: Option<f64>,
+}
+
+/// One row of results (medians over the repetitions).
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub shape: Shape,
+    pub scenario: &'static str,
+    pub tps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub switch_cpu_s: f64,
+    pub switch_rss_mib: f64,
+    pub errors: u64,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port())
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("{addr} did not open"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn wait_ready(admin: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(200))
+        {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("switch not ready".into());
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+/// CPU seconds (user + system) and RSS (MiB) of a process, from /proc.
+fn usage(pid: u32) -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ, 100 on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let (u, k) = (
+                after.get(11)?.parse::<f64>().ok()?,
+                after.get(12)?.parse::<f64>().ok()?,
+            );
+            Some((u + k) / ticks)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kb| kb / 1024.0);
+    (cpu, rss)
+}
+
+struct Certs {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn certs(dir: &Path) -> Result<Certs, String> {
+    let e = |e: rcgen::Error| e.to_string();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().map_err(e)?;
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    let key = rcgen::KeyPair::generate().map_err(e)?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .map_err(e)?
+        .signed_by(&key, &ca_cert, &ca_key)
+        .map_err(e)?;
+    let c = Certs {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    let w = |p: &Path, t: String| std::fs::write(p, t).map_err(|e| e.to_string());
+    w(&c.ca, ca_cert.pem())?;
+    w(&c.cert, cert.pem())?;
+    w(&c.key, key.serialize_pem())?;
+    Ok(c)
+}
+
+/// A running shape: where the terminals connect, the switch process (none for direct).
+struct Setup {
+    _issuer: Process,
+    switch: Option<Process>,
+    target: SocketAddr,
+    tls: Option<Arc<ClientTls>>,
+}
+
+fn setup(opts: &Options, shape: Shape, dir: &Path, certs: &Certs) -> Result<Setup, String> {
+    let issuer_port = free_port();
+    let mut issuer = Command::new(&opts.switchyard);
+    issuer.args([
+        "sim",
+        "issuer",
+        "--listen",
+        &format!("127.0.0.1:{issuer_port}"),
+    ]);
+    if shape == Shape::Tls {
+        issuer
+            .arg("--tls-cert")
+            .arg(&certs.cert)
+            .arg("--tls-key")
+            .arg(&certs.key);
+    }
+    let issuer = Process(
+        issuer
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let issuer_addr: SocketAddr = ([127, 0, 0, 1], issuer_port).into();
+    wait_port(issuer_addr)?;
+    let client_tls = || {
+        ClientTls::load(ClientTlsFiles {
+            ca: certs.ca.clone(),
+            server_name: "localhost".into(),
+            client_auth: None,
+        })
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+    };
+    if shape == Shape::Direct {
+        return Ok(Setup {
+            _issuer: issuer,
+            switch: None,
+            target: issuer_addr,
+            tls: None,
+        });
+    }
+    let (port, admin) = (free_port(), free_port());
+    let data = dir.join(format!("data-{port}"));
+    let durability = if shape == Shape::FireAndForget {
+        "fire-and-forget"
+    } else {
+        "durable"
+    };
+    let mut config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"warn\"\n[audit]\ndir = \"{}\"\ndurability = \"{durability}\"\ndemo_keys = true\n\
+         [integrity]\nsaf_dir = \"{}\"\n\
+         [[listeners]]\nname = \"terminals\"\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 20000\nmax_connections_per_source = 20000\nidle_timeout_ms = 600000\n",
+        data.join("audit").display(),
+        data.join("saf").display()
+    );
+    if shape == Shape::Tls {
+        let _ = write!(
+            config,
+            "[listeners.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            certs.cert.display(),
+            certs.key.display()
+        );
+    }
+    let _ = write!(
+        config,
+        "[[links]]\nname = \"issuer\"\nendpoints = [\"{issuer_addr}\"]\nconnections = 2\nmax_in_flight = 4096\n"
+    );
+    if shape == Shape::Tls {
+        let _ = write!(
+            config,
+            "[links.tls]\nca = \"{}\"\nserver_name = \"localhost\"\n",
+            certs.ca.display()
+        );
+    }
+    config.push_str("[routing]\ndefault = \"issuer\"\n");
+    let path = dir.join(format!("switch-{port}.toml"));
+    std::fs::write(&path, config).map_err(|e| e.to_string())?;
+    let switch = Process(
+        Command::new(&opts.switchyard)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    wait_ready(([127, 0, 0, 1], admin).into())?;
+    Ok(Setup {
+        _issuer: issuer,
+        switch: Some(switch),
+        target: ([127, 0, 0, 1], port).into(),
+        tls: if shape == Shape::Tls {
+            Some(client_tls()?)
+        } else {
+            None
+        },
+    })
+}
+
+fn load(
+    rt: &tokio::runtime::Runtime,
+    target: SocketAddr,
+    tls: Option<Arc<ClientTls>>,
+    scenario: Scenario,
+    seconds: f64,
+) -> Result<LoadReport, String> {
+    let spec = shipped("iso8583-1987-ascii").map_err(|e| e.to_string())?;
+    let config = TerminalSimConfig {
+        connections: scenario.connections,
+        window: scenario.window,
+        rate: scenario.rate,
+        count: None,
+        duration: Some(Duration::from_secs_f64(seconds)),
+        tls,
+        timeout: Duration::from_secs(10),
+        ..TerminalSimConfig::new(&target.to_string(), spec)
+    };
+    rt.block_on(switchyard_sim::run(config))
+        .map_err(|e| e.to_string())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The scenarios of a run.
+pub fn scenarios(smoke: bool) -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "1 conn x 1 in flight",
+            connections: 1,
+            window: 1,
+            rate: None,
+        },
+        Scenario {
+            name: "100 conns x 1 in flight",
+            connections: if smoke { 10 } else { 100 },
+            window: 1,
+            rate: None,
+        },
+        Scenario {
+            name: "10 conns x 64 in flight",
+            connections: 10,
+            window: if smoke { 8 } else { 64 },
+            rate: None,
+        },
+        Scenario {
+            name: "open loop 5000/s, 50 conns",
+            connections: 50,
+            window: 1,
+            rate: Some(if smoke { 500.0 } else { 5000.0 }),
+        },
+    ]
+}
+
+/// Run every shape and scenario; the rows and a rendered report.
+pub fn run(opts: &Options) -> Result<(Vec<Row>, String), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let certs = certs(dir.path())?;
+    let seconds = if opts.smoke { 0.5 } else { 5.0 };
+    let mut rows = Vec::new();
+    for scenario in scenarios(opts.smoke) {
+        let mut per_shape: Vec<(Shape, Vec<(LoadReport, f64, f64)>)> =
+            Shape::ALL.iter().map(|s| (*s, Vec::new())).collect();
+        // Repetitions interleave the shapes, so drift on a noisy machine hits all alike.
+        for _ in 0..opts.repetitions {
+            for (shape, results) in &mut per_shape {
+                let s = setup(opts, *shape, dir.path(), &certs)?;
+                let pid = s.switch.as_ref().map(|p| p.0.id());
+                let before = pid.map(usage).unwrap_or_default();
+                let report = load(&rt, s.target, s.tls.clone(), scenario, seconds)?;
+                let after = pid.map(usage).unwrap_or_default();
+                results.push((report, after.0 - before.0, after.1));
+            }
+        }
+        for (shape, results) in per_shape {
+            let m = |f: &dyn Fn(&(LoadReport, f64, f64)) -> f64| {
+                median(results.iter().map(f).collect())
+            };
+            rows.push(Row {
+                shape,
+                scenario: scenario.name,
+                tps: m(&|r| r.0.throughput()),
+                p50_ms: m(&|r| r.0.latency_ms(0.5)),
+                p99_ms: m(&|r| r.0.latency_ms(0.99)),
+                p999_ms: m(&|r| r.0.latency_ms(0.999)),
+                switch_cpu_s: m(&|r| r.1),
+                switch_rss_mib: m(&|r| r.2),
+                errors: results
+                    .iter()
+                    .map(|r| r.0.unanswered + r.0.connect_errors)
+                    .sum(),
+            });
+        }
+    }
+    let idle = idle_connections(
+        opts,
+        dir.path(),
+        &certs,
+        if opts.smoke { 200 } else { 10_000 },
+    )?;
+    Ok((rows.clone(), render(&rows, opts, idle)))
+}
+
+/// Open `n` idle terminal connections to a switch: (connections per second, switch RSS MiB).
+fn idle_connections(
+    opts: &Options,
+    dir: &Path,
+    certs: &Certs,
+    n: usize,
+) -> Result<(usize, f64, f64), String> {
+    let s = setup(opts, Shape::Durable, dir, certs)?;
+    let pid = s.switch.as_ref().map(|p| p.0.id()).unwrap_or(0);
+    let started = Instant::now();
+    let mut open = Vec::with_capacity(n);
+    for _ in 0..n {
+        match std::net::TcpStream::connect_timeout(&s.target, Duration::from_secs(5)) {
+            Ok(c) => open.push(c),
+            Err(e) => {
+                return Err(format!(
+                    "idle connection {}: {e} (raise `ulimit -n`)",
+                    open.len()
+                ))
+            }
+        }
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, rss) = usage(pid);
+    drop(open);
+    Ok((n, rate, rss))
+}
+
+fn render(rows: &[Row], opts: &Options, idle: (usize, f64, f64)) -> String {
+    let mut out = String::new();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(
+        out,
+        "load benchmark: {cores} cores, {} repetitions (medians), {} s per measurement, terminals + switch + issuer on one machine",
+        opts.repetitions,
+        if opts.smoke { 0.5 } else { 5.0 }
+    );
+    let _ = writeln!(out, "| scenario | shape | tx/s | vs direct | p50 ms | p99 ms | p99.9 ms | switch CPU s | switch RSS MiB | errors |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let direct = rows
+            .iter()
+            .find(|d| d.scenario == r.scenario && d.shape == Shape::Direct);
+        let ratio = direct.map_or(0.0, |d| r.tps / d.tps.max(1e-9));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} | {:.1} | {} |",
+            r.scenario,
+            r.shape.name(),
+            r.tps,
+            ratio,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.switch_cpu_s,
+            r.switch_rss_mib,
+            r.errors
+        );
+    }
+    let _ = writeln!(
+        out,
+        "idle: {} terminal connections opened at {:.0}/s; switch RSS {:.1} MiB",
+        idle.0, idle.1, idle.2
+    );
+    out
+}
