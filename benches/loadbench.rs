@@ -324,6 +324,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// One measurement: the load report, the switch's CPU seconds and RSS (MiB).
+type Measured = (LoadReport, f64, f64);
+
 /// The scenarios of a run.
 pub fn scenarios(smoke: bool) -> Vec<Scenario> {
     vec![
@@ -365,7 +368,7 @@ pub fn run(opts: &Options) -> Result<(Vec<Row>, String), String> {
     let seconds = if opts.smoke { 0.5 } else { 5.0 };
     let mut rows = Vec::new();
     for scenario in scenarios(opts.smoke) {
-        let mut per_shape: Vec<(Shape, Vec<(LoadReport, f64, f64)>)> =
+        let mut per_shape: Vec<(Shape, Vec<Measured>)> =
             Shape::ALL.iter().map(|s| (*s, Vec::new())).collect();
         // Repetitions interleave the shapes, so drift on a noisy machine hits all alike.
         for _ in 0..opts.repetitions {
@@ -379,9 +382,7 @@ pub fn run(opts: &Options) -> Result<(Vec<Row>, String), String> {
             }
         }
         for (shape, results) in per_shape {
-            let m = |f: &dyn Fn(&(LoadReport, f64, f64)) -> f64| {
-                median(results.iter().map(f).collect())
-            };
+            let m = |f: &dyn Fn(&Measured) -> f64| median(results.iter().map(f).collect());
             rows.push(Row {
                 shape,
                 scenario: scenario.name,

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchyard_iso8583::{shipped, MessageBuilder, MessageView, Mti};
+use switchyard_iso8583::{shipped, MessageView};
 use switchyard_sim::{IssuerSim, IssuerSimConfig};
 
 use crate::support::root;
@@ -30,27 +30,13 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 }
 
 fn request(tid: &str, stan: u32, mcc: &str, amount: u64) -> Bytes {
-    let spec = shipped("iso8583-1987-ascii").unwrap();
-    let mut b = MessageBuilder::new(spec, Mti::parse("0200").unwrap());
-    b.set(2, "4000056655665556")
-        .unwrap()
-        .set(3, "000000")
-        .unwrap()
-        .set_u64(4, amount)
-        .unwrap();
-    b.set(7, "1124093000")
-        .unwrap()
-        .set_u64(11, u64::from(stan))
-        .unwrap()
-        .set(18, mcc)
-        .unwrap();
-    b.set(41, tid)
-        .unwrap()
-        .set(42, "MERCHANT0000001")
-        .unwrap()
-        .set(49, "978")
-        .unwrap();
-    b.encode()
+    crate::switch::financial(
+        "4000056655665556",
+        tid,
+        stan,
+        amount,
+        &[(18, mcc), (42, "MERCHANT0000001")],
+    )
 }
 
 #[test]

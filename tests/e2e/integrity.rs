@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchyard_audit::{query, Filter, Outcome, PairRecord};
-use switchyard_iso8583::{shipped, MessageBuilder, Mti, Spec};
+use switchyard_iso8583::{shipped, Spec};
 use switchyard_sim::{IssuerSim, IssuerSimConfig};
 
 use crate::switch::{http_get, Switch, Terminal};
@@ -35,19 +35,7 @@ fn issuer(rt: &tokio::runtime::Runtime, config: IssuerSimConfig) -> IssuerSim {
 
 /// A 0200 from terminal `tid`.
 fn request(tid: &str, stan: u32, amount: u64) -> Bytes {
-    let mut b = MessageBuilder::new(spec(), Mti::parse("0200").unwrap());
-    b.set(2, "4000056655665556")
-        .unwrap()
-        .set(3, "000000")
-        .unwrap()
-        .set_u64(4, amount)
-        .unwrap();
-    b.set(7, "1124093000")
-        .unwrap()
-        .set_u64(11, u64::from(stan))
-        .unwrap();
-    b.set(41, tid).unwrap().set(49, "978").unwrap();
-    b.encode()
+    crate::switch::financial("4000056655665556", tid, stan, amount, &[])
 }
 
 fn config_body(issuer: SocketAddr, link_extra: &str) -> String {
@@ -364,27 +352,15 @@ fn dead_letters_are_listed_retried_and_dropped_by_operators_and_the_registry_app
     );
     let switch = Switch::start(&body);
     let mut term = Terminal::connect(switch.terminals);
-    let mut b = MessageBuilder::new(spec(), Mti::parse("0200").unwrap());
-    b.set(2, "4000056655665556")
-        .unwrap()
-        .set(3, "000000")
-        .unwrap()
-        .set(4, "000000000100")
-        .unwrap();
-    b.set(7, "1124093000")
-        .unwrap()
-        .set(11, "000001")
-        .unwrap()
-        .set(18, "7995")
-        .unwrap();
-    b.set(41, "TERMOPS1")
-        .unwrap()
-        .set(42, "MERCHANT0000001")
-        .unwrap()
-        .set(49, "978")
-        .unwrap();
+    let mcc_jump = crate::switch::financial(
+        "4000056655665556",
+        "TERMOPS1",
+        1,
+        100,
+        &[(18, "7995"), (42, "MERCHANT0000001")],
+    );
     assert_eq!(
-        term.call(&b.encode()).str(39),
+        term.call(&mcc_jump).str(39),
         Some("03"),
         "MCC 7995 is not the merchant's 5411"
     );

@@ -226,7 +226,8 @@ impl<S: Read + Write> Terminal<S> {
     }
 }
 
-pub fn request(pan: &str, stan: u32, amount: u64) -> Bytes {
+/// A 0200 with the usual fields, and `extra` fields (number, value) on top.
+pub fn financial(pan: &str, tid: &str, stan: u32, amount: u64, extra: &[(u8, &str)]) -> Bytes {
     let mut b = MessageBuilder::new(spec(), Mti::parse("0200").unwrap());
     b.set(2, pan)
         .unwrap()
@@ -238,15 +239,22 @@ pub fn request(pan: &str, stan: u32, amount: u64) -> Bytes {
         .unwrap()
         .set_u64(11, u64::from(stan))
         .unwrap();
-    b.set(37, format!("{stan:012}"))
-        .unwrap()
-        .set(41, "TERME2E1")
-        .unwrap();
-    b.set(42, "MERCHANT0000001")
-        .unwrap()
-        .set(49, "978")
-        .unwrap();
+    b.set(41, tid).unwrap().set(49, "978").unwrap();
+    for (n, v) in extra {
+        b.set(*n, v).unwrap();
+    }
     b.encode()
+}
+
+pub fn request(pan: &str, stan: u32, amount: u64) -> Bytes {
+    let rrn = format!("{stan:012}");
+    financial(
+        pan,
+        "TERME2E1",
+        stan,
+        amount,
+        &[(37, &rrn), (42, "MERCHANT0000001")],
+    )
 }
 
 fn records(dir: &Path) -> Vec<PairRecord> {

@@ -374,44 +374,43 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Create a zero-filled file of `len` bytes at `path`, synced: the blocks exist before any
-/// record goes in, so an append never allocates and a full disk shows at creation.
-fn preallocate(path: &Path, len: u64) -> std::io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
-    let chunk = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    while at < len {
-        let n = chunk.len().min((len - at) as usize);
-        file.write_all_at(&chunk[..n], at)?;
-        at += n as u64;
-    }
-    file.sync_all()?;
-    Ok(file)
+/// How to zero-fill a new segment.
+#[derive(Clone, Copy)]
+enum Fill {
+    /// As fast as possible (nothing else is writing).
+    AtOnce,
+    /// Beside a writer taking appends: small chunks, each flushed, with pauses between, so
+    /// that the zero-filling does not hold up the appends' fdatasync behind megabytes of its
+    /// own writeback.
+    Gently,
 }
 
-/// [`preallocate`] for the next segment while the current one takes appends: small
-/// chunks, each flushed, with pauses between, so that the zero-filling does not hold up the
-/// appends' fdatasync behind megabytes of its own writeback.
-fn preallocate_gently(path: &Path, len: u64) -> std::io::Result<File> {
+/// Create a zero-filled file of `len` bytes at `path`, synced: the blocks exist before any
+/// record goes in, so an append never allocates and a full disk shows at creation.
+fn preallocate(path: &Path, len: u64, fill: Fill) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)?;
-    let chunk = vec![0u8; 256 << 10];
+    let chunk = vec![
+        0u8;
+        if matches!(fill, Fill::Gently) {
+            256 << 10
+        } else {
+            1 << 20
+        }
+    ];
     let mut at = 0u64;
     while at < len {
         let n = chunk.len().min((len - at) as usize);
         file.write_all_at(&chunk[..n], at)?;
-        file.sync_data()?;
         at += n as u64;
-        std::thread::sleep(Duration::from_millis(2));
+        if matches!(fill, Fill::Gently) {
+            file.sync_data()?;
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
     file.sync_all()?;
     Ok(file)
@@ -622,7 +621,8 @@ impl Writer {
         let tmp = config.dir.join(SPARE_NAME);
         let file = match spare {
             Some(f) => f,
-            None => preallocate(&tmp, config.segment_bytes).map_err(|e| AuditError::io(&tmp, e))?,
+            None => preallocate(&tmp, config.segment_bytes, Fill::AtOnce)
+                .map_err(|e| AuditError::io(&tmp, e))?,
         };
         let header = SegmentHeader {
             first_seq,
@@ -742,7 +742,9 @@ impl Writer {
         // Start zero-filling the next segment once this one is half full.
         if self.spare.is_none() && self.offset > self.segment_len / 2 {
             let (tmp, len) = (self.config.dir.join(SPARE_NAME), self.segment_len);
-            self.spare = Some(std::thread::spawn(move || preallocate_gently(&tmp, len)));
+            self.spare = Some(std::thread::spawn(move || {
+                preallocate(&tmp, len, Fill::Gently)
+            }));
         }
     }
 
