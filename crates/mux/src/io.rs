@@ -47,10 +47,11 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     write_timeout: Duration,
     counters: &IoCounters,
 ) -> std::result::Result<(), WriteFailure> {
-    let mut buf = BytesMut::with_capacity(4096);
+    // Allocated at the first frame, not before: an idle connection costs no write buffer.
+    let mut buf = BytesMut::new();
     // The messages of the batch being written, kept (as cheap `Bytes` handles) so that a
     // failed write can say which answers never left.
-    let mut batch: Vec<Bytes> = Vec::with_capacity(16);
+    let mut batch: Vec<Bytes> = Vec::new();
     let fail = |error: MuxError, batch: &mut Vec<Bytes>| WriteFailure {
         error,
         unwritten: std::mem::take(batch),
@@ -92,7 +93,7 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
             .frames_written
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         if buf.capacity() > 4 * MAX_BYTES_PER_WRITE {
-            buf = BytesMut::with_capacity(4096);
+            buf = BytesMut::new();
         }
     }
     let _ = out.shutdown().await;
@@ -131,7 +132,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             input,
             codec,
-            buf: BytesMut::with_capacity(4096),
+            // Small to start (most messages are a few hundred bytes); the codec reserves what
+            // a longer frame announces. Ten thousand idle terminals stay cheap.
+            buf: BytesMut::with_capacity(512),
             side,
             partial_since: None,
             last_byte: Instant::now(),
