@@ -237,6 +237,56 @@ fn retransmissions_reach_the_issuer_once() {
     assert_eq!(restarted.wait_for_term(), Some(0));
 }
 
+#[test]
+fn five_percent_retransmitted_under_load_reach_the_issuer_once() {
+    let rt = runtime();
+    let mut slow = IssuerSimConfig::approving(spec());
+    slow.delay_max = Duration::from_millis(20);
+    let sim = issuer(&rt, slow);
+    let switch = Switch::start(&config_body(sim.addr, ""));
+    let addr = switch.terminals;
+    let terminals: Vec<_> = (0..4u32)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut term = Terminal::connect(addr);
+                let mut answers = 0;
+                for k in 1..=50u32 {
+                    let message = request(&format!("TERMRTX{t}"), k, 100 + u64::from(k));
+                    term.send(&message);
+                    if k % 20 == 0 {
+                        // Every twentieth request is sent again before its answer came.
+                        term.send(&message);
+                        let (a, b) = (term.recv().unwrap(), term.recv().unwrap());
+                        let mut codes = [
+                            a.str(39).unwrap().to_string(),
+                            b.str(39).unwrap().to_string(),
+                        ];
+                        codes.sort();
+                        assert!(codes == ["00", "94"] || codes == ["00", "00"], "{codes:?}");
+                        answers += 2;
+                    } else {
+                        assert_eq!(term.recv().unwrap().str(39), Some("00"));
+                        answers += 1;
+                    }
+                }
+                answers
+            })
+        })
+        .collect();
+    let answered: u32 = terminals.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(
+        answered,
+        4 * 50 + 4 * 2,
+        "every request and retransmission answered"
+    );
+    assert_eq!(
+        sim.ledger.requests.load(Ordering::Relaxed),
+        200,
+        "the issuer saw each request once"
+    );
+    assert_eq!(sim.ledger.standing().len(), 200);
+}
+
 /// The switch killed with SIGKILL under load, again and again, then left to recover: no
 /// approval at the issuer lacks its audit pair, and every approval left orphaned is reversed.
 /// `SWITCHYARD_KILL_CYCLES` sets the number of kills (default 3).

@@ -11,7 +11,7 @@
 //!   start ([`Integrity::rebuild_duplicates`]), so it survives a restart.
 //! - Approvals the terminal never received (its connection was gone) are reversed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,14 +46,65 @@ pub type DuplicateKey = (String, String, String, String);
 
 enum Seen {
     InFlight,
-    Answered(Bytes, Instant),
+    Answered(Bytes),
 }
 
 struct Approval {
     link: String,
     basis: ReversalBasis,
     inflight_seq: Option<u64>,
-    at: Instant,
+}
+
+/// A map that forgets its oldest entries: past `cap` entries, or older than `ttl`. Eviction
+/// walks an insertion-order queue, so each insert costs O(1) amortised (a full scan on every
+/// insert once the map is full would cost the whole map per request).
+struct BoundedMap<K, V> {
+    map: HashMap<K, (V, Instant)>,
+    order: VecDeque<(K, Instant)>,
+    cap: usize,
+    ttl: Duration,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> BoundedMap<K, V> {
+    fn new(cap: usize, ttl: Duration) -> Self {
+        BoundedMap {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+            ttl,
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.map
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(v, _)| v)
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        let now = Instant::now();
+        while let Some((oldest, at)) = self.order.front() {
+            if self.order.len() < self.cap && now.duration_since(*at) < self.ttl {
+                break;
+            }
+            // Only the entry still stamped with this time goes (it may have been renewed).
+            if self
+                .map
+                .get(oldest)
+                .is_some_and(|(_, stamped)| stamped == at)
+            {
+                self.map.remove(oldest);
+            }
+            self.order.pop_front();
+        }
+        self.order.push_back((key.clone(), now));
+        self.map.insert(key, (value, now));
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        self.map.remove(key).map(|(v, _)| v)
+    }
 }
 
 /// Bounds on the in-memory state (oldest entries go first past them).
@@ -61,6 +112,8 @@ const MAX_DUPLICATE_ENTRIES: usize = 200_000;
 const MAX_RECENT_APPROVALS: usize = 200_000;
 const RECENT_APPROVAL_TTL: Duration = Duration::from_secs(300);
 const MAX_ORIGINALS: usize = 1_000_000;
+/// How long a terminal may take to reverse its own request.
+const ORIGINAL_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The integrity state of one switch.
 pub struct Integrity {
@@ -68,10 +121,10 @@ pub struct Integrity {
     pub saf: Arc<SafQueue>,
     /// How long a completed request is remembered for duplicates.
     pub duplicate_window: Duration,
-    seen: Mutex<HashMap<DuplicateKey, Seen>>,
-    approvals: Mutex<HashMap<(String, String), Approval>>,
+    seen: Mutex<BoundedMap<DuplicateKey, Seen>>,
+    approvals: Mutex<BoundedMap<(String, String), Approval>>,
     /// Where forwarded requests went, for the terminals' reversals of them.
-    originals: Mutex<HashMap<OriginalKey, Original>>,
+    originals: Mutex<BoundedMap<OriginalKey, Original>>,
 }
 
 impl std::fmt::Debug for Integrity {
@@ -101,9 +154,9 @@ impl Integrity {
         Integrity {
             saf,
             duplicate_window,
-            seen: Mutex::new(HashMap::new()),
-            approvals: Mutex::new(HashMap::new()),
-            originals: Mutex::new(HashMap::new()),
+            seen: Mutex::new(BoundedMap::new(MAX_DUPLICATE_ENTRIES, duplicate_window)),
+            approvals: Mutex::new(BoundedMap::new(MAX_RECENT_APPROVALS, RECENT_APPROVAL_TTL)),
+            originals: Mutex::new(BoundedMap::new(MAX_ORIGINALS, ORIGINAL_TTL)),
         }
     }
 
@@ -129,17 +182,8 @@ impl Integrity {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         match seen.get(&key) {
             Some(Seen::InFlight) => return Duplicate::InFlight,
-            Some(Seen::Answered(answer, at)) if at.elapsed() < self.duplicate_window => {
-                return Duplicate::Answered(answer.clone());
-            }
-            _ => {}
-        }
-        if seen.len() >= MAX_DUPLICATE_ENTRIES {
-            let window = self.duplicate_window;
-            seen.retain(|_, s| {
-                matches!(s, Seen::Answered(_, at) if at.elapsed() < window)
-                    || matches!(s, Seen::InFlight)
-            });
+            Some(Seen::Answered(answer)) => return Duplicate::Answered(answer.clone()),
+            None => {}
         }
         seen.insert(key.clone(), Seen::InFlight);
         Duplicate::Fresh(key)
@@ -150,7 +194,7 @@ impl Integrity {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         match answer {
             Some(a) => {
-                seen.insert(key, Seen::Answered(a.clone(), Instant::now()));
+                seen.insert(key, Seen::Answered(a.clone()));
             }
             None => {
                 seen.remove(&key);
@@ -168,9 +212,6 @@ impl Integrity {
         issuer_stan: &str,
     ) {
         let mut map = self.originals.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_ORIGINALS {
-            map.clear();
-        }
         map.insert(
             (terminal.to_string(), stan.to_string(), field7.to_string()),
             (link.to_string(), issuer_stan.to_string()),
@@ -207,16 +248,12 @@ impl Integrity {
         inflight_seq: Option<u64>,
     ) {
         let mut map = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_RECENT_APPROVALS {
-            map.retain(|_, a| a.at.elapsed() < RECENT_APPROVAL_TTL);
-        }
         map.insert(
             (terminal.to_string(), stan.to_string()),
             Approval {
                 link: link.to_string(),
                 basis,
                 inflight_seq,
-                at: Instant::now(),
             },
         );
     }
@@ -298,10 +335,8 @@ impl Integrity {
                     );
             }
             if let Some(answer) = rebuild(spec, response) {
-                // The age is approximated by the record's time.
-                let age =
-                    Duration::from_micros(u64::try_from(now_us() - pair.received_us).unwrap_or(0));
-                let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                // Remembered from now on: an answer from just inside the window lives up to
+                // one window longer after a restart, which only errs towards not forwarding.
                 seen.insert(
                     (
                         terminal.clone(),
@@ -309,7 +344,7 @@ impl Integrity {
                         field7,
                         mti.request_class().as_str().to_string(),
                     ),
-                    Seen::Answered(answer, at),
+                    Seen::Answered(answer),
                 );
                 loaded += 1;
             }
@@ -389,4 +424,29 @@ pub async fn recover(
         tracing::warn!(seq, link = %record.link, "request in flight at the last stop: reversal queued");
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_maps_forget_the_oldest_first_at_constant_cost() {
+        let mut m = BoundedMap::new(3, Duration::from_secs(60));
+        for k in 0..5 {
+            m.insert(k, k * 10);
+        }
+        assert_eq!(
+            (m.get(&0), m.get(&1), m.get(&2), m.get(&4)),
+            (None, None, Some(&20), Some(&40))
+        );
+        // Renewing a key keeps it past its first slot in the queue.
+        m.insert(2, 21);
+        m.insert(5, 50);
+        assert_eq!((m.get(&2), m.get(&3)), (Some(&21), None));
+        assert!(m.map.len() <= 3 && m.order.len() <= 4);
+        let mut t = BoundedMap::new(100, Duration::from_millis(0));
+        t.insert(1, 1);
+        assert_eq!(t.get(&1), None, "expired");
+    }
 }
