@@ -668,6 +668,10 @@ fn quote_issuer_stan(
 ) -> Option<MessageView<'static>> {
     let spec: &'static Spec = request.spec();
     let original = request.field(90)?.text();
+    // Field 90 starts with the original MTI and STAN: ASCII digits in every dialect.
+    if original.len() < 10 || !original.is_char_boundary(10) {
+        return None;
+    }
     let mut quoted = original.clone();
     quoted.replace_range(4..10, issuer_stan.get(..6)?);
     let mut b = MessageBuilder::new(spec, request.mti());

@@ -68,7 +68,9 @@ impl ReversalBasis {
     pub fn original_data_elements(&self) -> String {
         let id = |n| {
             let v = self.fields.get(&n).map(String::as_str).unwrap_or("");
-            format!("{:0>11}", &v[v.len().saturating_sub(11)..])
+            // The last 11 characters (the journal is read back from disk: no byte slicing).
+            let skip = v.chars().count().saturating_sub(11);
+            format!("{:0>11}", v.chars().skip(skip).collect::<String>())
         };
         let dt = self
             .fields
