@@ -356,21 +356,7 @@ fn a_switch_killed_under_load_leaves_no_orphaned_approval() {
             sim.ledger.summary()
         );
     }
-    let verified = crate::support::switchyard(
-        &[
-            "audit",
-            "verify",
-            "--dir",
-            switch.audit_dir().to_str().unwrap(),
-            "--demo-keys",
-        ],
-        b"",
-    );
-    assert!(
-        verified.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    switch.assert_audit_verifies();
     eprintln!(
         "{cycles} kills: {} pairs, {} recovered, ledger {}",
         records.len(),

@@ -142,6 +142,26 @@ impl Switch {
         self.dir.path().join("audit")
     }
 
+    /// `switchyard audit verify` passes on this switch's log.
+    pub fn assert_audit_verifies(&self) {
+        let dir = self.audit_dir();
+        let out = switchyard(
+            &[
+                "audit",
+                "verify",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--demo-keys",
+            ],
+            b"",
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// One metric's value with these labels (0 when absent).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let (_, body) = http_get(self.admin, "/metrics");
@@ -459,21 +479,7 @@ fn the_switch_routes_answers_audits_and_counts_every_transaction() {
         assert_eq!(matching.len(), 1, "one pair for STAN {stan}");
         assert_eq!(matching[0].outcome, Some(outcome), "STAN {stan}");
     }
-    let verified = switchyard(
-        &[
-            "audit",
-            "verify",
-            "--dir",
-            switch.audit_dir().to_str().unwrap(),
-            "--demo-keys",
-        ],
-        b"",
-    );
-    assert!(
-        verified.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    switch.assert_audit_verifies();
 
     // The metrics count what was sent.
     assert_eq!(
@@ -607,17 +613,7 @@ fn sigterm_under_load_answers_every_request_it_took() {
     // answered; the rest (sent after it stopped reading) reached neither issuer nor log.
     assert_eq!(recorded, answered, "audited = answered (sent {sent})");
     assert_eq!(forwarded, answered, "forwarded = answered");
-    let verified = switchyard(
-        &[
-            "audit",
-            "verify",
-            "--dir",
-            switch.audit_dir().to_str().unwrap(),
-            "--demo-keys",
-        ],
-        b"",
-    );
-    assert!(verified.status.success());
+    switch.assert_audit_verifies();
 }
 
 #[test]
