@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use crate::codec_cmd::{fail, CmdResult, EX_DATAERR, EX_IOERR, EX_USAGE};
 
@@ -30,29 +30,23 @@ pub enum SafCommand {
         json: bool,
     },
     /// Put a dead letter back in the queue.
-    Retry {
-        /// The running switch's admin address.
-        #[arg(long)]
-        admin: String,
-        /// The entry.
-        #[arg(long)]
-        id: u64,
-        /// Who does it (recorded in the audit log).
-        #[arg(long)]
-        operator: String,
-    },
+    Retry(Action),
     /// Remove an entry for good (recorded in the audit log).
-    Drop {
-        /// The running switch's admin address.
-        #[arg(long)]
-        admin: String,
-        /// The entry.
-        #[arg(long)]
-        id: u64,
-        /// Who does it (recorded in the audit log).
-        #[arg(long)]
-        operator: String,
-    },
+    Drop(Action),
+}
+
+/// An operator's action on one entry, through a running switch.
+#[derive(Args, Debug)]
+pub struct Action {
+    /// The running switch's admin address.
+    #[arg(long)]
+    admin: String,
+    /// The entry.
+    #[arg(long)]
+    id: u64,
+    /// Who does it (recorded in the audit log).
+    #[arg(long)]
+    operator: String,
 }
 
 /// One HTTP request to the admin endpoint: (status, body).
@@ -121,20 +115,13 @@ pub fn run(command: SafCommand) -> CmdResult {
             }
             Ok(())
         }
-        SafCommand::Retry {
-            admin,
-            id,
-            operator,
-        } => act(&admin, "retry", id, &operator),
-        SafCommand::Drop {
-            admin,
-            id,
-            operator,
-        } => act(&admin, "drop", id, &operator),
+        SafCommand::Retry(a) => act(&a, "retry"),
+        SafCommand::Drop(a) => act(&a, "drop"),
     }
 }
 
-fn act(admin: &str, action: &str, id: u64, operator: &str) -> CmdResult {
+fn act(a: &Action, action: &str) -> CmdResult {
+    let (admin, id, operator) = (a.admin.as_str(), a.id, a.operator.as_str());
     let (status, body) = admin_request(
         admin,
         "POST",
