@@ -1,9 +1,11 @@
 //! `MessageBuilder`: set fields in any order, encode once into a `BytesMut`.
 //!
-//! Each `set` checks the value against the spec and stores it already encoded (BCD packed,
-//! EBCDIC mapped, hex written) in one scratch buffer, so encoding is a prefix plus a
-//! `memcpy` per field. A builder is meant to be reused (`reset`): after the first messages
-//! its buffers have grown to size and building allocates nothing.
+//! Each `set` checks the value against the spec and stores it already encoded (length
+//! prefix written, BCD packed, EBCDIC mapped, hex written) in one scratch buffer. Fields set
+//! in ascending order, each once (the usual way to build a message), lie in that buffer
+//! exactly as they go on the wire, so encoding is the MTI, the bitmaps and one `memcpy`;
+//! otherwise it is a `memcpy` per field. A builder is meant to be reused (`reset`): after
+//! the first messages its buffers have grown to size and building allocates nothing.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -20,12 +22,19 @@ pub const ECHO_FIELDS: &[u8] = &[
     2, 3, 4, 5, 6, 7, 11, 12, 13, 15, 19, 24, 25, 32, 33, 37, 41, 42, 49, 50, 51, 90, 100, 102, 103,
 ];
 
+/// One set field: `data[start..start + len]` is its length prefix and then its data.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     field: u8,
-    units: u16,
+    prefix_len: u8,
     start: u32,
     len: u32,
+}
+
+impl Entry {
+    fn wire(&self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
 }
 
 /// Builds and encodes messages for one spec.
@@ -39,6 +48,9 @@ pub struct MessageBuilder<'s> {
     bitmap: [u64; 3],
     /// Encoded bytes of all fields, prefixes included: `encoded_len` is O(1).
     body_len: usize,
+    /// Whether `data` is exactly the fields' wire bytes in field order (no field set out of
+    /// order, replaced or removed since `reset`).
+    in_wire_order: bool,
 }
 
 impl std::fmt::Debug for MessageBuilder<'_> {
@@ -65,6 +77,7 @@ impl<'s> MessageBuilder<'s> {
             entries: Vec::with_capacity(32),
             bitmap: [0; 3],
             body_len: 0,
+            in_wire_order: true,
         }
     }
 
@@ -75,6 +88,7 @@ impl<'s> MessageBuilder<'s> {
         self.entries.clear();
         self.bitmap = [0; 3];
         self.body_len = 0;
+        self.in_wire_order = true;
         self
     }
 
@@ -112,9 +126,13 @@ impl<'s> MessageBuilder<'s> {
         let value = value.as_ref();
         let f = *self.definition(n)?;
         let start = self.data.len();
-        f.encode_value(value, &mut self.data)?;
         let units = value.len();
-        self.insert(n, units, start);
+        self.push_prefix(n, units);
+        if let Err(e) = f.encode_value(value, &mut self.data) {
+            self.data.truncate(start);
+            return Err(e);
+        }
+        self.insert(n, start);
         Ok(self)
     }
 
@@ -155,41 +173,54 @@ impl<'s> MessageBuilder<'s> {
             return Err(Error::encode(location, reason));
         }
         check_content(f, encoded, units).map_err(|(_, reason)| Error::encode(location, reason))?;
-        let start = self.data.len();
-        self.data.extend_from_slice(encoded);
-        self.insert(n, units, start);
+        self.push_encoded(n, encoded, units);
         Ok(self)
     }
 
-    fn wire_len(&self, e: &Entry) -> usize {
-        usize::from(self.spec.entry(usize::from(e.field)).prefix_bytes) + e.len as usize
+    /// Store a field whose encoded data is already checked.
+    fn push_encoded(&mut self, n: u8, encoded: &[u8], units: usize) {
+        let start = self.data.len();
+        self.push_prefix(n, units);
+        self.data.extend_from_slice(encoded);
+        self.insert(n, start);
     }
 
+    /// Write field `n`'s length prefix for `units` units (nothing for a fixed field).
     #[inline]
-    fn insert(&mut self, field: u8, units: usize, start: usize) {
+    fn push_prefix(&mut self, n: u8, units: usize) {
+        let f = self.spec.entry(usize::from(n));
+        if f.prefix_bytes != 0 {
+            let value = f.prefix_value(units);
+            wire::write_prefix(f.prefix, f.prefix_bytes, value, &mut self.data);
+        }
+    }
+
+    /// Record field `field`, whose prefix and data were just written at `data[start..]`.
+    #[inline]
+    fn insert(&mut self, field: u8, start: usize) {
         let entry = Entry {
             field,
-            units: units as u16,
+            prefix_len: self.spec.entry(usize::from(field)).prefix_bytes,
             start: start as u32,
             len: (self.data.len() - start) as u32,
         };
         let i = usize::from(field) - 1;
         let bit = 1u64 << (63 - i % 64);
-        let wire_len = self.wire_len(&entry);
         // Fields are usually set in ascending order, each for the first time.
         let in_order = self.entries.last().is_none_or(|last| last.field < field);
         if in_order {
             self.entries.push(entry);
         } else {
+            self.in_wire_order = false;
             match self.entries.binary_search_by_key(&field, |e| e.field) {
                 Ok(at) => {
-                    self.body_len -= self.wire_len(&self.entries[at]);
+                    self.body_len -= self.entries[at].len as usize;
                     self.entries[at] = entry;
                 }
                 Err(at) => self.entries.insert(at, entry),
             }
         }
-        self.body_len += wire_len;
+        self.body_len += entry.len as usize;
         self.bitmap[i / 64] |= bit;
     }
 
@@ -197,7 +228,8 @@ impl<'s> MessageBuilder<'s> {
     pub fn remove(&mut self, n: u8) -> &mut Self {
         if let Ok(i) = self.entries.binary_search_by_key(&n, |e| e.field) {
             let e = self.entries.remove(i);
-            self.body_len -= self.wire_len(&e);
+            self.body_len -= e.len as usize;
+            self.in_wire_order = false;
             let b = usize::from(n) - 1;
             self.bitmap[b / 64] &= !(1 << (63 - b % 64));
         }
@@ -213,7 +245,8 @@ impl<'s> MessageBuilder<'s> {
     pub fn encoded(&self, n: u8) -> Option<&[u8]> {
         let i = self.entries.binary_search_by_key(&n, |e| e.field).ok()?;
         let e = self.entries[i];
-        self.data.get(e.start as usize..(e.start + e.len) as usize)
+        self.data
+            .get(e.wire().start + usize::from(e.prefix_len)..e.wire().end)
     }
 
     /// Copy field `n` from `view` if present. Same spec: the encoded bytes are copied as
@@ -225,9 +258,7 @@ impl<'s> MessageBuilder<'s> {
         if std::ptr::eq(view.spec(), self.spec) && view.is_validated() {
             // Same dialect and already checked by a strict decode: copy the bytes as they are.
             self.definition(n)?;
-            let start = self.data.len();
-            self.data.extend_from_slice(field.raw);
-            self.insert(n, field.units, start);
+            self.push_encoded(n, field.raw, field.units);
         } else if std::ptr::eq(view.spec(), self.spec) {
             self.set_encoded(n, field.raw, field.units)?;
         } else {
@@ -329,17 +360,12 @@ impl<'s> MessageBuilder<'s> {
                 BitmapEncoding::Hex => wire::push_hex(out, &bits.to_be_bytes()),
             }
         }
-        for e in &self.entries {
-            let f = self.spec.entry(usize::from(e.field));
-            if f.length != LengthKind::Fixed {
-                wire::write_prefix(
-                    f.prefix,
-                    f.prefix_bytes,
-                    f.prefix_value(usize::from(e.units)),
-                    out,
-                );
+        if self.in_wire_order {
+            out.put_slice(&self.data);
+        } else {
+            for e in &self.entries {
+                out.put_slice(&self.data[e.wire()]);
             }
-            out.put_slice(&self.data[e.start as usize..(e.start + e.len) as usize]);
         }
     }
 
@@ -348,5 +374,58 @@ impl<'s> MessageBuilder<'s> {
         let mut out = BytesMut::with_capacity(self.encoded_len());
         self.encode_into(&mut out);
         out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{shipped, MessageBuilder, Mti};
+
+    /// The one-`memcpy` encoding (fields set in order) and the per-field one (anything
+    /// else) give the same bytes, whatever happened to the builder before.
+    #[test]
+    fn replaced_removed_and_refused_fields_leave_no_trace() {
+        for name in ["iso8583-1987-ascii", "iso8583-1987-bcd"] {
+            let spec = shipped(name).unwrap();
+            let mti = Mti::parse("0200").unwrap();
+            let mut straight = MessageBuilder::new(spec, mti);
+            straight.set(2, "4761730000000119").unwrap();
+            straight.set(4, "000000001000").unwrap();
+            straight.set(11, "000123").unwrap();
+            straight.set(41, "TERM0001").unwrap();
+            let expected = straight.encode();
+
+            let mut winding = MessageBuilder::new(spec, mti);
+            winding.set(11, "999999").unwrap();
+            winding.set(2, "4761730000000119").unwrap();
+            assert!(winding.set(4, "12AB").is_err(), "{name}: refused value");
+            winding.set(4, "000000001000").unwrap();
+            winding.set(3, "000000").unwrap();
+            winding.set(41, "TERM0001").unwrap();
+            winding.remove(3);
+            winding.set(11, "000123").unwrap();
+            assert_eq!(winding.encoded_len(), expected.len(), "{name}");
+            assert_eq!(winding.encode(), expected, "{name}");
+            assert_eq!(winding.encoded(11), straight.encoded(11), "{name}");
+
+            // A removal between in-order sets.
+            let mut removed = MessageBuilder::new(spec, mti);
+            removed.set(2, "4761730000000119").unwrap();
+            removed.set(3, "000000").unwrap();
+            removed.set(4, "000000001000").unwrap();
+            removed.remove(3);
+            removed.set(11, "000123").unwrap();
+            removed.set(41, "TERM0001").unwrap();
+            assert_eq!(removed.encode(), expected, "{name}");
+
+            // Refused values leave nothing behind in the in-order path either.
+            let mut refused = MessageBuilder::new(spec, mti);
+            refused.set(2, "4761730000000119").unwrap();
+            assert!(refused.set(4, "1234567890123").is_err(), "{name}: too long");
+            refused.set(4, "000000001000").unwrap();
+            refused.set(11, "000123").unwrap();
+            refused.set(41, "TERM0001").unwrap();
+            assert_eq!(refused.encode(), expected, "{name}");
+        }
     }
 }

@@ -312,6 +312,17 @@ impl FieldSpec {
         }
     }
 
+    /// Units of a variable field whose length prefix is `raw`. `None` when the prefix is not
+    /// a number, or counts bytes that cannot be whole units.
+    #[inline]
+    pub(crate) fn units_in_prefix(&self, raw: &[u8]) -> Option<usize> {
+        let value = crate::wire::read_prefix(self.prefix, raw)?;
+        match self.prefix_counts {
+            PrefixCounts::Units => Some(value),
+            PrefixCounts::Bytes => self.units_of_bytes(value),
+        }
+    }
+
     /// The value the length prefix holds for a field of `units` units.
     #[inline]
     pub(crate) fn prefix_value(&self, units: usize) -> usize {
@@ -324,7 +335,12 @@ impl FieldSpec {
     /// Check `value` (the field's logical value: characters, digits, or raw bytes for binary
     /// fields) against this field's length bounds and class, then append its encoding
     /// (without any length prefix) to `out`. Nothing is appended when the check fails.
-    pub fn encode_value(&self, value: &[u8], out: &mut impl Extend<u8>) -> Result<()> {
+    /// `out` takes bytes both ways: `Extend<&u8>` lets a `Vec` copy an ASCII or binary value
+    /// with one `memcpy` rather than byte by byte.
+    pub fn encode_value<O>(&self, value: &[u8], out: &mut O) -> Result<()>
+    where
+        O: Extend<u8> + for<'a> Extend<&'a u8>,
+    {
         let location = Location::Field(self.number);
         let units = value.len();
         if units < usize::from(self.min) || units > usize::from(self.max) {
@@ -335,7 +351,6 @@ impl FieldSpec {
             };
             return Err(Error::encode(location, reason));
         }
-        let invalid = Error::encode(location, Reason::InvalidCharacter { class: self.class });
         let class_ok = match (self.class, self.encoding) {
             // Packed track data takes `=` as the separator nibble D.
             (DataClass::Z, Encoding::Bcd | Encoding::BcdLeft) => value
@@ -348,10 +363,11 @@ impl FieldSpec {
             (class, _) => wire::class_ok(class, value),
         };
         if !class_ok {
-            return Err(invalid);
+            let reason = Reason::InvalidCharacter { class: self.class };
+            return Err(Error::encode(location, reason));
         }
         match self.encoding {
-            Encoding::Ascii | Encoding::Binary => out.extend(value.iter().copied()),
+            Encoding::Ascii | Encoding::Binary => out.extend(value),
             Encoding::Hex => wire::push_hex(out, value),
             Encoding::Ebcdic => out.extend(value.iter().filter_map(|&a| wire::ascii_to_ebcdic(a))),
             Encoding::Bcd => wire::ascii_to_bcd(value, true, self.pad, out),

@@ -13,9 +13,7 @@ use bytes::Bytes;
 use crate::error::{Error, Location, Reason, Result, Salvage};
 use crate::mti::Mti;
 use crate::spec::FastCheck;
-use crate::spec::{
-    BitmapEncoding, DataClass, Encoding, FieldSpec, MtiEncoding, PrefixCounts, Spec,
-};
+use crate::spec::{BitmapEncoding, DataClass, Encoding, FieldSpec, MtiEncoding, Spec};
 use crate::wire;
 
 /// Decoding options.
@@ -32,13 +30,6 @@ impl Default for DecodeOptions {
     }
 }
 
-/// Where one field's data sits in the buffer.
-#[derive(Debug, Clone, Copy, Default)]
-struct Slot {
-    start: u16,
-    units: u16,
-}
-
 /// A decoded ISO 8583 message: the frame plus where each field is. Cheap to keep; field
 /// access never copies.
 #[derive(Clone)]
@@ -49,7 +40,10 @@ pub struct MessageView<'s> {
     bitmap: [u64; 3],
     /// Whether content was checked (strict decode).
     validated: bool,
-    slots: [Slot; 193],
+    /// Where each present field's data starts (after its length prefix). Its length is not
+    /// kept: a fixed field's is in the spec and a variable field's prefix is just before
+    /// `start`, so the view (decoded, moved and zeroed per message) stays half the size.
+    starts: [u16; 193],
 }
 
 impl std::fmt::Debug for MessageView<'_> {
@@ -100,14 +94,14 @@ impl<'s> MessageView<'s> {
             mti: Mti::new(*b"0000").unwrap_or_else(|| unreachable!()),
             bitmap: [0; 3],
             validated: options.strict,
-            slots: [Slot::default(); 193],
+            starts: [0; 193],
         };
         let walked = view.read_header().and_then(|pos| {
             let (table, data, tertiary) = (spec.table(), &view.buf[..], spec.has_tertiary_bitmap());
             if options.strict {
-                read_fields::<true>(table, data, view.bitmap, tertiary, &mut view.slots, pos)
+                read_fields::<true>(table, data, view.bitmap, tertiary, &mut view.starts, pos)
             } else {
-                read_fields::<false>(table, data, view.bitmap, tertiary, &mut view.slots, pos)
+                read_fields::<false>(table, data, view.bitmap, tertiary, &mut view.starts, pos)
             }
         });
         let (end, content_ok) = match walked {
@@ -143,9 +137,9 @@ impl<'s> MessageView<'s> {
         };
         let found = |n: usize| {
             (n < done_upto && bit(&self.bitmap, n)).then(|| {
-                let s = self.slots[n];
-                let len = self.spec.entry(n).encoded_len(usize::from(s.units));
-                (s.start, s.start.saturating_add(len as u16))
+                let start = self.starts[n];
+                let len = self.spec.entry(n).encoded_len(self.units_at(n));
+                (start, start.saturating_add(len as u16))
             })
         };
         let mti_read = f.location != Location::Mti && f.reason != Reason::TooLong;
@@ -245,11 +239,9 @@ impl<'s> MessageView<'s> {
     fn first_content_error(&self) -> DecodeFailure {
         for n in (2..=192usize).filter(|&n| self.has(n as u8)) {
             let f = self.spec.entry(n);
-            let s = self.slots[n];
-            let start = usize::from(s.start);
-            let end = start + f.encoded_len(usize::from(s.units));
-            if let Err((at, reason)) = check_content(f, &self.buf[start..end], usize::from(s.units))
-            {
+            let (start, units) = (usize::from(self.starts[n]), self.units_at(n));
+            let end = start + f.encoded_len(units);
+            if let Err((at, reason)) = check_content(f, &self.buf[start..end], units) {
                 return DecodeFailure {
                     location: Location::Field(n as u8),
                     offset: start + at,
@@ -265,6 +257,23 @@ impl<'s> MessageView<'s> {
             reason: Reason::BadLengthPrefix,
             layout_done: true,
         }
+    }
+
+    /// Units (characters, digits or bytes) of placed field `n`: the spec's for a fixed
+    /// field, its length prefix's (checked when decoding) for a variable one.
+    #[inline]
+    fn units_at(&self, n: usize) -> usize {
+        let f = self.spec.entry(n);
+        let pl = usize::from(f.prefix_bytes);
+        if pl == 0 {
+            return usize::from(f.max);
+        }
+        let start = usize::from(self.starts[n]);
+        start
+            .checked_sub(pl)
+            .and_then(|from| self.buf.get(from..start))
+            .and_then(|raw| f.units_in_prefix(raw))
+            .unwrap_or(0)
     }
 
     /// The spec this view was decoded with.
@@ -311,16 +320,9 @@ impl<'s> MessageView<'s> {
         if !self.has(n) {
             return None;
         }
-        let s = self.slots[usize::from(n)];
-        let start = usize::from(s.start);
-        Some(
-            start
-                ..start
-                    + self
-                        .spec
-                        .entry(usize::from(n))
-                        .encoded_len(usize::from(s.units)),
-        )
+        let n = usize::from(n);
+        let start = usize::from(self.starts[n]);
+        Some(start..start + self.spec.entry(n).encoded_len(self.units_at(n)))
     }
 
     /// Replace the encoded data of fixed-length field `n` with `encoded` (same length, checked
@@ -364,8 +366,7 @@ impl<'s> MessageView<'s> {
 
     /// Field `n`'s length in units (characters, digits or bytes).
     pub fn units(&self, n: u8) -> Option<usize> {
-        self.has(n)
-            .then(|| usize::from(self.slots[usize::from(n)].units))
+        self.has(n).then(|| self.units_at(usize::from(n)))
     }
 
     /// Field `n` with its layout.
@@ -375,7 +376,7 @@ impl<'s> MessageView<'s> {
             number: n,
             spec: self.spec.entry(usize::from(n)),
             raw,
-            units: usize::from(self.slots[usize::from(n)].units),
+            units: self.units_at(usize::from(n)),
         })
     }
 
@@ -400,7 +401,7 @@ impl<'s> MessageView<'s> {
 /// field's content is valid. Content checks run over runs of adjacent fields with the
 /// same fast check (see `FastCheck`), so 19 fields cost a handful of vector checks.
 /// Returns the end offset and the content verdict.
-/// A free function over plain arguments: the compiler then knows that writing `slots`
+/// A free function over plain arguments: the compiler then knows that writing `starts`
 /// cannot change the spec table or the frame, and keeps the loop in registers.
 #[inline(always)]
 fn read_fields<const STRICT: bool>(
@@ -408,7 +409,7 @@ fn read_fields<const STRICT: bool>(
     data: &[u8],
     bitmap: [u64; 3],
     tertiary: bool,
-    slots: &mut [Slot; 193],
+    starts: &mut [u16; 193],
     mut pos: usize,
 ) -> std::result::Result<(usize, bool), DecodeFailure> {
     let len = data.len();
@@ -443,13 +444,7 @@ fn read_fields<const STRICT: bool>(
                         },
                     ));
                 };
-                let value = wire::read_prefix(f.prefix, raw);
-                let value = match (value, f.prefix_counts) {
-                    (Some(v), PrefixCounts::Units) => Some(v),
-                    (Some(v), PrefixCounts::Bytes) => f.units_of_bytes(v),
-                    (None, _) => None,
-                };
-                let Some(value) = value else {
+                let Some(value) = f.units_in_prefix(raw) else {
                     return Err(field_failure(n, pos, Reason::BadLengthPrefix));
                 };
                 if value > usize::from(f.max) {
@@ -475,10 +470,7 @@ fn read_fields<const STRICT: bool>(
                     },
                 ));
             }
-            slots[n] = Slot {
-                start: start as u16,
-                units: units as u16,
-            };
+            starts[n] = start as u16;
             if STRICT {
                 match f.fast {
                     FastCheck::PerField => ok &= check_content(f, &data[start..end], units).is_ok(),

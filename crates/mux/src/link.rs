@@ -450,6 +450,12 @@ impl Stan {
 /// `Extend<u8>` over a [`Stan`], for the codec's value encoder.
 struct StanBuf(Stan);
 
+impl<'a> Extend<&'a u8> for StanBuf {
+    fn extend<I: IntoIterator<Item = &'a u8>>(&mut self, iter: I) {
+        Extend::<u8>::extend(self, iter.into_iter().copied());
+    }
+}
+
 impl Extend<u8> for StanBuf {
     fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
         for b in iter {
