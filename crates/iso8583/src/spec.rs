@@ -229,6 +229,8 @@ pub struct FieldSpec {
     /// Whether the bytes before the data (an ASCII prefix, or none) may join a run of
     /// content checks (derived).
     pub(crate) prefix_in_run: bool,
+    /// How a builder checks a value for this field (derived).
+    pub(crate) value_check: FastCheck,
 }
 
 /// Content checks the decoder can run over several adjacent fields at once. Adjacent fields
@@ -264,6 +266,29 @@ impl FastCheck {
             _ => FastCheck::PerField,
         }
     }
+
+    /// The check of a value as a builder is given it (characters, or bytes for a binary
+    /// field). EBCDIC fields also need every character to have an EBCDIC code: per field.
+    fn of_value(class: DataClass, encoding: Encoding) -> FastCheck {
+        match (encoding, class.is_binary()) {
+            (_, true) => FastCheck::Nothing,
+            (Encoding::Ebcdic, false) => FastCheck::PerField,
+            (_, false) => FastCheck::of(class, Encoding::Ascii),
+        }
+    }
+
+    /// Whether `v` passes this check (`PerField`: the caller checks field by field).
+    #[inline(always)]
+    pub(crate) fn accepts(self, v: &[u8]) -> bool {
+        match self {
+            FastCheck::Digits => crate::wire::all_digits(v),
+            FastCheck::Printable => crate::wire::all_printable(v),
+            FastCheck::AlnumSpace => crate::wire::all_alnum_space(v),
+            FastCheck::Hex => crate::wire::is_hex(v),
+            FastCheck::Track => crate::wire::all_track(v),
+            FastCheck::Nothing | FastCheck::PerField => true,
+        }
+    }
 }
 
 impl FieldSpec {
@@ -283,6 +308,7 @@ impl FieldSpec {
         fast: FastCheck::Nothing,
         fixed_bytes: 0,
         prefix_in_run: false,
+        value_check: FastCheck::Nothing,
     };
 
     /// Encoded bytes of a value that is `units` long.
@@ -341,6 +367,14 @@ impl FieldSpec {
     where
         O: Extend<u8> + for<'a> Extend<&'a u8>,
     {
+        self.check_value(value)?;
+        self.write_value(value, out);
+        Ok(())
+    }
+
+    /// The checks of [`FieldSpec::encode_value`]: length bounds and class.
+    #[inline]
+    pub(crate) fn check_value(&self, value: &[u8]) -> Result<()> {
         let location = Location::Field(self.number);
         let units = value.len();
         if units < usize::from(self.min) || units > usize::from(self.max) {
@@ -351,21 +385,28 @@ impl FieldSpec {
             };
             return Err(Error::encode(location, reason));
         }
-        let class_ok = match (self.class, self.encoding) {
-            // Packed track data takes `=` as the separator nibble D.
-            (DataClass::Z, Encoding::Bcd | Encoding::BcdLeft) => value
-                .iter()
-                .all(|&b| b.is_ascii_digit() || matches!(b, b'=' | b'D')),
-            (class, Encoding::Ebcdic) => {
-                wire::class_ok(class, value)
+        let class_ok = match self.value_check {
+            FastCheck::PerField if self.encoding == Encoding::Ebcdic => {
+                wire::class_ok(self.class, value)
                     && value.iter().all(|&a| wire::ascii_to_ebcdic(a).is_some())
             }
-            (class, _) => wire::class_ok(class, value),
+            FastCheck::PerField => wire::class_ok(self.class, value),
+            // Packed track data takes `=` as the separator nibble D, like ASCII track data.
+            check => check.accepts(value),
         };
         if !class_ok {
             let reason = Reason::InvalidCharacter { class: self.class };
             return Err(Error::encode(location, reason));
         }
+        Ok(())
+    }
+
+    /// Append the encoding of a checked `value`.
+    #[inline]
+    pub(crate) fn write_value<O>(&self, value: &[u8], out: &mut O)
+    where
+        O: Extend<u8> + for<'a> Extend<&'a u8>,
+    {
         match self.encoding {
             Encoding::Ascii | Encoding::Binary => out.extend(value),
             Encoding::Hex => wire::push_hex(out, value),
@@ -373,7 +414,6 @@ impl FieldSpec {
             Encoding::Bcd => wire::ascii_to_bcd(value, true, self.pad, out),
             Encoding::BcdLeft => wire::ascii_to_bcd(value, false, self.pad, out),
         }
-        Ok(())
     }
 
     /// Whether the data is packed BCD.
@@ -712,6 +752,7 @@ fn compile_field(
         fast: FastCheck::of(raw.class, encoding),
         fixed_bytes: 0,
         prefix_in_run: raw.len == LengthKind::Fixed || prefix == PrefixEncoding::Ascii,
+        value_check: FastCheck::of_value(raw.class, encoding),
     };
     if raw.len == LengthKind::Fixed {
         spec.fixed_bytes = spec.encoded_len(usize::from(raw.max)) as u16;

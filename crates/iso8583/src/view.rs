@@ -478,7 +478,7 @@ fn read_fields<const STRICT: bool>(
                         // An ASCII length prefix is digits: valid inside any run.
                         let from = if f.prefix_in_run { pos } else { start };
                         if check != run_check || from != run_end {
-                            ok &= run_ok(run_check, &data[run_start..run_end]);
+                            ok &= run_check.accepts(&data[run_start..run_end]);
                             (run_check, run_start) = (check, from);
                         }
                         run_end = end;
@@ -489,22 +489,9 @@ fn read_fields<const STRICT: bool>(
         }
     }
     if STRICT {
-        ok &= run_ok(run_check, &data[run_start..run_end]);
+        ok &= run_check.accepts(&data[run_start..run_end]);
     }
     Ok((pos, ok || !STRICT))
-}
-
-/// Check a run of adjacent fields' bytes (prefixes included) with one fast check.
-#[inline(always)]
-fn run_ok(check: FastCheck, v: &[u8]) -> bool {
-    match check {
-        FastCheck::Digits => wire::all_digits(v),
-        FastCheck::Printable => wire::all_printable(v),
-        FastCheck::AlnumSpace => wire::all_alnum_space(v),
-        FastCheck::Hex => wire::is_hex(v),
-        FastCheck::Track => wire::all_track(v),
-        FastCheck::Nothing | FastCheck::PerField => true,
-    }
 }
 
 /// Check one field's data against its class and encoding. `Err((offset in field, reason))`.

@@ -133,16 +133,15 @@ fn short_ok<W: Fn(u64) -> bool + Copy>(v: &[u8], fill: u8, word_ok: W) -> bool {
         u64::from(w)
     };
     let u64_at = |at: usize| <[u8; 8]>::try_from(&v[at..at + 8]).map_or(0, u64::from_le_bytes);
-    let (a, b) = match len {
-        0 => return true,
+    match len {
+        0 => true,
         1..4 => {
             let three = u64::from(v[0]) | u64::from(v[len / 2]) << 8 | u64::from(v[len - 1]) << 16;
-            (three | fill << 24, fill)
+            word_ok(three | fill << 24)
         }
-        4..8 => (u32_at(0) | u32_at(len - 4) << 32, fill),
-        _ => (u64_at(0), u64_at(len - 8)),
-    };
-    word_ok(a) & word_ok(b)
+        4..8 => word_ok(u32_at(0) | u32_at(len - 4) << 32),
+        _ => word_ok(u64_at(0)) & word_ok(u64_at(len - 8)),
+    }
 }
 
 /// Whether `ok` holds for every byte, sixteen bytes a step. The per-chunk loop has a fixed
@@ -345,7 +344,8 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 
 /// Append `v` as upper-case hex, through a stack buffer so that the output grows by whole
 /// slices (a flattened iterator of pairs grew a `Vec` one byte and one capacity check at
-/// a time).
+/// a time). A table look-up per byte: arithmetic on four bytes in a register, and an SSE2
+/// version on sixteen, measured no faster.
 pub fn push_hex<O: for<'a> Extend<&'a u8>>(out: &mut O, v: &[u8]) {
     let mut buf = [[0u8; 2]; 64];
     for chunk in v.chunks(64) {
