@@ -414,15 +414,19 @@ fn read_fields<const STRICT: bool>(
 ) -> std::result::Result<(usize, bool), DecodeFailure> {
     let len = data.len();
     let mut ok = true;
-    let (mut run_check, mut run_start, mut run_end) = (FastCheck::Nothing, 0usize, 0usize);
+    // The open run of content checks covers `run_start..pos`: every field since it began
+    // joined it. (No separate end: one register less in a loop that ran out of them.)
+    let (mut run_check, mut run_start) = (FastCheck::Nothing, 0usize);
     for (w, &word) in bitmap.iter().enumerate() {
         // Bits 1 and (with a tertiary bitmap) 65 announce bitmaps, not fields.
         let indicator = w == 0 || (w == 1 && tertiary);
-        let mut bits = word & !(u64::from(indicator) << 63);
+        // Reversed, so that field order is lowest bit first: clearing the lowest set bit is
+        // one instruction, where clearing the highest waited on the bit scan, and that was
+        // the chain every field waited on.
+        let mut bits = (word & !(u64::from(indicator) << 63)).reverse_bits();
         while bits != 0 {
-            let lz = bits.leading_zeros() as usize;
-            bits &= !(1u64 << (63 - lz));
-            let n = w * 64 + lz + 1;
+            let n = w * 64 + bits.trailing_zeros() as usize + 1;
+            bits &= bits - 1;
             let f = &table[n];
             let (start, units, end);
             if f.prefix_bytes == 0 {
@@ -472,24 +476,23 @@ fn read_fields<const STRICT: bool>(
             }
             starts[n] = start as u16;
             if STRICT {
-                match f.fast {
-                    FastCheck::PerField => ok &= check_content(f, &data[start..end], units).is_ok(),
-                    check => {
-                        // An ASCII length prefix is digits: valid inside any run.
-                        let from = if f.prefix_in_run { pos } else { start };
-                        if check != run_check || from != run_end {
-                            ok &= run_check.accepts(&data[run_start..run_end]);
-                            (run_check, run_start) = (check, from);
-                        }
-                        run_end = end;
-                    }
+                // A field joins the run when it has the run's check and nothing else sits
+                // between (an ASCII length prefix is digits, valid in any run; a binary or
+                // BCD one is not). A run of per-field checks checks nothing as a run.
+                if f.fast != run_check || !f.prefix_in_run {
+                    ok &= run_check.accepts(&data[run_start..pos]);
+                    run_check = f.fast;
+                    run_start = if f.prefix_in_run { pos } else { start };
+                }
+                if f.fast == FastCheck::PerField {
+                    ok &= check_content(f, &data[start..end], units).is_ok();
                 }
             }
             pos = end;
         }
     }
     if STRICT {
-        ok &= run_check.accepts(&data[run_start..run_end]);
+        ok &= run_check.accepts(&data[run_start..pos]);
     }
     Ok((pos, ok || !STRICT))
 }

@@ -170,23 +170,25 @@ where
         }
         bad.iter().fold(0u8, |acc, &b| acc | b) == 0
     }
-    let tail =
-        |from: usize| <&[u8; 16]>::try_from(&v[from..from + 16]).map_or(true, |c| chunk_ok(c, ok));
+    // One chunk of `N` bytes at `from` (in bounds by the caller's length match).
+    fn at<const N: usize, F: Fn(u8) -> bool + Copy>(v: &[u8], from: usize, ok: F) -> bool {
+        <&[u8; N]>::try_from(&v[from..from + N]).map_or(true, |c| chunk_ok(c, ok))
+    }
     match v.len() {
         0..16 => short_ok(v, fill, word_ok),
-        16..32 => tail(0) & tail(v.len() - 16),
+        16..32 => at::<16, F>(v, 0, ok) & at::<16, F>(v, v.len() - 16, ok),
+        32..64 => at::<32, F>(v, 0, ok) & at::<32, F>(v, v.len() - 32, ok),
         len => {
+            // 64 bytes a call, the last chunk overlapping the one before.
             let mut all_ok = true;
-            let mut chunks = v.chunks_exact(32);
+            let mut chunks = v.chunks_exact(64);
             for chunk in &mut chunks {
-                if let Ok(chunk) = <&[u8; 32]>::try_from(chunk) {
+                if let Ok(chunk) = <&[u8; 64]>::try_from(chunk) {
                     all_ok &= chunk_ok(chunk, ok);
                 }
             }
             if !chunks.remainder().is_empty() {
-                if let Ok(last) = <&[u8; 32]>::try_from(&v[len - 32..]) {
-                    all_ok &= chunk_ok(last, ok);
-                }
+                all_ok &= at::<64, F>(v, len - 64, ok);
             }
             all_ok
         }
