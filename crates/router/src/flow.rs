@@ -22,7 +22,7 @@ use switchyard_mux::{
     format_error_response, BeforeSend, ConnectionInfo, Forwarded, Handler, IssuerLink, MuxError,
 };
 
-use crate::integrity::{Duplicate, InFlightRecord, Integrity};
+use crate::integrity::{Duplicate, InFlightRecordRef, Integrity};
 use crate::registry::{Registry, RuleState};
 use crate::routes::StandIn;
 use crate::saf::ReversalBasis;
@@ -373,25 +373,30 @@ impl<P: IssuerPort> Router<P> {
         };
         pair.forwarded_us = Some(now_us());
         let sent = Instant::now();
+        // The reversal basis the in-flight record was written with, for an approval's or an
+        // unknown outcome's reversal (built once per request, not twice).
+        let mut inflight_basis = None;
         let forwarded = match &self.integrity {
             None => link.forward(&outbound).await,
             Some(_) => {
                 // The request is on disk before it is on the wire.
                 let recorded = std::sync::Mutex::new(None);
-                let before = pair.clone();
+                let before = &pair;
                 let audit = &self.audit;
                 let outbound_ref = &outbound;
                 let recorded_ref = &recorded;
                 let note = move |stan: Option<u32>| {
-                    let record = InFlightRecord {
-                        link: route.link.to_string(),
-                        basis: ReversalBasis::of(outbound_ref, stan),
-                        pair: before,
-                    };
+                    let basis = ReversalBasis::of(outbound_ref, stan);
                     async move {
+                        let record = InFlightRecordRef {
+                            link: route.link,
+                            basis: &basis,
+                            pair: before,
+                        };
                         match audit.append_json(RecordKind::InFlight, &record).await {
                             Ok(seq) => {
-                                *recorded_ref.lock().unwrap_or_else(|p| p.into_inner()) = Some(seq);
+                                *recorded_ref.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some((seq, basis));
                                 true
                             }
                             Err(error) => {
@@ -402,7 +407,12 @@ impl<P: IssuerPort> Router<P> {
                     }
                 };
                 let forwarded = link.forward_with(&outbound, note).await;
-                pair.inflight_seq = recorded.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some((seq, basis)) =
+                    recorded.lock().unwrap_or_else(|p| p.into_inner()).take()
+                {
+                    pair.inflight_seq = Some(seq);
+                    inflight_basis = Some(basis);
+                }
                 forwarded
             }
         };
@@ -429,7 +439,8 @@ impl<P: IssuerPort> Router<P> {
             }
             match &forwarded.result {
                 Err(error) if error.outcome_unknown() => {
-                    let basis = ReversalBasis::of(&outbound, forwarded.issuer_stan);
+                    let basis = inflight_basis
+                        .unwrap_or_else(|| ReversalBasis::of(&outbound, forwarded.issuer_stan));
                     match i
                         .saf
                         .enqueue(route.link, &error.to_string(), basis, pair.inflight_seq)
@@ -441,7 +452,8 @@ impl<P: IssuerPort> Router<P> {
                 }
                 Ok(_) if approved => {
                     if let (Some(t), Some(s)) = (&pair.terminal, &pair.stan) {
-                        let basis = ReversalBasis::of(&outbound, forwarded.issuer_stan);
+                        let basis = inflight_basis
+                            .unwrap_or_else(|| ReversalBasis::of(&outbound, forwarded.issuer_stan));
                         i.approved(t, s, route.link, basis, pair.inflight_seq);
                     }
                 }

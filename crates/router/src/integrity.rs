@@ -35,14 +35,85 @@ pub struct InFlightRecord {
     pub pair: PairRecord,
 }
 
+/// An [`InFlightRecord`] as it is written: borrowed, so that writing one copies nothing
+/// (cloning the pair record so far was a tenth of a request's allocations).
+#[derive(Serialize)]
+pub(crate) struct InFlightRecordRef<'a> {
+    pub(crate) link: &'a str,
+    pub(crate) basis: &'a ReversalBasis,
+    pub(crate) pair: &'a PairRecord,
+}
+
+/// Field texts joined into one inline key, a unit separator (0x1F) between them: the
+/// integrity indexes take several keys per request, and keys of owned strings were a
+/// dozen allocations per request. Hashing reads only the bytes in use.
+#[derive(Clone, Copy)]
+pub struct TextKey {
+    len: u8,
+    bytes: [u8; TextKey::CAPACITY],
+}
+
+impl TextKey {
+    /// Enough for the standard fields (terminal id 8, STAN 6, field 7 10, a class name)
+    /// with room to spare.
+    const CAPACITY: usize = 63;
+
+    /// The key of `parts`; `None` when they do not fit or hold the separator (a request
+    /// with such fields is not tracked).
+    pub fn of(parts: &[&[u8]]) -> Option<TextKey> {
+        let mut key = TextKey {
+            len: 0,
+            bytes: [0; Self::CAPACITY],
+        };
+        let mut at = 0usize;
+        for (i, part) in parts.iter().enumerate() {
+            let sep = usize::from(i > 0);
+            let end = at + sep + part.len();
+            if end > Self::CAPACITY || part.contains(&0x1F) {
+                return None;
+            }
+            key.bytes[at] = 0x1F;
+            key.bytes[at + sep..end].copy_from_slice(part);
+            at = end;
+        }
+        key.len = at as u8;
+        Some(key)
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl PartialEq for TextKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for TextKey {}
+
+impl std::hash::Hash for TextKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl std::fmt::Debug for TextKey {
+    /// Terminal ids and STANs only: never card data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TextKey({:?})", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
 /// A forwarded request: terminal id, its STAN, field 7.
-type OriginalKey = (String, String, String);
+type OriginalKey = TextKey;
 /// Where it went: the link and the STAN the issuer saw.
 type Original = (String, String);
 
 /// Identifies a terminal's request for duplicate detection: terminal id, STAN,
 /// transmission date and time, MTI class.
-pub type DuplicateKey = (String, String, String, String);
+pub type DuplicateKey = TextKey;
 
 enum Seen {
     InFlight,
@@ -122,7 +193,7 @@ pub struct Integrity {
     /// How long a completed request is remembered for duplicates.
     pub duplicate_window: Duration,
     seen: Mutex<BoundedMap<DuplicateKey, Seen>>,
-    approvals: Mutex<BoundedMap<(String, String), Approval>>,
+    approvals: Mutex<BoundedMap<TextKey, Approval>>,
     /// Where forwarded requests went, for the terminals' reversals of them.
     originals: Mutex<BoundedMap<OriginalKey, Original>>,
 }
@@ -165,13 +236,12 @@ impl Integrity {
         if !(matches!(mti.class(), 1 | 2) && mti.function() == 0) {
             return None;
         }
-        let text = |n| request.field(n).map(|f| f.text());
-        Some((
-            text(41)?,
-            text(11)?,
-            text(7).unwrap_or_default(),
-            mti.request_class().as_str().to_string(),
-        ))
+        // Values, not texts: borrowed from the frame for ASCII dialects.
+        let value = |n| request.field(n).map(|f| f.value());
+        let (terminal, stan) = (value(41)?, value(11)?);
+        let field7 = value(7).unwrap_or_default();
+        let class = mti.request_class();
+        TextKey::of(&[&terminal, &stan, &field7, class.as_str().as_bytes()])
     }
 
     /// Check a request against the requests in flight and the recent answers.
@@ -185,7 +255,7 @@ impl Integrity {
             Some(Seen::Answered(answer)) => return Duplicate::Answered(answer.clone()),
             None => {}
         }
-        seen.insert(key.clone(), Seen::InFlight);
+        seen.insert(key, Seen::InFlight);
         Duplicate::Fresh(key)
     }
 
@@ -211,11 +281,12 @@ impl Integrity {
         link: &str,
         issuer_stan: &str,
     ) {
+        let parts = [terminal.as_bytes(), stan.as_bytes(), field7.as_bytes()];
+        let Some(key) = TextKey::of(&parts) else {
+            return;
+        };
         let mut map = self.originals.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(
-            (terminal.to_string(), stan.to_string(), field7.to_string()),
-            (link.to_string(), issuer_stan.to_string()),
-        );
+        map.insert(key, (link.to_string(), issuer_stan.to_string()));
     }
 
     /// For a terminal's reversal (04xx with field 90): the link its original went to and the
@@ -226,11 +297,12 @@ impl Integrity {
         }
         let f90 = request.field(90)?.text();
         let terminal = request.field(41)?.text();
-        let key = (
-            terminal,
-            f90.get(4..10)?.to_string(),
-            f90.get(10..20)?.to_string(),
-        );
+        let parts = [
+            terminal.as_bytes(),
+            f90.get(4..10)?.as_bytes(),
+            f90.get(10..20)?.as_bytes(),
+        ];
+        let key = TextKey::of(&parts)?;
         self.originals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -247,9 +319,12 @@ impl Integrity {
         basis: ReversalBasis,
         inflight_seq: Option<u64>,
     ) {
+        let Some(key) = TextKey::of(&[terminal.as_bytes(), stan.as_bytes()]) else {
+            return;
+        };
         let mut map = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(
-            (terminal.to_string(), stan.to_string()),
+            key,
             Approval {
                 link: link.to_string(),
                 basis,
@@ -272,11 +347,14 @@ impl Integrity {
         if !approved {
             return;
         }
+        let Some(key) = TextKey::of(&[terminal.as_bytes(), stan.as_bytes()]) else {
+            return;
+        };
         let found = self
             .approvals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(terminal, stan));
+            .remove(&key);
         if let Some(a) = found {
             if let Err(e) = self
                 .saf
@@ -326,26 +404,19 @@ impl Integrity {
             };
             let field7 = pair.request.fields.get(&7).cloned().unwrap_or_default();
             if let (Some(link), Some(issuer_stan)) = (&pair.issuer, &pair.issuer_stan) {
-                self.originals
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        (terminal.clone(), stan.clone(), field7.clone()),
-                        (link.clone(), issuer_stan.clone()),
-                    );
+                self.forwarded(terminal, stan, &field7, link, issuer_stan);
             }
-            if let Some(answer) = rebuild(spec, response) {
+            let class = mti.request_class();
+            let parts = [
+                terminal.as_bytes(),
+                stan.as_bytes(),
+                field7.as_bytes(),
+                class.as_str().as_bytes(),
+            ];
+            if let (Some(key), Some(answer)) = (TextKey::of(&parts), rebuild(spec, response)) {
                 // Remembered from now on: an answer from just inside the window lives up to
                 // one window longer after a restart, which only errs towards not forwarding.
-                seen.insert(
-                    (
-                        terminal.clone(),
-                        stan.clone(),
-                        field7,
-                        mti.request_class().as_str().to_string(),
-                    ),
-                    Seen::Answered(answer),
-                );
+                seen.insert(key, Seen::Answered(answer));
                 loaded += 1;
             }
             Ok(())
@@ -429,6 +500,55 @@ pub async fn recover(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_flight_records_are_written_borrowed_and_read_back_owned() {
+        let spec = switchyard_iso8583::shipped("iso8583-1987-ascii").unwrap();
+        let mut b = MessageBuilder::new(spec, Mti::parse("0200").unwrap());
+        b.set(2, "4761730000000119")
+            .unwrap()
+            .set(3, "000000")
+            .unwrap();
+        b.set(4, "000000001000")
+            .unwrap()
+            .set(7, "1124093000")
+            .unwrap();
+        b.set(11, "000123").unwrap().set(41, "TERM0001").unwrap();
+        let request = MessageView::decode(spec, b.encode()).unwrap();
+        let keys = switchyard_audit::AuditKeys::demo();
+        let pair = PairRecord::from_request("terminals", &request, &keys, 1);
+        let basis = ReversalBasis::of(&request, Some(4242));
+        let written = serde_json::to_vec(&InFlightRecordRef {
+            link: "issuer",
+            basis: &basis,
+            pair: &pair,
+        })
+        .unwrap();
+        let read: InFlightRecord = serde_json::from_slice(&written).unwrap();
+        assert_eq!(read.link, "issuer");
+        assert_eq!(read.basis, basis);
+        assert_eq!(
+            serde_json::to_vec(&read.pair).unwrap(),
+            serde_json::to_vec(&pair).unwrap()
+        );
+    }
+
+    #[test]
+    fn text_keys_keep_their_parts_apart_and_refuse_what_does_not_fit() {
+        let key = |parts: &[&[u8]]| TextKey::of(parts);
+        assert_eq!(key(&[b"T1", b"000001"]), key(&[b"T1", b"000001"]));
+        assert_ne!(key(&[b"T1", b"000001"]), key(&[b"T10", b"00001"]));
+        assert_ne!(key(&[b"T1", b""]), key(&[b"", b"T1"]));
+        assert!(
+            key(&[b"A\x1fB", b"1"]).is_none(),
+            "the separator inside a part"
+        );
+        assert!(key(&[&[b'9'; 40], &[b'9'; 22]]).is_some(), "63 bytes fit");
+        assert!(key(&[&[b'9'; 40], &[b'9'; 23]]).is_none(), "64 do not");
+        let mut map = std::collections::HashMap::new();
+        map.insert(key(&[b"TERM0001", b"000123"]).unwrap(), 1);
+        assert_eq!(map.get(&key(&[b"TERM0001", b"000123"]).unwrap()), Some(&1));
+    }
 
     #[test]
     fn bounded_maps_forget_the_oldest_first_at_constant_cost() {
