@@ -108,10 +108,7 @@ fn request(spec: &'static Spec, stan: u64) -> MessageView<'static> {
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let requests: u64 = args
-        .first()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20_000);
+    let requests: u64 = args.first().and_then(|n| n.parse().ok()).unwrap_or(20_000);
     let max: Option<f64> = args
         .iter()
         .position(|a| a == "--max")

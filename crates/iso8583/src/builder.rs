@@ -220,7 +220,7 @@ impl<'s> MessageBuilder<'s> {
     fn push_encoded(&mut self, f: &FieldSpec, encoded: &[u8], units: usize) {
         let start = self.data.len();
         push_prefix(f, units, &mut self.data);
-        self.data.extend_from_slice(encoded);
+        extend_small(&mut self.data, encoded);
         self.insert(f, start);
     }
 

@@ -144,13 +144,14 @@ fn short_ok<W: Fn(u64) -> bool + Copy>(v: &[u8], fill: u8, word_ok: W) -> bool {
     }
 }
 
-/// Whether `ok` holds for every byte, sixteen bytes a step. The per-chunk loop has a fixed
-/// length, so LLVM turns it into a handful of SSE2 instructions; the tail is checked as an
-/// overlapping last chunk. Branch-free within a chunk: no early exit, the verdict is read
-/// once. Inputs shorter than a chunk (most single fields) are checked in two words by
-/// `word_ok`, which accepts the same bytes as `ok` and `fill`: gathering them into a vector costs more (a
-/// byte-wise copy into a stack buffer read back as one vector stalls store forwarding,
-/// which was a third of an encode, and a copy of `v.len()` bytes is a `memcpy` call).
+/// Whether `ok` holds for every byte, in chunks of 16 to 64 bytes. The per-chunk loop has a
+/// fixed length, so LLVM turns it into a handful of SSE2 instructions; the tail is checked
+/// as an overlapping last chunk. Branch-free within a chunk: no early exit, the verdict is
+/// read once. Inputs shorter than 16 bytes (most single fields) are checked in two words by
+/// `word_ok`, which accepts the same bytes as `ok` (and accepts `fill`): gathering them into
+/// a vector costs more (a byte-wise copy into a stack buffer read back as one vector stalls
+/// store forwarding, which was a third of an encode, and a copy of `v.len()` bytes is a
+/// `memcpy` call).
 #[inline(always)]
 fn all_bytes<F, W>(v: &[u8], fill: u8, word_ok: W, ok: F) -> bool
 where
