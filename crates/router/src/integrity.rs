@@ -72,7 +72,9 @@ impl TextKey {
             if end > Self::CAPACITY || part.contains(&0x1F) {
                 return None;
             }
-            key.bytes[at] = 0x1F;
+            if sep == 1 {
+                key.bytes[at] = 0x1F;
+            }
             key.bytes[at + sep..end].copy_from_slice(part);
             at = end;
         }
