@@ -124,8 +124,20 @@ fn batched_encoded_loop(dir: &Path, n: usize, batch: usize) -> Duration {
     start.elapsed()
 }
 
+/// Let this thread's sleeps end on time: Linux lets a timer fire up to the thread's timer
+/// slack late (50 µs by default), as long as a gap of the 20K/s schedule itself.
+fn precise_sleeps() {
+    let Ok(me) = std::fs::read_link("/proc/thread-self") else {
+        return;
+    };
+    // "<pid>/task/<tid>": the slack file is per task.
+    let _ = std::fs::write(Path::new("/proc").join(me).join("timerslack_ns"), "1000");
+}
+
 /// Append latencies at a steady `rate` per second (open loop: each append is started on
-/// schedule whether or not earlier ones finished), for `n` records.
+/// schedule whether or not earlier ones finished), for `n` records. This thread keeps the
+/// schedule, sleeping out each gap, and starts the appends on the runtime: tokio's 1 ms
+/// timer would start them in bunches of `rate / 1000`, a burst test rather than a steady load.
 fn open_loop_latency(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
@@ -137,21 +149,24 @@ fn open_loop_latency(
     config.segment_bytes = ((n * (RECORD_BYTES + 64)) as u64 + (1 << 20)).max(4 << 20);
     let (log, _) = AuditLog::open(config, Arc::new(AuditKeys::demo())).unwrap();
     let log = Arc::new(log);
-    let latencies = rt.block_on(async {
-        let start = tokio::time::Instant::now();
-        let mut tasks = Vec::with_capacity(n);
-        for i in 0..n {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
-            tokio::time::sleep_until(due).await;
-            let log = log.clone();
-            tasks.push(tokio::spawn(async move {
-                // Measured from the call: the generator never waits for appends, so no
-                // request is held back (tokio's 1 ms timer only bunches the arrivals).
-                let called = Instant::now();
-                log.append(RecordKind::Pair, record(i)).await.unwrap();
-                called.elapsed()
-            }));
+    precise_sleeps();
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
         }
+        let (log, payload) = (log.clone(), record(i));
+        tasks.push(rt.spawn(async move {
+            // Measured from the call: the generator never waits for appends.
+            let called = Instant::now();
+            log.append(RecordKind::Pair, payload).await.unwrap();
+            called.elapsed()
+        }));
+    }
+    let latencies = rt.block_on(async {
         let mut all = Vec::with_capacity(n);
         for t in tasks {
             all.push(t.await.unwrap());
@@ -249,26 +264,46 @@ fn main() {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut syncs, mut batch_sizes, mut open_lat) = (Vec::new(), Vec::new(), Vec::new());
     let mut saturated_lat = Vec::new();
+    let window = AuditConfig::new(".").batch_window;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // Each round's figures against the loops and the bound measured in the same round: the
+    // disk's speed drifts between rounds, and a stall of the VM in one round should not
+    // decide the verdict. Pooled figures are printed too.
+    let mut rounds_table = Vec::new();
+    let (mut raw_ratio, mut encoded_ratio, mut single_ratio, mut p99_over_bound) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let dir = base.join(format!("round-{round}"));
         let (t, lat, mean_batch) = group_commit(&rt, &dir.join("log"), n_group);
-        group_rate.push(n_group as f64 / t.as_secs_f64());
+        let g = n_group as f64 / t.as_secs_f64();
         saturated_lat.extend(lat);
         batch_sizes.push(mean_batch);
         fresh(&dir);
-        let (t, s) = fsync_per_record(&dir, n_single);
-        single_rate.push(n_single as f64 / t.as_secs_f64());
-        syncs.extend(s);
+        let (t, mut round_syncs) = fsync_per_record(&dir, n_single);
+        let single = n_single as f64 / t.as_secs_f64();
         let batch = mean_batch.round().max(1.0) as usize;
-        batched_rate.push(n_group as f64 / batched_loop(&dir, n_group, batch).as_secs_f64());
-        encoded_rate
-            .push(n_group as f64 / batched_encoded_loop(&dir, n_group, batch).as_secs_f64());
-        open_lat.extend(open_loop_latency(
-            &rt,
-            &dir.join("open"),
-            n_open,
-            OPEN_LOOP_RATE,
+        let raw = n_group as f64 / batched_loop(&dir, n_group, batch).as_secs_f64();
+        let encoded = n_group as f64 / batched_encoded_loop(&dir, n_group, batch).as_secs_f64();
+        let mut lat = open_loop_latency(&rt, &dir.join("open"), n_open, OPEN_LOOP_RATE);
+        let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+        let bound = percentile(&mut round_syncs, 0.99) + window;
+        rounds_table.push(format!(
+            "| {round} | {g:.0} | {:.2}x | {:.3} | {:.3} | {:.3} |",
+            g / raw,
+            ms(p50),
+            ms(p99),
+            ms(bound)
         ));
+        raw_ratio.push(g / raw);
+        encoded_ratio.push(g / encoded);
+        single_ratio.push(g / single);
+        p99_over_bound.push(p99.as_secs_f64() / bound.as_secs_f64());
+        group_rate.push(g);
+        single_rate.push(single);
+        batched_rate.push(raw);
+        encoded_rate.push(encoded);
+        syncs.extend(round_syncs);
+        open_lat.extend(lat);
     }
     let _ = std::fs::remove_dir_all(&base);
     let (g, s, b, e) = (
@@ -278,33 +313,39 @@ fn main() {
         median(encoded_rate),
     );
     let batch = median(batch_sizes);
+    let (raw_ratio, encoded_ratio, single_ratio, p99_over_bound) = (
+        median(raw_ratio),
+        median(encoded_ratio),
+        median(single_ratio),
+        median(p99_over_bound),
+    );
     let sync_p99 = percentile(&mut syncs, 0.99);
     let (open_p50, open_p99) = (
         percentile(&mut open_lat, 0.5),
         percentile(&mut open_lat, 0.99),
     );
     let saturated_p99 = percentile(&mut saturated_lat, 0.99);
-    let window = AuditConfig::new(".").batch_window;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!();
     println!(
         "audit log, {RECORD_BYTES}-byte records, {rounds} interleaved rounds, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| writer | durable records/s (median) | group commit / this |");
+    println!("| round | group commit records/s | / raw batched | open-loop p50 ms | p99 ms | fdatasync p99 + window ms |");
+    println!("|---|---|---|---|---|---|");
+    for row in &rounds_table {
+        println!("{row}");
+    }
+    println!();
+    println!("| writer | durable records/s (median) | group commit / this (median of rounds) |");
     println!("|---|---|---|");
     println!("| group commit, {APPENDERS} appenders (mean batch {batch:.0}) | {g:.0} | 1.00 |");
-    println!("| write + fdatasync per record | {s:.0} | {:.1}x |", g / s);
+    println!("| write + fdatasync per record | {s:.0} | {single_ratio:.1}x |");
+    println!("| write + fdatasync per batch of {batch:.0}, raw bytes | {b:.0} | {raw_ratio:.2}x |");
     println!(
-        "| write + fdatasync per batch of {batch:.0}, raw bytes | {b:.0} | {:.2}x |",
-        g / b
+        "| write + fdatasync per batch of {batch:.0}, same record encoding | {e:.0} | {encoded_ratio:.2}x |"
     );
     println!(
-        "| write + fdatasync per batch of {batch:.0}, same record encoding | {e:.0} | {:.2}x |",
-        g / e
-    );
-    println!(
-        "append latency at {OPEN_LOOP_RATE:.0} records/s (open loop): p50 {:.3} ms, p99 {:.3} ms; \
+        "append latency at {OPEN_LOOP_RATE:.0} records/s (open loop), all rounds pooled: p50 {:.3} ms, p99 {:.3} ms; \
          fdatasync p99 {:.3} ms + batch window {:.3} ms = {:.3} ms; saturated ({APPENDERS} appenders) p99 {:.3} ms",
         ms(open_p50),
         ms(open_p99),
@@ -313,12 +354,14 @@ fn main() {
         ms(sync_p99 + window),
         ms(saturated_p99)
     );
+    println!("p99 / (fdatasync p99 + window), median of rounds: {p99_over_bound:.2}");
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
-        "goals: >= 20x per-record {}; >= 0.8x raw batched {} (same encoding {}); p99 within fdatasync p99 + window {}",
-        verdict(g / s >= 20.0),
-        verdict(g / b >= 0.8),
-        verdict(g / e >= 0.8),
+        "goals (medians of rounds): >= 20x per-record {}; >= 0.8x raw batched {} (same encoding {}); p99 within fdatasync p99 + window {} (pooled: {})",
+        verdict(single_ratio >= 20.0),
+        verdict(raw_ratio >= 0.8),
+        verdict(encoded_ratio >= 0.8),
+        verdict(p99_over_bound <= 1.0),
         verdict(open_p99 <= sync_p99 + window),
     );
 }
