@@ -8,9 +8,9 @@
 //! - EMV data (55, or class `emv`): only the tags of [`EMV_ALLOW_LIST`], re-encoded; card
 //!   data tags are dropped even if a future allow-list named them. Malformed TLV is withheld.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use switchyard_iso8583::mask::mask_pan;
 use switchyard_iso8583::spec::Sensitivity;
 use switchyard_iso8583::tlv;
@@ -127,6 +127,13 @@ impl Outcome {
     pub fn is_approval_code(code: &str) -> bool {
         matches!(code, "00" | "08" | "10" | "11" | "16" | "Y1" | "Y3")
     }
+
+    /// Whether `response` carries an approval code in field 39.
+    pub fn approves(response: &MessageView<'_>) -> bool {
+        response
+            .field(39)
+            .is_some_and(|f| std::str::from_utf8(&f.value()).is_ok_and(Outcome::is_approval_code))
+    }
 }
 
 /// A PAN as the log keeps it.
@@ -138,13 +145,130 @@ pub struct ProtectedPan {
     pub hash: String,
 }
 
+/// Field number to text, in field order, all texts in one buffer: a message's texts cost two
+/// allocations instead of one per field (the switch protects two messages per request).
+/// In JSON a map from field number to text, `{"3":"000000","4":"000000001000"}`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct FieldTexts {
+    text: String,
+    /// Each field's number and the end of its text in `text`, by field number.
+    ends: Vec<(u8, usize)>,
+}
+
+impl FieldTexts {
+    /// Room for `fields` fields of `bytes` bytes of text in all.
+    pub fn with_capacity(fields: usize, bytes: usize) -> FieldTexts {
+        FieldTexts {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(fields),
+        }
+    }
+
+    /// The text of field `n`.
+    pub fn get(&self, n: u8) -> Option<&str> {
+        let i = self.ends.binary_search_by_key(&n, |&(m, _)| m).ok()?;
+        self.text.get(self.start(i)..self.ends[i].1)
+    }
+
+    /// Whether field `n` is present.
+    pub fn contains(&self, n: u8) -> bool {
+        self.get(n).is_some()
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Field numbers and texts, by field number.
+    pub fn iter(&self) -> impl Iterator<Item = (u8, &str)> + '_ {
+        (0..self.ends.len()).map(|i| (self.ends[i].0, &self.text[self.start(i)..self.ends[i].1]))
+    }
+
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1).map_or(0, |p| self.ends[p].1)
+    }
+
+    /// Set field `n` to `text`, replacing what it had.
+    pub fn insert(&mut self, n: u8, text: &str) {
+        self.push_with(n, |out| out.push_str(text));
+    }
+
+    /// Set field `n` to what `write` appends to the buffer (the hot path: fields added in
+    /// order are written in place; out of order or replaced, the buffer is rebuilt).
+    pub fn push_with(&mut self, n: u8, write: impl FnOnce(&mut String)) {
+        if self.ends.last().is_none_or(|&(last, _)| last < n) {
+            write(&mut self.text);
+            self.ends.push((n, self.text.len()));
+            return;
+        }
+        let mut value = String::new();
+        write(&mut value);
+        let mut rebuilt = FieldTexts::with_capacity(self.len() + 1, self.text.len() + value.len());
+        let mut placed = false;
+        for (m, text) in self.iter() {
+            if !placed && m >= n {
+                rebuilt.text.push_str(&value);
+                rebuilt.ends.push((n, rebuilt.text.len()));
+                placed = true;
+            }
+            if m != n {
+                rebuilt.text.push_str(text);
+                rebuilt.ends.push((m, rebuilt.text.len()));
+            }
+        }
+        *self = rebuilt;
+    }
+}
+
+impl std::fmt::Debug for FieldTexts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for FieldTexts {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (n, text) in self.iter() {
+            map.serialize_entry(&n, text)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldTexts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Texts;
+        impl<'de> Visitor<'de> for Texts {
+            type Value = FieldTexts;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map from field number to text")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FieldTexts, A::Error> {
+                let mut texts = FieldTexts::default();
+                while let Some((n, text)) = map.next_entry::<u8, std::borrow::Cow<'de, str>>()? {
+                    texts.insert(n, &text);
+                }
+                Ok(texts)
+            }
+        }
+        deserializer.deserialize_map(Texts)
+    }
+}
+
 /// A message as the log keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProtectedMessage {
     /// The MTI.
     pub mti: String,
     /// Field number to protected text.
-    pub fields: BTreeMap<u8, String>,
+    pub fields: FieldTexts,
     /// Fields that were present and are not stored (tracks, PIN block, CVV, bad EMV data).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub withheld: Vec<u8>,
@@ -155,49 +279,54 @@ pub fn protect(
     view: &MessageView<'_>,
     keys: &AuditKeys,
 ) -> (ProtectedMessage, Option<ProtectedPan>) {
+    let present = view.bitmaps().iter().map(|w| w.count_ones() as usize).sum();
+    // Text is at most twice the frame (binary fields as hex).
+    let fields = FieldTexts::with_capacity(present, 2 * view.buffer().len());
     let mut message = ProtectedMessage {
         mti: view.mti().as_str().to_string(),
-        ..ProtectedMessage::default()
+        fields,
+        withheld: Vec::new(),
     };
     let mut pan = None;
     for field in view.fields() {
         let n = field.number;
         let sensitivity = field.spec.sensitivity;
-        let text = if NEVER_STORED.contains(&n)
+        if NEVER_STORED.contains(&n)
             || matches!(
                 sensitivity,
                 Sensitivity::Track | Sensitivity::Pin | Sensitivity::Cvv
-            ) {
-            None
+            )
+        {
+            message.withheld.push(n);
         } else if n == 2 || sensitivity == Sensitivity::Pan {
             let value = field.value();
+            let masked = mask_pan(&value);
+            message.fields.insert(n, &masked);
             if n == 2 || pan.is_none() {
                 pan = Some(ProtectedPan {
-                    masked: mask_pan(&value),
+                    masked,
                     hash: keys.pan_hash(&value),
                 });
             }
-            Some(mask_pan(&value))
         } else if n == 55 || sensitivity == Sensitivity::Emv {
-            filter_emv(&field.value())
-        } else {
-            Some(field.text())
-        };
-        match text {
-            Some(t) => {
-                message.fields.insert(n, t);
+            match allowed_emv(&field.value()) {
+                Some(kept) => message
+                    .fields
+                    .push_with(n, |out| switchyard_iso8583::wire::push_hex_str(out, &kept)),
+                None => message.withheld.push(n),
             }
-            None => message.withheld.push(n),
+        } else {
+            message.fields.push_with(n, |out| field.push_text(out));
         }
     }
     (message, pan)
 }
 
-/// The allowed primitive tags of `data`, re-encoded as hex; `None` when it is not BER-TLV.
-fn filter_emv(data: &[u8]) -> Option<String> {
+/// The allowed primitive tags of `data`, re-encoded; `None` when it is not BER-TLV.
+fn allowed_emv(data: &[u8]) -> Option<Vec<u8>> {
     let mut kept = Vec::with_capacity(data.len());
     collect_allowed(data, &mut kept)?;
-    Some(switchyard_iso8583::wire::to_hex(&kept))
+    Some(kept)
 }
 
 fn collect_allowed(data: &[u8], out: &mut Vec<u8>) -> Option<()> {
@@ -298,11 +427,17 @@ impl PairRecord {
     ) -> PairRecord {
         let (message, pan) = protect(request, keys);
         let text = |n| request.field(n).map(|f| f.text());
+        let trimmed = |n| {
+            text(n).map(|mut t| {
+                t.truncate(t.trim_end().len());
+                t
+            })
+        };
         PairRecord {
             received_us,
             listener: listener.to_string(),
-            terminal: text(41).map(|t| t.trim_end().to_string()),
-            merchant: text(42).map(|t| t.trim_end().to_string()),
+            terminal: trimmed(41),
+            merchant: trimmed(42),
             request_mti: request.mti().as_str().to_string(),
             stan: text(11),
             rrn: text(37),
@@ -321,5 +456,62 @@ impl PairRecord {
         self.response_mti = Some(message.mti.clone());
         self.response_code = response.field(39).map(|f| f.text());
         self.response = Some(message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use super::FieldTexts;
+
+    #[test]
+    fn field_texts_keep_field_order_whatever_the_order_of_insertion() {
+        let mut texts = FieldTexts::default();
+        texts.insert(11, "000123");
+        texts.insert(41, "TERM0001");
+        texts.insert(3, "000000");
+        texts.insert(39, "00");
+        texts.insert(41, "TERM0002");
+        texts.insert(2, "");
+        let all: Vec<(u8, &str)> = texts.iter().collect();
+        assert_eq!(
+            all,
+            [
+                (2, ""),
+                (3, "000000"),
+                (11, "000123"),
+                (39, "00"),
+                (41, "TERM0002")
+            ]
+        );
+        assert_eq!(texts.get(39), Some("00"));
+        assert_eq!(texts.get(2), Some(""));
+        assert!(texts.contains(2) && !texts.contains(4));
+        assert_eq!(texts.get(4), None);
+        assert_eq!(texts.len(), 5);
+    }
+
+    #[test]
+    fn field_texts_read_and_write_the_json_of_a_map_by_field_number() {
+        // What the log held before: a BTreeMap<u8, String>.
+        let map = BTreeMap::from([
+            (3u8, "000000".to_string()),
+            (55, "9F2608".into()),
+            (7, "1124103000".into()),
+        ]);
+        let old = serde_json::to_string(&map).unwrap();
+        let texts: FieldTexts = serde_json::from_str(&old).unwrap();
+        assert_eq!(serde_json::to_string(&texts).unwrap(), old);
+        assert_eq!(texts.get(55), Some("9F2608"));
+        // Keys out of order, an escaped text.
+        let texts: FieldTexts = serde_json::from_str(r#"{"43":"A \"B\"","4":"1"}"#).unwrap();
+        assert_eq!(
+            texts.iter().collect::<Vec<_>>(),
+            [(4, "1"), (43, "A \"B\"")]
+        );
+        assert!(serde_json::from_str::<FieldTexts>(r#"{"300":"x"}"#).is_err());
     }
 }

@@ -600,11 +600,19 @@ impl<'a> Field<'a> {
     /// The value as text for people and JSON: characters for character fields, upper-case
     /// hex for binary fields. Unmasked: see [`crate::mask`] for what may be shown.
     pub fn text(&self) -> String {
+        let mut text = String::new();
+        self.push_text(&mut text);
+        text
+    }
+
+    /// Append the value as text (see [`Field::text`]) to `out`: no allocation of its own
+    /// for ASCII and binary fields.
+    pub fn push_text(&self, out: &mut String) {
         let value = self.value();
         if self.spec.class.is_binary() {
-            wire::to_hex(&value)
+            wire::push_hex_str(out, &value);
         } else {
-            String::from_utf8_lossy(&value).into_owned()
+            out.push_str(&String::from_utf8_lossy(&value));
         }
     }
 

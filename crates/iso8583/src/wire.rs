@@ -359,6 +359,20 @@ pub fn push_hex<O: for<'a> Extend<&'a u8>>(out: &mut O, v: &[u8]) {
     }
 }
 
+/// Append `v` to a string as upper-case hex (see [`push_hex`]).
+pub fn push_hex_str(out: &mut String, v: &[u8]) {
+    let mut buf = [[0u8; 2]; 64];
+    for chunk in v.chunks(64) {
+        for (pair, &b) in buf.iter_mut().zip(chunk) {
+            *pair = HEX_PAIRS[usize::from(b)];
+        }
+        // Hex digits: always ASCII.
+        if let Ok(text) = std::str::from_utf8(buf[..chunk.len()].as_flattened()) {
+            out.push_str(text);
+        }
+    }
+}
+
 /// Upper-case hex of `v` as a `String` (for human output).
 pub fn to_hex(v: &[u8]) -> String {
     let mut out = Vec::with_capacity(v.len() * 2);
@@ -680,6 +694,12 @@ mod tests {
     #[test]
     fn hex() {
         assert_eq!(to_hex(&[0x01, 0xAB]), "01AB");
+        // Appending, across the 64-byte chunks of the stack buffer.
+        let bytes: Vec<u8> = (0..=255u8).chain(0..9).collect();
+        let mut text = String::from("x:");
+        push_hex_str(&mut text, &bytes);
+        let expected: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+        assert_eq!(text, format!("x:{expected}"));
         assert_eq!(from_hex(b"01ab").unwrap(), [0x01, 0xAB]);
         assert_eq!(from_hex(b"01ag"), Err(3));
         assert_eq!(from_hex(b"012"), Err(3));

@@ -418,10 +418,7 @@ impl<P: IssuerPort> Router<P> {
         };
         self.metrics.issuer_latency(route.link, sent.elapsed());
         pair.issuer_stan = forwarded.issuer_stan.map(|s| format!("{s:06}"));
-        let approved = forwarded.result.as_ref().is_ok_and(|r| {
-            r.field(39)
-                .is_some_and(|f| Outcome::is_approval_code(&f.text()))
-        });
+        let approved = forwarded.result.as_ref().is_ok_and(Outcome::approves);
         if let (Ok(_), false, Some(registry), Some(t)) =
             (&forwarded.result, approved, &registry, &pair.terminal)
         {
@@ -490,9 +487,7 @@ impl<P: IssuerPort> Router<P> {
                         }
                     }
                 };
-                let approved = response
-                    .field(39)
-                    .is_some_and(|f| Outcome::is_approval_code(&f.text()));
+                let approved = Outcome::approves(&response);
                 let outcome = if approved {
                     Outcome::Approved
                 } else {
@@ -554,8 +549,8 @@ impl<P: IssuerPort> Router<P> {
         }
         let answer = MessageView::decode(spec, b.encode()).ok()?;
         let mut basis = ReversalBasis::of(outbound, None);
-        basis.fields.insert(38, auth_id);
-        basis.fields.insert(39, "00".into());
+        basis.fields.insert(38, &auth_id);
+        basis.fields.insert(39, "00");
         let advice = if request.mti().class() == 1 {
             "0120"
         } else {

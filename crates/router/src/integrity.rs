@@ -337,9 +337,7 @@ impl Integrity {
 
     /// An answer could not be delivered: if it was an approval, queue its reversal.
     pub async fn undelivered(&self, answer: &MessageView<'_>) {
-        let approved = answer
-            .field(39)
-            .is_some_and(|f| Outcome::is_approval_code(&f.text()));
+        let approved = Outcome::approves(answer);
         let (Some(terminal), Some(stan)) = (
             answer.field(41).map(|f| f.text()),
             answer.field(11).map(|f| f.text()),
@@ -404,9 +402,9 @@ impl Integrity {
             else {
                 return Ok(());
             };
-            let field7 = pair.request.fields.get(&7).cloned().unwrap_or_default();
+            let field7 = pair.request.fields.get(7).unwrap_or_default();
             if let (Some(link), Some(issuer_stan)) = (&pair.issuer, &pair.issuer_stan) {
-                self.forwarded(terminal, stan, &field7, link, issuer_stan);
+                self.forwarded(terminal, stan, field7, link, issuer_stan);
             }
             let class = mti.request_class();
             let parts = [
@@ -430,7 +428,7 @@ impl Integrity {
 /// An answer re-made from its protected form: every stored field except the masked PAN.
 fn rebuild(spec: &'static Spec, protected: &ProtectedMessage) -> Option<Bytes> {
     let mut b = MessageBuilder::new(spec, Mti::parse(&protected.mti)?);
-    for (&n, text) in &protected.fields {
+    for (n, text) in protected.fields.iter() {
         let Some(f) = spec.field(n) else { continue };
         if n == 2 || f.sensitivity != switchyard_iso8583::Sensitivity::None {
             continue;

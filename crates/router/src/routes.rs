@@ -11,6 +11,7 @@
 //! of rules costs well under a microsecond. A table is immutable; the router swaps whole
 //! tables on reload.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::fmt;
 
@@ -259,17 +260,24 @@ impl RouteTable {
     }
 }
 
-/// The PAN of a request: field 2, or the part of track 2 (35) before the separator.
-pub fn pan_of(request: &MessageView<'_>) -> Option<Vec<u8>> {
+/// The PAN of a request: field 2, or the part of track 2 (35) before the separator. A slice
+/// of the frame when the dialect carries it as ASCII (no copy of card data to free).
+pub fn pan_of<'a>(request: &'a MessageView<'_>) -> Option<Cow<'a, [u8]>> {
     if let Some(pan) = request.field(2) {
-        return Some(pan.value().into_owned());
+        return Some(pan.value());
     }
     let track = request.field(35)?.value();
     let end = track
         .iter()
         .position(|&b| b == b'=' || b == b'D')
         .unwrap_or(track.len());
-    Some(track[..end].to_vec())
+    Some(match track {
+        Cow::Borrowed(track) => Cow::Borrowed(&track[..end]),
+        Cow::Owned(mut track) => {
+            track.truncate(end);
+            Cow::Owned(track)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchyard_audit::{AuditLog, RecordKind};
+use switchyard_audit::{AuditLog, FieldTexts, RecordKind};
 use switchyard_iso8583::{MessageBuilder, MessageView, Mti, Spec};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -42,20 +42,20 @@ pub struct ReversalBasis {
     /// The STAN the issuer saw (the link's, when remapped).
     pub issuer_stan: String,
     /// Field number to value, from [`REVERSAL_FIELDS`].
-    pub fields: BTreeMap<u8, String>,
+    pub fields: FieldTexts,
 }
 
 impl ReversalBasis {
     /// The basis of a request as it was sent to the issuer.
     pub fn of(request: &MessageView<'_>, issuer_stan: Option<u32>) -> ReversalBasis {
-        let fields: BTreeMap<u8, String> = REVERSAL_FIELDS
-            .iter()
-            .filter_map(|&n| request.field(n).map(|f| (n, f.text())))
-            .collect();
-        let issuer_stan = issuer_stan
-            .map(|s| format!("{s:06}"))
-            .or_else(|| fields.get(&11).cloned())
-            .unwrap_or_else(|| "000000".into());
+        let mut fields = FieldTexts::with_capacity(REVERSAL_FIELDS.len(), 160);
+        for field in REVERSAL_FIELDS.iter().filter_map(|&n| request.field(n)) {
+            fields.push_with(field.number, |out| field.push_text(out));
+        }
+        let issuer_stan = match issuer_stan {
+            Some(s) => format!("{s:06}"),
+            None => fields.get(11).unwrap_or("000000").to_string(),
+        };
         ReversalBasis {
             original_mti: request.mti().as_str().to_string(),
             issuer_stan,
@@ -67,16 +67,12 @@ impl ReversalBasis {
     /// forwarding institution ids (each right-justified in 11 digits).
     pub fn original_data_elements(&self) -> String {
         let id = |n| {
-            let v = self.fields.get(&n).map(String::as_str).unwrap_or("");
+            let v = self.fields.get(n).unwrap_or("");
             // The last 11 characters (the journal is read back from disk: no byte slicing).
             let skip = v.chars().count().saturating_sub(11);
             format!("{:0>11}", v.chars().skip(skip).collect::<String>())
         };
-        let dt = self
-            .fields
-            .get(&7)
-            .cloned()
-            .unwrap_or_else(|| "0000000000".into());
+        let dt = self.fields.get(7).unwrap_or("0000000000");
         format!(
             "{}{}{}{}{}",
             self.original_mti,
@@ -94,7 +90,7 @@ impl ReversalBasis {
         mti: Mti,
     ) -> Result<MessageView<'static>, switchyard_iso8583::Error> {
         let mut b = MessageBuilder::new(spec, mti);
-        for (&n, v) in &self.fields {
+        for (n, v) in self.fields.iter() {
             if spec.field(n).is_some() {
                 b.set(n, v)?;
             }
@@ -555,7 +551,7 @@ mod tests {
         let request = MessageView::decode(spec, b.encode()).unwrap();
         let basis = ReversalBasis::of(&request, Some(777));
         assert!(
-            !basis.fields.contains_key(&2) && !basis.fields.contains_key(&35),
+            !basis.fields.contains(2) && !basis.fields.contains(35),
             "no card data"
         );
         let event = SafEvent::Enqueue {

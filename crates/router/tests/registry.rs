@@ -404,10 +404,7 @@ async fn stand_in_approves_small_amounts_while_the_issuer_is_down_and_queues_an_
     let entries = f.router.integrity().unwrap().saf.list();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].first_mti.as_deref(), Some("0220"));
-    assert_eq!(
-        entries[0].basis.fields.get(&38).map(String::as_str),
-        answer.str(38)
-    );
+    assert_eq!(entries[0].basis.fields.get(38), answer.str(38));
     assert_eq!(pairs(&f)[0].outcome, Some(Outcome::StandInApproved));
 }
 
