@@ -151,7 +151,7 @@ fn reversals_wait_for_an_issuer_that_went_quiet_and_drain_in_order_when_it_is_ba
     // In the order the requests were made: the STANs the issuer saw, as the audit log has them.
     let expected: Vec<String> = pairs(&switch.audit_dir())
         .into_iter()
-        .filter_map(|r| r.issuer_stan)
+        .filter_map(|r| r.issuer_stan.map(|s| s.to_string()))
         .collect();
     let mut arrived: Vec<String> = Vec::new();
     for stan in sim.ledger.reversal_order.lock().unwrap().iter() {
@@ -345,7 +345,7 @@ fn a_switch_killed_under_load_leaves_no_orphaned_approval() {
     let approved: HashMap<String, &PairRecord> = records
         .iter()
         .filter(|r| r.outcome == Some(Outcome::Approved))
-        .filter_map(|r| Some((r.issuer_stan.clone()?, r)))
+        .filter_map(|r| Some((r.issuer_stan.as_deref()?.to_string(), r)))
         .collect();
     for ((tid, issuer_stan, _), _) in sim.ledger.standing() {
         let pair = approved.get(&issuer_stan);

@@ -30,4 +30,6 @@ pub use keys::{AuditKeys, ChainKey, KeySource, PanKey, DEMO_WARNING};
 pub use log::{AuditConfig, AuditLog, AuditStats, BatchObserver, Recovery};
 pub use query::{query, report, Filter, ReportRow, Totals};
 pub use reader::{for_each, for_each_recent, verify, RecordRef, VerifyReport};
-pub use record::{protect, FieldTexts, Outcome, PairRecord, ProtectedMessage, ProtectedPan};
+pub use record::{
+    protect, FieldTexts, Outcome, PairRecord, ProtectedMessage, ProtectedPan, ShortText,
+};

@@ -9,7 +9,7 @@ use switchyard_iso8583::datetime::Civil;
 use crate::error::{AuditError, Result};
 use crate::format::RecordKind;
 use crate::reader::for_each;
-use crate::record::{Outcome, PairRecord};
+use crate::record::{Outcome, PairRecord, ShortText};
 
 /// Which pair records a query returns; every field set must match.
 #[derive(Debug, Clone, Default)]
@@ -37,7 +37,7 @@ pub struct Filter {
 impl Filter {
     /// Whether `r` matches.
     pub fn matches(&self, r: &PairRecord) -> bool {
-        let eq = |want: &Option<String>, have: &Option<String>| {
+        let eq = |want: &Option<String>, have: &Option<ShortText>| {
             want.as_ref()
                 .is_none_or(|w| have.as_deref() == Some(w.as_str()))
         };
@@ -162,12 +162,12 @@ pub fn report(dir: &Path, filter: &Filter) -> Result<Vec<ReportRow>> {
     const DIMENSIONS: [&str; 4] = ["day", "issuer", "merchant", "terminal"];
     query(dir, filter, |_, r| {
         let day = Civil::from_unix(r.received_us.div_euclid(1_000_000)).date_string();
-        let currency = r.currency.clone().unwrap_or_else(|| "-".into());
+        let currency = r.currency.as_deref().unwrap_or("-").to_string();
         let keys = [
             Some(day),
-            r.issuer.clone(),
-            r.merchant.clone(),
-            r.terminal.clone(),
+            r.issuer.as_deref().map(str::to_string),
+            r.merchant.as_deref().map(str::to_string),
+            r.terminal.as_deref().map(str::to_string),
         ];
         for (i, key) in keys.into_iter().enumerate() {
             let key = key.unwrap_or_else(|| "-".into());

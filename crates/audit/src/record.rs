@@ -262,11 +262,161 @@ impl<'de> Deserialize<'de> for FieldTexts {
     }
 }
 
+/// A message's identifier as text (terminal, merchant, STAN, RRN, codes, MTIs): inline up to
+/// 23 bytes, so that the pair record's identifiers cost no allocation each; longer ones (a
+/// dialect with longer fields) go to the heap. In JSON a string.
+#[derive(Clone)]
+pub struct ShortText(Short);
+
+const INLINE: usize = 23;
+
+#[derive(Clone)]
+enum Short {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl ShortText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Always whole characters of a `str` (see `From<&str>`).
+            Short::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Short::Heap(text) => text,
+        }
+    }
+
+    /// `n` in decimal, zero-padded to `width` digits (at most 20; a STAN is
+    /// `ShortText::digits(42, 6)`).
+    pub fn digits(n: u64, width: usize) -> ShortText {
+        let mut buf = [b'0'; 20];
+        let (mut at, mut rest) = (buf.len(), n);
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let at = at.min(buf.len().saturating_sub(width));
+        ShortText::from(std::str::from_utf8(&buf[at..]).unwrap_or_default())
+    }
+
+    /// A field's text (see `Field::text`), without trailing spaces when `trim`.
+    pub fn of_field(field: &switchyard_iso8583::Field<'_>, trim: bool) -> ShortText {
+        let value = field.value();
+        if field.spec.class.is_binary() {
+            return ShortText::from(switchyard_iso8583::wire::to_hex(&value));
+        }
+        let text = String::from_utf8_lossy(&value);
+        ShortText::from(if trim { text.trim_end() } else { &text })
+    }
+}
+
+impl From<&str> for ShortText {
+    fn from(text: &str) -> ShortText {
+        if text.len() > INLINE {
+            return ShortText(Short::Heap(text.into()));
+        }
+        let mut bytes = [0u8; INLINE];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        ShortText(Short::Inline {
+            len: text.len() as u8,
+            bytes,
+        })
+    }
+}
+
+impl From<String> for ShortText {
+    fn from(text: String) -> ShortText {
+        ShortText::from(text.as_str())
+    }
+}
+
+impl Default for ShortText {
+    fn default() -> ShortText {
+        ShortText::from("")
+    }
+}
+
+impl std::ops::Deref for ShortText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for ShortText {
+    fn eq(&self, other: &ShortText) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ShortText {}
+
+impl PartialEq<str> for ShortText {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ShortText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::hash::Hash for ShortText {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for ShortText {
+    fn partial_cmp(&self, other: &ShortText) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ShortText {
+    fn cmp(&self, other: &ShortText) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::fmt::Debug for ShortText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for ShortText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ShortText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ShortText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(ShortText::from(&*text))
+    }
+}
+
 /// A message as the log keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProtectedMessage {
     /// The MTI.
-    pub mti: String,
+    pub mti: ShortText,
     /// Field number to protected text.
     pub fields: FieldTexts,
     /// Fields that were present and are not stored (tracks, PIN block, CVV, bad EMV data).
@@ -283,7 +433,7 @@ pub fn protect(
     // Text is at most twice the frame (binary fields as hex).
     let fields = FieldTexts::with_capacity(present, 2 * view.buffer().len());
     let mut message = ProtectedMessage {
-        mti: view.mti().as_str().to_string(),
+        mti: ShortText::from(view.mti().as_str()),
         fields,
         withheld: Vec::new(),
     };
@@ -357,45 +507,45 @@ pub struct PairRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<u64>,
     /// The listener the request came in on.
-    pub listener: String,
+    pub listener: ShortText,
     /// Field 41.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terminal: Option<String>,
+    pub terminal: Option<ShortText>,
     /// Field 42.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub merchant: Option<String>,
+    pub merchant: Option<ShortText>,
     /// The route taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
+    pub route: Option<ShortText>,
     /// The issuer link used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issuer: Option<String>,
+    pub issuer: Option<ShortText>,
     /// Request MTI.
-    pub request_mti: String,
+    pub request_mti: ShortText,
     /// Response MTI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_mti: Option<String>,
+    pub response_mti: Option<ShortText>,
     /// The terminal's STAN (field 11).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stan: Option<String>,
+    pub stan: Option<ShortText>,
     /// The STAN the issuer saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issuer_stan: Option<String>,
+    pub issuer_stan: Option<ShortText>,
     /// Field 37.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rrn: Option<String>,
+    pub rrn: Option<ShortText>,
     /// Field 4, in minor units.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<u64>,
     /// Field 49.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub currency: Option<String>,
+    pub currency: Option<ShortText>,
     /// Field 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub processing_code: Option<String>,
+    pub processing_code: Option<ShortText>,
     /// Field 39 of the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_code: Option<String>,
+    pub response_code: Option<ShortText>,
     /// How it ended.
     pub outcome: Option<Outcome>,
     /// The PAN, protected.
@@ -426,19 +576,14 @@ impl PairRecord {
         received_us: i64,
     ) -> PairRecord {
         let (message, pan) = protect(request, keys);
-        let text = |n| request.field(n).map(|f| f.text());
-        let trimmed = |n| {
-            text(n).map(|mut t| {
-                t.truncate(t.trim_end().len());
-                t
-            })
-        };
+        let text = |n| request.field(n).map(|f| ShortText::of_field(&f, false));
+        let trimmed = |n| request.field(n).map(|f| ShortText::of_field(&f, true));
         PairRecord {
             received_us,
-            listener: listener.to_string(),
+            listener: ShortText::from(listener),
             terminal: trimmed(41),
             merchant: trimmed(42),
-            request_mti: request.mti().as_str().to_string(),
+            request_mti: ShortText::from(request.mti().as_str()),
             stan: text(11),
             rrn: text(37),
             amount: request.field(4).and_then(|f| f.as_u64()),
@@ -454,7 +599,7 @@ impl PairRecord {
     pub fn set_response(&mut self, response: &MessageView<'_>, keys: &AuditKeys) {
         let (message, _) = protect(response, keys);
         self.response_mti = Some(message.mti.clone());
-        self.response_code = response.field(39).map(|f| f.text());
+        self.response_code = response.field(39).map(|f| ShortText::of_field(&f, false));
         self.response = Some(message);
     }
 }
@@ -465,7 +610,40 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-    use super::FieldTexts;
+    use super::{FieldTexts, ShortText};
+
+    #[test]
+    fn short_texts_are_inline_or_on_the_heap_and_read_alike() {
+        for text in [
+            "",
+            "00",
+            "TERM0001",
+            "12345678901234567890123",
+            "a much longer identifier",
+        ] {
+            let short = ShortText::from(text);
+            assert_eq!(short.as_str(), text);
+            let json = serde_json::to_string(&short).unwrap();
+            assert_eq!(json, serde_json::to_string(text).unwrap());
+            assert_eq!(serde_json::from_str::<ShortText>(&json).unwrap(), short);
+        }
+        assert_eq!(ShortText::from("ab"), ShortText::from("ab".to_string()));
+        let (ab, b) = (
+            ShortText::from("ab"),
+            ShortText::from("b, longer than twenty-three bytes"),
+        );
+        assert!(ab < b && b.cmp(&ab).is_gt());
+        for (n, width) in [
+            (0u64, 6),
+            (42, 6),
+            (999_999, 6),
+            (1_234_567, 6),
+            (7, 0),
+            (u64::MAX, 3),
+        ] {
+            assert_eq!(ShortText::digits(n, width).as_str(), format!("{n:0width$}"));
+        }
+    }
 
     #[test]
     fn field_texts_keep_field_order_whatever_the_order_of_insertion() {

@@ -16,7 +16,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use switchyard_audit::{AuditKeys, AuditLog, Outcome, PairRecord, ProtectedMessage, RecordKind};
+use switchyard_audit::{
+    AuditKeys, AuditLog, Outcome, PairRecord, ProtectedMessage, RecordKind, ShortText,
+};
 use switchyard_iso8583::{MessageBuilder, MessageView, Mti, Spec};
 use switchyard_mux::{
     format_error_response, BeforeSend, ConnectionInfo, Forwarded, Handler, IssuerLink, MuxError,
@@ -354,8 +356,8 @@ impl<P: IssuerPort> Router<P> {
             },
             None => request,
         };
-        pair.route = Some(route.name.to_string());
-        pair.issuer = Some(route.link.to_string());
+        pair.route = Some(ShortText::from(route.name));
+        pair.issuer = Some(ShortText::from(route.link));
         let Some(link) = self.links.get(route.link) else {
             return (own_answer(request, b"96"), Outcome::SystemError);
         };
@@ -417,7 +419,9 @@ impl<P: IssuerPort> Router<P> {
             }
         };
         self.metrics.issuer_latency(route.link, sent.elapsed());
-        pair.issuer_stan = forwarded.issuer_stan.map(|s| format!("{s:06}"));
+        pair.issuer_stan = forwarded
+            .issuer_stan
+            .map(|s| ShortText::digits(u64::from(s), 6));
         let approved = forwarded.result.as_ref().is_ok_and(Outcome::approves);
         if let (Ok(_), false, Some(registry), Some(t)) =
             (&forwarded.result, approved, &registry, &pair.terminal)
@@ -427,11 +431,12 @@ impl<P: IssuerPort> Router<P> {
         if let Some(i) = &self.integrity {
             if matches!(mti.class(), 1 | 2) {
                 if let (Some(t), Some(s)) = (&pair.terminal, &pair.stan) {
-                    let f7 = request.field(7).map(|f| f.text()).unwrap_or_default();
-                    let issuer_stan = forwarded
-                        .issuer_stan
-                        .map_or_else(|| s.clone(), |n| format!("{n:06}"));
-                    i.forwarded(t, s, &f7, route.link, &issuer_stan);
+                    let f7 = request
+                        .field(7)
+                        .map(|f| ShortText::of_field(&f, false))
+                        .unwrap_or_default();
+                    let issuer_stan = pair.issuer_stan.as_ref().unwrap_or(s);
+                    i.forwarded(t, s, &f7, route.link, issuer_stan);
                 }
             }
             match &forwarded.result {
@@ -583,7 +588,7 @@ impl<P: IssuerPort> Router<P> {
         pair.answered_us = Some(answered);
         pair.latency_us = Some(started.elapsed().as_micros() as u64);
         pair.outcome = Some(outcome);
-        let payload = match serde_json::to_vec(&pair) {
+        let payload = match switchyard_audit::log::to_json(&pair) {
             Ok(p) => p,
             Err(error) => {
                 tracing::error!(%error, "audit record does not serialise");
@@ -631,17 +636,18 @@ impl<P: IssuerPort> Router<P> {
         let salvage = error.salvage();
         let text = |b: Option<&[u8]>| {
             b.filter(|v| v.iter().all(|c| c.is_ascii_alphanumeric() || *c == b' '))
-                .map(|v| String::from_utf8_lossy(v).trim_end().to_string())
+                .map(|v| ShortText::from(String::from_utf8_lossy(v).trim_end()))
         };
         let mti = salvage.mti.and_then(Mti::new);
+        let mti_text = ShortText::from(mti.as_ref().map_or("????", Mti::as_str));
         let pair = PairRecord {
             received_us: now_us(),
-            listener: listener.to_string(),
+            listener: ShortText::from(listener),
             terminal: text(salvage.terminal_id(&frame)),
-            request_mti: mti.map_or_else(|| "????".to_string(), |m| m.as_str().to_string()),
+            request_mti: mti_text.clone(),
             stan: text(salvage.stan(&frame)),
             request: ProtectedMessage {
-                mti: mti.map_or_else(|| "????".to_string(), |m| m.as_str().to_string()),
+                mti: mti_text,
                 ..ProtectedMessage::default()
             },
             ..PairRecord::default()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use switchyard_audit::{AuditLog, Outcome, PairRecord, ProtectedMessage, RecordKind};
+use switchyard_audit::{AuditLog, Outcome, PairRecord, ProtectedMessage, RecordKind, ShortText};
 use switchyard_iso8583::{wire, MessageBuilder, MessageView, Mti, Spec};
 
 use crate::flow::now_us;
@@ -111,7 +111,7 @@ impl std::fmt::Debug for TextKey {
 /// A forwarded request: terminal id, its STAN, field 7.
 type OriginalKey = TextKey;
 /// Where it went: the link and the STAN the issuer saw.
-type Original = (String, String);
+type Original = (ShortText, ShortText);
 
 /// Identifies a terminal's request for duplicate detection: terminal id, STAN,
 /// transmission date and time, MTI class.
@@ -123,7 +123,7 @@ enum Seen {
 }
 
 struct Approval {
-    link: String,
+    link: ShortText,
     basis: ReversalBasis,
     inflight_seq: Option<u64>,
 }
@@ -288,12 +288,12 @@ impl Integrity {
             return;
         };
         let mut map = self.originals.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(key, (link.to_string(), issuer_stan.to_string()));
+        map.insert(key, (ShortText::from(link), ShortText::from(issuer_stan)));
     }
 
     /// For a terminal's reversal (04xx with field 90): the link its original went to and the
     /// STAN the issuer saw.
-    pub fn original_of(&self, request: &MessageView<'_>) -> Option<(String, String)> {
+    pub fn original_of(&self, request: &MessageView<'_>) -> Option<Original> {
         if request.mti().class() != 4 {
             return None;
         }
@@ -328,7 +328,7 @@ impl Integrity {
         map.insert(
             key,
             Approval {
-                link: link.to_string(),
+                link: ShortText::from(link),
                 basis,
                 inflight_seq,
             },
@@ -391,7 +391,8 @@ impl Integrity {
             if pair.received_us < since {
                 return Ok(());
             }
-            let (Some(spec), Some(response)) = (specs.get(&pair.listener), &pair.response) else {
+            let (Some(spec), Some(response)) = (specs.get(pair.listener.as_str()), &pair.response)
+            else {
                 return Ok(());
             };
             let (Some(terminal), Some(stan)) = (&pair.terminal, &pair.stan) else {

@@ -34,11 +34,10 @@ pub fn mti_label(mti: Mti) -> &'static str {
 }
 
 /// A response code as a label value.
-pub fn code_label(code: &str) -> String {
-    if code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        code.to_string()
-    } else {
-        "invalid".to_string()
+pub fn code_label(code: &[u8]) -> &str {
+    match std::str::from_utf8(code) {
+        Ok(code) if code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphanumeric()) => code,
+        _ => "invalid",
     }
 }
 
@@ -171,7 +170,7 @@ impl RouterMetrics {
             .inc();
         if let Some(code) = answer.and_then(|a| a.field(39)) {
             self.responses
-                .with_label_values(&[listener, &code_label(&code.text())])
+                .with_label_values(&[listener, code_label(&code.value())])
                 .inc();
         }
         self.duration

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchyard_audit::{AuditLog, FieldTexts, RecordKind};
+use switchyard_audit::{AuditLog, FieldTexts, RecordKind, ShortText};
 use switchyard_iso8583::{MessageBuilder, MessageView, Mti, Spec};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -38,9 +38,9 @@ pub const REVERSAL_FIELDS: &[u8] = &[3, 4, 7, 11, 12, 13, 22, 25, 32, 33, 37, 41
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReversalBasis {
     /// The original request's MTI.
-    pub original_mti: String,
+    pub original_mti: ShortText,
     /// The STAN the issuer saw (the link's, when remapped).
-    pub issuer_stan: String,
+    pub issuer_stan: ShortText,
     /// Field number to value, from [`REVERSAL_FIELDS`].
     pub fields: FieldTexts,
 }
@@ -53,11 +53,11 @@ impl ReversalBasis {
             fields.push_with(field.number, |out| field.push_text(out));
         }
         let issuer_stan = match issuer_stan {
-            Some(s) => format!("{s:06}"),
-            None => fields.get(11).unwrap_or("000000").to_string(),
+            Some(s) => ShortText::digits(u64::from(s), 6),
+            None => ShortText::from(fields.get(11).unwrap_or("000000")),
         };
         ReversalBasis {
-            original_mti: request.mti().as_str().to_string(),
+            original_mti: ShortText::from(request.mti().as_str()),
             issuer_stan,
             fields,
         }

@@ -278,21 +278,21 @@ fn time_text(us: i64) -> String {
 }
 
 fn query_row(seq: u64, r: &PairRecord) -> [String; 14] {
-    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let opt = |v: Option<&str>| v.unwrap_or_default().to_string();
     [
         seq.to_string(),
         time_text(r.received_us),
-        opt(&r.terminal),
-        opt(&r.merchant),
-        r.request_mti.clone(),
-        opt(&r.stan),
-        opt(&r.rrn),
+        opt(r.terminal.as_deref()),
+        opt(r.merchant.as_deref()),
+        r.request_mti.to_string(),
+        opt(r.stan.as_deref()),
+        opt(r.rrn.as_deref()),
         r.amount.map(|a| a.to_string()).unwrap_or_default(),
-        opt(&r.currency),
-        opt(&r.response_code),
+        opt(r.currency.as_deref()),
+        opt(r.response_code.as_deref()),
         r.outcome.map(|o| o.name().to_string()).unwrap_or_default(),
-        opt(&r.issuer),
-        opt(&r.route),
+        opt(r.issuer.as_deref()),
+        opt(r.route.as_deref()),
         r.pan.as_ref().map(|p| p.masked.clone()).unwrap_or_default(),
     ]
 }
