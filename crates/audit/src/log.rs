@@ -413,7 +413,15 @@ fn preallocate(path: &Path, len: u64, fill: Fill) -> std::io::Result<File> {
         .create(true)
         .truncate(true)
         .open(path)?;
-    let chunk = vec![0u8; 1 << 20];
+    // Small chunks beside a writer: each one's flush is a pause for the appends' syncs.
+    let chunk = vec![
+        0u8;
+        if matches!(fill, Fill::Gently(_)) {
+            256 << 10
+        } else {
+            1 << 20
+        }
+    ];
     let mut at = 0u64;
     while at < len {
         if let Fill::Gently(pace) = &fill {
