@@ -388,10 +388,10 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 enum Fill {
     /// As fast as possible (nothing else is writing).
     AtOnce,
-    /// Beside a writer taking appends: 1 MiB chunks, each flushed, so that the zero-filling
-    /// does not hold up the appends' fdatasync behind megabytes of its own writeback, and
-    /// paced to stay a quarter of a segment ahead of the writer (`Pace`) rather than
-    /// competing with its syncs all at once.
+    /// Beside a writer taking appends: 256 KiB chunks, each flushed, so that the
+    /// zero-filling does not hold up the appends' fdatasync behind megabytes of its own
+    /// writeback (1 MiB chunks doubled the audit bench's open-loop p99), and paced to stay a
+    /// quarter of a segment ahead of the writer (`Pace`) rather than all at once.
     Gently(Arc<Pace>),
 }
 
@@ -413,7 +413,6 @@ fn preallocate(path: &Path, len: u64, fill: Fill) -> std::io::Result<File> {
         .create(true)
         .truncate(true)
         .open(path)?;
-    // Small chunks beside a writer: each one's flush is a pause for the appends' syncs.
     let chunk = vec![
         0u8;
         if matches!(fill, Fill::Gently(_)) {
@@ -786,10 +785,12 @@ impl Writer {
             }
         }
         // Start zero-filling the next segment as soon as this one takes records: it must be
-        // ready when this one is full. Started at half full, the fill (then in 256 KiB
-        // chunks with 2 ms pauses) lost the race at the load bench's 100 connections (about
-        // 57 MB/s of records), and every transaction in flight waited for it at each
-        // rotation: p99.9 75-250 ms, now 20-55 ms.
+        // ready when this one is full. Started at half full with 2 ms pauses between chunks,
+        // the fill lost the race at the load bench's 100 connections (about 57 MB/s of
+        // records), and every transaction in flight waited for it at each rotation: p99.9
+        // 110-240 ms, now 20-45 ms. The cost: the zero-filling runs beside the appends for
+        // the whole segment, as it must in steady state (one byte of zeros per byte of
+        // records); the audit bench's group commit now pays it too.
         if self.spare.is_none() {
             let (tmp, len) = (self.config.dir.join(SPARE_NAME), self.segment_len);
             let pace = Arc::new(Pace::default());
