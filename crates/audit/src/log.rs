@@ -397,7 +397,6 @@ enum Fill {
 }
 
 /// What paces the zero-filling of the next segment.
-#[derive(Default)]
 struct Pace {
     /// Where the writer is in the current segment.
     written: AtomicU64,
@@ -794,7 +793,10 @@ impl Writer {
         // records); the audit bench's group commit now pays it too.
         if self.spare.is_none() {
             let (tmp, len) = (self.config.dir.join(SPARE_NAME), self.segment_len);
-            let pace = Arc::new(Pace::default());
+            let pace = Arc::new(Pace {
+                written: AtomicU64::new(self.offset),
+                stop: AtomicBool::new(false),
+            });
             let fill = Fill::Gently(pace.clone());
             self.spare = Some(Spare {
                 filling: std::thread::spawn(move || preallocate(&tmp, len, fill)),

@@ -187,7 +187,12 @@ impl FieldTexts {
 
     /// Field numbers and texts, by field number.
     pub fn iter(&self) -> impl Iterator<Item = (u8, &str)> + '_ {
-        (0..self.ends.len()).map(|i| (self.ends[i].0, &self.text[self.start(i)..self.ends[i].1]))
+        let text = |i: usize| {
+            self.text
+                .get(self.start(i)..self.ends[i].1)
+                .unwrap_or_default()
+        };
+        (0..self.ends.len()).map(move |i| (self.ends[i].0, text(i)))
     }
 
     fn start(&self, i: usize) -> usize {

@@ -606,7 +606,7 @@ impl<'a> Field<'a> {
     }
 
     /// Append the value as text (see [`Field::text`]) to `out`: no allocation of its own
-    /// for ASCII and binary fields.
+    /// for fields carried as ASCII or as raw binary.
     pub fn push_text(&self, out: &mut String) {
         let value = self.value();
         if self.spec.class.is_binary() {
