@@ -296,18 +296,8 @@ impl ShortText {
     /// `n` in decimal, zero-padded to `width` digits (at most 20; a STAN is
     /// `ShortText::digits(42, 6)`).
     pub fn digits(n: u64, width: usize) -> ShortText {
-        let mut buf = [b'0'; 20];
-        let (mut at, mut rest) = (buf.len(), n);
-        loop {
-            at -= 1;
-            buf[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        let at = at.min(buf.len().saturating_sub(width));
-        ShortText::from(std::str::from_utf8(&buf[at..]).unwrap_or_default())
+        let (digits, start) = switchyard_iso8583::wire::decimal(n, width);
+        ShortText::from(std::str::from_utf8(&digits[start..]).unwrap_or_default())
     }
 
     /// A field's text (see `Field::text`), without trailing spaces when `trim`.

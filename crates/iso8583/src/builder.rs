@@ -178,23 +178,12 @@ impl<'s> MessageBuilder<'s> {
     /// Set a numeric field from an integer, zero-padded to the length of a fixed field.
     pub fn set_u64(&mut self, n: u8, value: u64) -> Result<&mut Self> {
         let f = self.definition(n)?;
-        let mut digits = [b'0'; 20];
-        let mut v = value;
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
         let width = if f.length == LengthKind::Fixed {
-            usize::from(f.max).max(digits.len() - i)
+            usize::from(f.max)
         } else {
-            digits.len() - i
+            0
         };
-        let from = digits.len().saturating_sub(width);
+        let (digits, from) = wire::decimal(value, width);
         self.set(n, &digits[from..])
     }
 

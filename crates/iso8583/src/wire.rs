@@ -359,6 +359,22 @@ pub fn push_hex<O: for<'a> Extend<&'a u8>>(out: &mut O, v: &[u8]) {
     }
 }
 
+/// `n` in decimal, zero-padded to `width` digits (more when `n` needs them; at most 20),
+/// as ASCII in a stack buffer: `(buffer, start)`, the digits being `&buffer[start..]`.
+pub fn decimal(n: u64, width: usize) -> ([u8; 20], usize) {
+    let mut digits = [b'0'; 20];
+    let (mut at, mut rest) = (digits.len(), n);
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    (digits, at.min(digits.len().saturating_sub(width)))
+}
+
 /// Append `v` to a string as upper-case hex (see [`push_hex`]).
 pub fn push_hex_str(out: &mut String, v: &[u8]) {
     let mut buf = [[0u8; 2]; 64];
@@ -688,6 +704,21 @@ mod tests {
                 }
             }
             assert!(all_digits(&vec![b'9'; len]) && all_printable(&vec![b'~'; len]));
+        }
+    }
+
+    #[test]
+    fn decimal_digits_are_zero_padded_to_the_width() {
+        for (n, width) in [
+            (0u64, 0),
+            (0, 6),
+            (42, 6),
+            (999_999, 6),
+            (1_234_567, 6),
+            (u64::MAX, 3),
+        ] {
+            let (digits, start) = decimal(n, width);
+            assert_eq!(&digits[start..], format!("{n:0width$}").as_bytes());
         }
     }
 
