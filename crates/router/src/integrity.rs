@@ -180,6 +180,39 @@ impl<K: std::hash::Hash + Eq + Clone, V> BoundedMap<K, V> {
     }
 }
 
+/// A [`BoundedMap`] split by key hash into shards, each behind its own lock. Growing a map
+/// rehashes all of it with its lock held: as one map of up to a million entries that
+/// stalled every request for tens of milliseconds at each doubling (at 100 connections the
+/// switch's p99.9 was 36 ms with a 97 ms max; with the maps allocated at full size up front,
+/// 17 and 56 ms). A shard grows a sixteenth as much at a time, and only requests whose keys
+/// fall in it wait.
+struct Sharded<K, V> {
+    shards: Box<[Mutex<BoundedMap<K, V>>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+const SHARDS: usize = 16;
+
+impl<K: std::hash::Hash + Eq + Clone, V> Sharded<K, V> {
+    /// At most `cap` entries in all (oldest first out, per shard), each for `ttl`.
+    fn new(cap: usize, ttl: Duration) -> Self {
+        let per_shard = cap.div_ceil(SHARDS);
+        Sharded {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(BoundedMap::new(per_shard, ttl)))
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// The shard `key` lives in, locked.
+    fn lock(&self, key: &K) -> std::sync::MutexGuard<'_, BoundedMap<K, V>> {
+        use std::hash::BuildHasher;
+        let i = (self.hasher.hash_one(key) % SHARDS as u64) as usize;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Bounds on the in-memory state (oldest entries go first past them).
 const MAX_DUPLICATE_ENTRIES: usize = 200_000;
 const MAX_RECENT_APPROVALS: usize = 200_000;
@@ -194,10 +227,10 @@ pub struct Integrity {
     pub saf: Arc<SafQueue>,
     /// How long a completed request is remembered for duplicates.
     pub duplicate_window: Duration,
-    seen: Mutex<BoundedMap<DuplicateKey, Seen>>,
-    approvals: Mutex<BoundedMap<TextKey, Approval>>,
+    seen: Sharded<DuplicateKey, Seen>,
+    approvals: Sharded<TextKey, Approval>,
     /// Where forwarded requests went, for the terminals' reversals of them.
-    originals: Mutex<BoundedMap<OriginalKey, Original>>,
+    originals: Sharded<OriginalKey, Original>,
 }
 
 impl std::fmt::Debug for Integrity {
@@ -227,9 +260,9 @@ impl Integrity {
         Integrity {
             saf,
             duplicate_window,
-            seen: Mutex::new(BoundedMap::new(MAX_DUPLICATE_ENTRIES, duplicate_window)),
-            approvals: Mutex::new(BoundedMap::new(MAX_RECENT_APPROVALS, RECENT_APPROVAL_TTL)),
-            originals: Mutex::new(BoundedMap::new(MAX_ORIGINALS, ORIGINAL_TTL)),
+            seen: Sharded::new(MAX_DUPLICATE_ENTRIES, duplicate_window),
+            approvals: Sharded::new(MAX_RECENT_APPROVALS, RECENT_APPROVAL_TTL),
+            originals: Sharded::new(MAX_ORIGINALS, ORIGINAL_TTL),
         }
     }
 
@@ -251,7 +284,7 @@ impl Integrity {
         let Some(key) = Self::key(request) else {
             return Duplicate::NotChecked;
         };
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.lock(&key);
         match seen.get(&key) {
             Some(Seen::InFlight) => return Duplicate::InFlight,
             Some(Seen::Answered(answer)) => return Duplicate::Answered(answer.clone()),
@@ -263,7 +296,7 @@ impl Integrity {
 
     /// A fresh request is finished: remember its answer (or forget it when there is none).
     pub fn finish(&self, key: DuplicateKey, answer: Option<&Bytes>) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.lock(&key);
         match answer {
             Some(a) => {
                 seen.insert(key, Seen::Answered(a.clone()));
@@ -287,7 +320,7 @@ impl Integrity {
         let Some(key) = TextKey::of(&parts) else {
             return;
         };
-        let mut map = self.originals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.originals.lock(&key);
         map.insert(key, (ShortText::from(link), ShortText::from(issuer_stan)));
     }
 
@@ -305,11 +338,7 @@ impl Integrity {
             f90.get(10..20)?.as_bytes(),
         ];
         let key = TextKey::of(&parts)?;
-        self.originals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned()
+        self.originals.lock(&key).get(&key).cloned()
     }
 
     /// Remember an approval until its answer has surely left (for undelivered answers).
@@ -324,7 +353,7 @@ impl Integrity {
         let Some(key) = TextKey::of(&[terminal.as_bytes(), stan.as_bytes()]) else {
             return;
         };
-        let mut map = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.approvals.lock(&key);
         map.insert(
             key,
             Approval {
@@ -350,11 +379,7 @@ impl Integrity {
         let Some(key) = TextKey::of(&[terminal.as_bytes(), stan.as_bytes()]) else {
             return;
         };
-        let found = self
-            .approvals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+        let found = self.approvals.lock(&key).remove(&key);
         if let Some(a) = found {
             if let Err(e) = self
                 .saf
@@ -380,7 +405,6 @@ impl Integrity {
     ) -> switchyard_audit::Result<usize> {
         let since = now_us() - i64::try_from(self.duplicate_window.as_micros()).unwrap_or(i64::MAX);
         let mut loaded = 0;
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         switchyard_audit::for_each_recent(audit_dir, 2, |r| {
             if r.kind != Some(RecordKind::Pair) {
                 return Ok(());
@@ -417,7 +441,7 @@ impl Integrity {
             if let (Some(key), Some(answer)) = (TextKey::of(&parts), rebuild(spec, response)) {
                 // Remembered from now on: an answer from just inside the window lives up to
                 // one window longer after a restart, which only errs towards not forwarding.
-                seen.insert(key, Seen::Answered(answer));
+                self.seen.lock(&key).insert(key, Seen::Answered(answer));
                 loaded += 1;
             }
             Ok(())
