@@ -559,6 +559,29 @@ mod tests {
     }
 
     #[test]
+    fn sharded_maps_find_what_they_hold_and_keep_to_their_cap() {
+        let map: Sharded<u32, u32> = Sharded::new(64, Duration::from_secs(60));
+        for n in 0..16 {
+            map.lock(&n).insert(n, n * 10);
+        }
+        for n in 0..16 {
+            assert_eq!(map.lock(&n).get(&n), Some(&(n * 10)));
+        }
+        assert_eq!(map.lock(&3).remove(&3), Some(30));
+        assert_eq!(map.lock(&3).get(&3), None);
+        for n in 0..10_000 {
+            map.lock(&n).insert(n, n);
+        }
+        let held: usize = map.shards.iter().map(|s| s.lock().unwrap().map.len()).sum();
+        assert!(held <= 64, "{held} entries for a cap of 64");
+        assert_eq!(
+            map.lock(&9_999).get(&9_999),
+            Some(&9_999),
+            "the newest stays"
+        );
+    }
+
+    #[test]
     fn text_keys_keep_their_parts_apart_and_refuse_what_does_not_fit() {
         let key = |parts: &[&[u8]]| TextKey::of(parts);
         assert_eq!(key(&[b"T1", b"000001"]), key(&[b"T1", b"000001"]));
