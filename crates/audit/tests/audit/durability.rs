@@ -82,6 +82,33 @@ async fn fire_and_forget_records_are_written_and_flush_waits_for_them() {
 }
 
 #[tokio::test]
+async fn the_next_segment_is_prepared_while_records_come_and_dropped_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small(dir.path());
+    // Large enough that the zero-filling helper is far from done when the log closes.
+    config.segment_bytes = 64 << 20;
+    let (log, _) = open(config);
+    log.append(RecordKind::Event, payload(1)).await.unwrap();
+    let spare = dir.path().join("audit-next.seg.tmp");
+    let mut waited = 0;
+    while !spare.exists() && waited < 500 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert!(spare.exists(), "the next segment is being zero-filled");
+    // Closing stops the helper (which waits for the writer to move on) and removes its file.
+    // A liveness bound, not a speed goal: without the stop, close never returns.
+    let (done, closed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(log.close());
+    });
+    let closed = closed.recv_timeout(std::time::Duration::from_secs(60));
+    assert!(matches!(closed, Ok(Ok(()))), "close returned: {closed:?}");
+    assert!(!spare.exists(), "no half-filled segment left behind");
+    assert_eq!(records(dir.path()).len(), 1);
+}
+
+#[tokio::test]
 async fn a_second_writer_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_first, _) = open(small(dir.path()));
