@@ -44,6 +44,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod mask;
 pub mod mti;
+mod plan;
 pub mod shipped;
 pub mod spec;
 #[doc(hidden)]

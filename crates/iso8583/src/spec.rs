@@ -457,6 +457,8 @@ pub struct Spec {
     fields: Box<[FieldSpec; 193]>,
     names: BTreeMap<u8, String>,
     composites: BTreeMap<u8, Composite>,
+    /// Layout plans the decoder made for bitmaps it met (see `plan`).
+    plans: crate::plan::Plans,
 }
 
 impl Spec {
@@ -495,6 +497,12 @@ impl Spec {
     #[inline]
     pub(crate) fn table(&self) -> &[FieldSpec; 193] {
         &self.fields
+    }
+
+    /// The decoder's layout plans.
+    #[inline]
+    pub(crate) fn plans(&self) -> &crate::plan::Plans {
+        &self.plans
     }
 
     /// The table entry for `n` (defined or not); `n` must be at most 192.
@@ -678,6 +686,7 @@ impl RawSpec {
             fields,
             names,
             composites,
+            plans: crate::plan::Plans::new(),
         })
     }
 }

@@ -3,7 +3,8 @@
 //! Decoding walks the bitmap once, records where each field's data starts and how many
 //! units it holds, and (in strict mode, the default) checks every length and character
 //! class on the way. It allocates nothing: the offset table lives inside the view, and field
-//! access returns slices of the original buffer.
+//! access returns slices of the original buffer. A bitmap met before is walked by the
+//! layout plan the spec learned for it (see `plan`), with the same result.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Location, Reason, Result, Salvage};
 use crate::mti::Mti;
+use crate::plan::{Plan, Step};
 use crate::spec::FastCheck;
 use crate::spec::{BitmapEncoding, DataClass, Encoding, FieldSpec, MtiEncoding, Spec};
 use crate::wire;
@@ -96,12 +98,25 @@ impl<'s> MessageView<'s> {
             validated: options.strict,
             starts: [0; 193],
         };
+        let mut planned = false;
         let walked = view.read_header().and_then(|pos| {
             let (table, data, tertiary) = (spec.table(), &view.buf[..], spec.has_tertiary_bitmap());
+            let (bitmap, starts) = (view.bitmap, &mut view.starts);
+            if let Some(plan) = spec.plans().get(&bitmap) {
+                let done = if options.strict {
+                    read_planned::<true>(plan, table, data, starts, pos)
+                } else {
+                    read_planned::<false>(plan, table, data, starts, pos)
+                };
+                if let Some(done) = done {
+                    planned = true;
+                    return Ok(done);
+                }
+            }
             if options.strict {
-                read_fields::<true>(table, data, view.bitmap, tertiary, &mut view.starts, pos)
+                read_fields::<true>(table, data, bitmap, tertiary, starts, pos)
             } else {
-                read_fields::<false>(table, data, view.bitmap, tertiary, &mut view.starts, pos)
+                read_fields::<false>(table, data, bitmap, tertiary, starts, pos)
             }
         });
         let (end, content_ok) = match walked {
@@ -124,6 +139,10 @@ impl<'s> MessageView<'s> {
                 layout_done: true,
             };
             return Err(view.failure(f));
+        }
+        if !planned {
+            spec.plans()
+                .learn(spec.table(), view.bitmap, spec.has_tertiary_bitmap());
         }
         Ok(view)
     }
@@ -397,8 +416,124 @@ impl<'s> MessageView<'s> {
     }
 }
 
-/// The walk: where each field starts and how long it is, and (`STRICT`) whether every
-/// field's content is valid. Content checks run over runs of adjacent fields with the
+/// Where a walk is: the read position, the content verdict so far, and the open run of
+/// content checks, which covers `run_start..pos` with `run_check` (every field since it
+/// began joined it; no separate end: one register less in a loop that ran out of them).
+struct Walk {
+    pos: usize,
+    ok: bool,
+    run_check: FastCheck,
+    run_start: usize,
+}
+
+impl Walk {
+    #[inline(always)]
+    fn new(pos: usize) -> Walk {
+        Walk {
+            pos,
+            ok: true,
+            run_check: FastCheck::Nothing,
+            run_start: 0,
+        }
+    }
+
+    /// Close the open run (checking it) when `check` is not its check, or when the bytes
+    /// before the next data cannot join it (`joins`), and open one for `check`.
+    #[inline(always)]
+    fn run_for<const STRICT: bool>(&mut self, data: &[u8], check: FastCheck, joins: bool) {
+        if STRICT && (check != self.run_check || !joins) {
+            self.ok &= self.run_check.accepts(&data[self.run_start..self.pos]);
+            self.run_check = check;
+            self.run_start = self.pos;
+        }
+    }
+
+    /// The end offset and the content verdict, the last run checked.
+    #[inline(always)]
+    fn finish<const STRICT: bool>(mut self, data: &[u8]) -> (usize, bool) {
+        if STRICT {
+            self.ok &= self.run_check.accepts(&data[self.run_start..self.pos]);
+        }
+        (self.pos, self.ok || !STRICT)
+    }
+
+    /// Place field `n` at the read position: where its data starts (recorded in `starts`)
+    /// and ends, and (`STRICT`) its content joined to a run or checked on its own.
+    #[inline(always)]
+    fn place<const STRICT: bool>(
+        &mut self,
+        f: &FieldSpec,
+        n: usize,
+        data: &[u8],
+        starts: &mut [u16; 193],
+    ) -> std::result::Result<(), DecodeFailure> {
+        let (len, pos) = (data.len(), self.pos);
+        let (start, units, end);
+        if f.prefix_bytes == 0 {
+            if !f.defined {
+                return Err(field_failure(n, pos, Reason::UnknownField));
+            }
+            start = pos;
+            units = usize::from(f.max);
+            end = pos + usize::from(f.fixed_bytes);
+        } else {
+            let pl = usize::from(f.prefix_bytes);
+            let Some(raw) = data.get(pos..pos + pl) else {
+                return Err(field_failure(
+                    n,
+                    pos,
+                    Reason::Truncated {
+                        needed: pl,
+                        available: len - pos,
+                    },
+                ));
+            };
+            let Some(value) = f.units_in_prefix(raw) else {
+                return Err(field_failure(n, pos, Reason::BadLengthPrefix));
+            };
+            if value > usize::from(f.max) {
+                let reason = Reason::BadLength {
+                    length: value,
+                    min: usize::from(f.min),
+                    max: usize::from(f.max),
+                };
+                return Err(field_failure(n, pos, reason));
+            }
+            units = value;
+            start = pos + pl;
+            end = start + f.encoded_len(units);
+            self.ok &= units >= usize::from(f.min);
+        }
+        if end > len {
+            return Err(field_failure(
+                n,
+                pos,
+                Reason::Truncated {
+                    needed: end - pos,
+                    available: len - pos,
+                },
+            ));
+        }
+        starts[n] = start as u16;
+        if STRICT {
+            // A field joins the run when it has the run's check and nothing else sits
+            // between (an ASCII length prefix is digits, valid in any run; a binary or
+            // BCD one is not). A run of per-field checks checks nothing as a run.
+            self.run_for::<STRICT>(data, f.fast, f.prefix_in_run);
+            if !f.prefix_in_run {
+                self.run_start = start;
+            }
+            if f.fast == FastCheck::PerField {
+                self.ok &= check_content(f, &data[start..end], units).is_ok();
+            }
+        }
+        self.pos = end;
+        Ok(())
+    }
+}
+
+/// The generic walk: where each field starts and how long it is, and (`STRICT`) whether
+/// every field's content is valid. Content checks run over runs of adjacent fields with the
 /// same fast check (see `FastCheck`), so 19 fields cost a handful of vector checks.
 /// Returns the end offset and the content verdict.
 /// A free function over plain arguments: the compiler then knows that writing `starts`
@@ -410,13 +545,9 @@ fn read_fields<const STRICT: bool>(
     bitmap: [u64; 3],
     tertiary: bool,
     starts: &mut [u16; 193],
-    mut pos: usize,
+    pos: usize,
 ) -> std::result::Result<(usize, bool), DecodeFailure> {
-    let len = data.len();
-    let mut ok = true;
-    // The open run of content checks covers `run_start..pos`: every field since it began
-    // joined it. (No separate end: one register less in a loop that ran out of them.)
-    let (mut run_check, mut run_start) = (FastCheck::Nothing, 0usize);
+    let mut walk = Walk::new(pos);
     for (w, &word) in bitmap.iter().enumerate() {
         // Bits 1 and (with a tertiary bitmap) 65 announce bitmaps, not fields.
         let indicator = w == 0 || (w == 1 && tertiary);
@@ -427,74 +558,50 @@ fn read_fields<const STRICT: bool>(
         while bits != 0 {
             let n = w * 64 + bits.trailing_zeros() as usize + 1;
             bits &= bits - 1;
-            let f = &table[n];
-            let (start, units, end);
-            if f.prefix_bytes == 0 {
-                if !f.defined {
-                    return Err(field_failure(n, pos, Reason::UnknownField));
-                }
-                start = pos;
-                units = usize::from(f.max);
-                end = pos + usize::from(f.fixed_bytes);
-            } else {
-                let pl = usize::from(f.prefix_bytes);
-                let Some(raw) = data.get(pos..pos + pl) else {
-                    return Err(field_failure(
-                        n,
-                        pos,
-                        Reason::Truncated {
-                            needed: pl,
-                            available: len - pos,
-                        },
-                    ));
-                };
-                let Some(value) = f.units_in_prefix(raw) else {
-                    return Err(field_failure(n, pos, Reason::BadLengthPrefix));
-                };
-                if value > usize::from(f.max) {
-                    let reason = Reason::BadLength {
-                        length: value,
-                        min: usize::from(f.min),
-                        max: usize::from(f.max),
-                    };
-                    return Err(field_failure(n, pos, reason));
-                }
-                units = value;
-                start = pos + pl;
-                end = start + f.encoded_len(units);
-                ok &= units >= usize::from(f.min);
-            }
-            if end > len {
-                return Err(field_failure(
-                    n,
-                    pos,
-                    Reason::Truncated {
-                        needed: end - pos,
-                        available: len - pos,
-                    },
-                ));
-            }
-            starts[n] = start as u16;
-            if STRICT {
-                // A field joins the run when it has the run's check and nothing else sits
-                // between (an ASCII length prefix is digits, valid in any run; a binary or
-                // BCD one is not). A run of per-field checks checks nothing as a run.
-                if f.fast != run_check || !f.prefix_in_run {
-                    ok &= run_check.accepts(&data[run_start..pos]);
-                    run_check = f.fast;
-                    run_start = if f.prefix_in_run { pos } else { start };
-                }
-                if f.fast == FastCheck::PerField {
-                    ok &= check_content(f, &data[start..end], units).is_ok();
-                }
-            }
-            pos = end;
+            walk.place::<STRICT>(&table[n], n, data, starts)?;
         }
     }
-    if STRICT {
-        ok &= run_check.accepts(&data[run_start..pos]);
+    Ok(walk.finish::<STRICT>(data))
+}
+
+/// The same walk by a plan made for this bitmap (see `plan`): the same offsets and verdict,
+/// with each block of fixed fields placed at once. `None` on any structural problem: the
+/// caller then takes the generic walk, which names it.
+#[inline(always)]
+fn read_planned<const STRICT: bool>(
+    plan: &Plan,
+    table: &[FieldSpec; 193],
+    data: &[u8],
+    starts: &mut [u16; 193],
+    pos: usize,
+) -> Option<(usize, bool)> {
+    let mut walk = Walk::new(pos);
+    for &step in plan.steps() {
+        match step {
+            Step::Field(n) => {
+                let n = usize::from(n);
+                walk.place::<STRICT>(&table[n], n, data, starts).ok()?;
+            }
+            Step::Block {
+                first,
+                count,
+                bytes,
+                check,
+            } => {
+                let end = walk.pos + usize::from(bytes);
+                if end > data.len() {
+                    return None;
+                }
+                walk.run_for::<STRICT>(data, check, true);
+                let (fields, offsets) = plan.block(first, count);
+                for (&n, &offset) in fields.iter().zip(offsets) {
+                    starts[usize::from(n)] = (walk.pos + usize::from(offset)) as u16;
+                }
+                walk.pos = end;
+            }
+        }
     }
-    Ok((pos, ok || !STRICT))
+    Some(walk.finish::<STRICT>(data))
 }
 
 /// Check one field's data against its class and encoding. `Err((offset in field, reason))`.
@@ -631,6 +738,8 @@ impl<'a> Field<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::{read_fields, read_planned};
+    use crate::plan::Plan;
     use crate::{shipped, MessageBuilder, MessageView, Mti};
 
     fn message(spec_name: &str) -> MessageView<'static> {
@@ -675,6 +784,119 @@ mod tests {
             &original,
             "nothing changed by a refused patch"
         );
+    }
+
+    /// The header of `frame` read as the decoder does: bitmaps and where fields start.
+    fn header(spec: &'static crate::Spec, frame: &[u8]) -> Option<([u64; 3], usize)> {
+        let mut view = MessageView {
+            spec,
+            buf: bytes::Bytes::copy_from_slice(frame),
+            mti: Mti::new(*b"0000")?,
+            bitmap: [0; 3],
+            validated: true,
+            starts: [0; 193],
+        };
+        let pos = view.read_header().ok()?;
+        Some((view.bitmap, pos))
+    }
+
+    /// A plan's walk and the generic one agree on every frame: the same offsets and verdict
+    /// when the generic walk places every field, and no answer from the plan (so the decoder
+    /// takes the generic walk and its error) when it does not. Frames: random messages of
+    /// every dialect, each whole, truncated and with a byte changed.
+    #[test]
+    fn planned_walks_agree_with_the_generic_walk() {
+        let mut rng = crate::testgen::Rng::new(0x9e37);
+        let mut compared = [0usize; 2];
+        for &(name, _) in crate::shipped::SHIPPED {
+            let spec = shipped(name).unwrap();
+            let (table, tertiary) = (spec.table(), spec.has_tertiary_bitmap());
+            for _ in 0..400 {
+                let (mti, fields) = crate::testgen::random_message(spec, &mut rng);
+                let mut b = MessageBuilder::new(spec, mti);
+                for (n, v) in &fields {
+                    b.set(*n, v).unwrap();
+                }
+                let whole = b.encode().to_vec();
+                let mut changed = whole.clone();
+                let at = rng.below(changed.len());
+                changed[at] = rng.next_u64() as u8;
+                let cut = &whole[..rng.below(whole.len())];
+                for frame in [&whole[..], &changed, cut] {
+                    let Some((bitmap, pos)) = header(spec, frame) else {
+                        continue;
+                    };
+                    let Some(plan) = Plan::build(table, bitmap, tertiary) else {
+                        continue;
+                    };
+                    for strict in [true, false] {
+                        let (mut generic, mut planned) = ([0u16; 193], [0u16; 193]);
+                        let (g, p) = if strict {
+                            (
+                                read_fields::<true>(
+                                    table,
+                                    frame,
+                                    bitmap,
+                                    tertiary,
+                                    &mut generic,
+                                    pos,
+                                ),
+                                read_planned::<true>(&plan, table, frame, &mut planned, pos),
+                            )
+                        } else {
+                            (
+                                read_fields::<false>(
+                                    table,
+                                    frame,
+                                    bitmap,
+                                    tertiary,
+                                    &mut generic,
+                                    pos,
+                                ),
+                                read_planned::<false>(&plan, table, frame, &mut planned, pos),
+                            )
+                        };
+                        assert_eq!(g.as_ref().ok(), p.as_ref(), "{name}: {frame:02X?}");
+                        if p.is_some() {
+                            assert_eq!(generic, planned, "{name}: {frame:02X?}");
+                        }
+                        compared[usize::from(p.is_some())] += 1;
+                    }
+                }
+            }
+        }
+        // Both outcomes were exercised, many times.
+        assert!(compared[0] > 100 && compared[1] > 1000, "{compared:?}");
+    }
+
+    /// The decoder learns a plan from a clean decode and uses it: the second decode of a
+    /// shape goes by the plan and finds the same fields, and a truncated frame of that shape
+    /// still gets the generic walk's precise error.
+    #[test]
+    fn decoding_learns_a_plan_per_shape_and_answers_the_same_by_it() {
+        // A spec of its own, so that no other test's decodes taught it anything.
+        let spec = crate::Spec::from_toml("test", crate::shipped::SHIPPED[0].1).unwrap();
+        let spec: &'static crate::Spec = Box::leak(Box::new(spec));
+        let first = message_in(spec, "TERM0001");
+        assert_eq!(spec.plans().len(), 1, "learned from the clean decode");
+        assert!(spec.plans().get(&first.bitmaps()).is_some());
+        let second = message_in(spec, "TERM0002");
+        assert_eq!(spec.plans().len(), 1, "same shape, same plan");
+        assert_eq!(second.str(41), Some("TERM0002"));
+        assert_eq!(second.str(11), Some("000123"));
+        let frame = second.buffer();
+        let err = MessageView::decode(spec, frame.slice(..frame.len() - 3)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field 41: truncated: needs 8 bytes, 5 left (byte offset 34)"
+        );
+    }
+
+    fn message_in(spec: &'static crate::Spec, terminal: &str) -> MessageView<'static> {
+        let mut b = MessageBuilder::new(spec, Mti::parse("0210").unwrap());
+        b.set(3, "000000").unwrap().set(11, "000123").unwrap();
+        b.set(39, "00").unwrap().set(41, terminal).unwrap();
+        MessageView::decode(spec, b.encode()).unwrap()
     }
 
     #[test]
