@@ -82,14 +82,28 @@ async fn fire_and_forget_records_are_written_and_flush_waits_for_them() {
 }
 
 #[tokio::test]
-async fn the_next_segment_is_prepared_while_records_come_and_dropped_at_close() {
+async fn the_next_segment_is_ready_at_open_refilled_after_a_rotation_and_dropped_at_close() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = small(dir.path());
-    // Large enough that the zero-filling helper is far from done when the log closes.
-    config.segment_bytes = 64 << 20;
+    // Large enough that the helper filling the spare after the rotation is far from done
+    // (it keeps only a quarter of a segment ahead of an idle writer) when the log closes.
+    config.segment_bytes = 4 << 20;
+    config.max_write_bytes = 1 << 20;
     let (log, _) = open(config);
-    log.append(RecordKind::Event, payload(1)).await.unwrap();
     let spare = dir.path().join("audit-next.seg.tmp");
+    let made = std::fs::read(&spare).unwrap();
+    assert_eq!(made.len(), 4 << 20, "the next segment is made at open");
+    assert!(made.iter().all(|&b| b == 0), "and zero-filled");
+    drop(made);
+
+    // Fill the first segment: the spare becomes the second, and a new one is started.
+    let big = |n: u64| format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(4000)).into_bytes();
+    let mut n = 0;
+    while log.stats().segments_created.load(Ordering::Relaxed) == 0 && n < 2000 {
+        log.append(RecordKind::Event, big(n)).await.unwrap();
+        n += 1;
+    }
+    assert_eq!(log.stats().segments_created.load(Ordering::Relaxed), 1);
     let mut waited = 0;
     while !spare.exists() && waited < 500 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -105,7 +119,33 @@ async fn the_next_segment_is_prepared_while_records_come_and_dropped_at_close() 
     let closed = closed.recv_timeout(std::time::Duration::from_secs(60));
     assert!(matches!(closed, Ok(Ok(()))), "close returned: {closed:?}");
     assert!(!spare.exists(), "no half-filled segment left behind");
-    assert_eq!(records(dir.path()).len(), 1);
+    assert_eq!(records(dir.path()).len() as u64, n);
+}
+
+/// Large batches are answered by the acker thread: every waiter of every batch hears its
+/// own sequence number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_waiter_of_large_batches_hears_its_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small(dir.path());
+    config.segment_bytes = 1 << 20;
+    let largest = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = largest.clone();
+    config.on_batch = Some(switchyard_audit::log::BatchObserver(Arc::new(
+        move |records, _| {
+            seen.fetch_max(records, Ordering::Relaxed);
+        },
+    )));
+    let (log, _) = open(config);
+    let log = Arc::new(log);
+    let seqs = append_many(&log, 2000, 100).await;
+    assert_eq!(seqs, (1..=2000).collect::<Vec<_>>());
+    assert!(
+        largest.load(Ordering::Relaxed) > 8,
+        "batches large enough to be handed over ({largest:?})"
+    );
+    Arc::try_unwrap(log).unwrap().close().unwrap();
+    assert_eq!(records(dir.path()).len(), 2000);
 }
 
 #[tokio::test]
