@@ -60,6 +60,16 @@ fn main() {
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
+    let stats = log.stats();
+    let syncs = stats
+        .batches
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(1);
+    println!(
+        "{syncs} fdatasyncs, {:.0} records each, {:.0} µs each",
+        n as f64 / syncs as f64,
+        stats.sync_nanos.load(std::sync::atomic::Ordering::Relaxed) as f64 / syncs as f64 / 1e3
+    );
     if let Ok(log) = Arc::try_unwrap(log) {
         log.close().unwrap_or_else(|e| panic!("close: {e}"));
     }
