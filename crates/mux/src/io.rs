@@ -64,16 +64,26 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
             return Err(fail(e, &mut batch));
         }
         batch.push(first.message);
-        while batch.len() < MAX_FRAMES_PER_WRITE && buf.len() < MAX_BYTES_PER_WRITE {
-            match rx.try_recv() {
-                Ok(frame) => {
-                    let encoded = codec.encode_frame(&frame, &mut buf);
-                    batch.push(frame.message);
-                    if let Err(e) = encoded {
-                        return Err(fail(e, &mut batch));
+        for look in 0..2 {
+            while batch.len() < MAX_FRAMES_PER_WRITE && buf.len() < MAX_BYTES_PER_WRITE {
+                match rx.try_recv() {
+                    Ok(frame) => {
+                        let encoded = codec.encode_frame(&frame, &mut buf);
+                        batch.push(frame.message);
+                        if let Err(e) = encoded {
+                            return Err(fail(e, &mut batch));
+                        }
                     }
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+            // Woken for one frame, the writer usually finds only that one: the task that
+            // queued it woke this one at once. Letting the tasks already runnable go first
+            // lets them queue theirs for the same write.
+            if look == 0 && batch.len() == 1 {
+                tokio::task::yield_now().await;
+            } else {
+                break;
             }
         }
         let write = async {
@@ -205,6 +215,7 @@ mod tests {
     use super::*;
     use crate::framing::Framing;
     use bytes::Bytes;
+    use std::sync::Arc;
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
@@ -233,6 +244,48 @@ mod tests {
         server.read_to_end(&mut all).await.unwrap();
         assert_eq!(all.len(), 100 * 12);
         assert_eq!(&all[..3], &[0, 10, 0]);
+    }
+
+    /// A frame queued by a task that is still running when the writer wakes for the one
+    /// before it goes out in the same write: the writer lets runnable tasks go first.
+    #[tokio::test]
+    async fn a_frame_queued_just_after_the_one_that_woke_the_writer_joins_its_write() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = mpsc::channel(200);
+        let counters = Arc::new(IoCounters::default());
+        let writer_counters = counters.clone();
+        let writer = tokio::spawn(async move {
+            let codec = FrameCodec::new(Framing::default());
+            let (side, timeout) = (Side::Downstream, Duration::from_secs(5));
+            write_frames(client, rx, codec, side, timeout, &writer_counters).await
+        });
+        // Let the writer start and wait for its first frame.
+        tokio::task::yield_now().await;
+        for round in 0..10u8 {
+            // The first send wakes the writer; this task then yields once (as a task
+            // answering the next request would run) before sending the second.
+            tx.send(Frame::new(Bytes::from(vec![round; 10])))
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+            tx.send(Frame::new(Bytes::from(vec![round; 10])))
+                .await
+                .unwrap();
+            while counters.frames_written.load(Ordering::Relaxed) < 2 * u64::from(round + 1) {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(tx);
+        writer.await.unwrap().unwrap();
+        assert_eq!(counters.frames_written.load(Ordering::Relaxed), 20);
+        assert_eq!(
+            counters.write_calls.load(Ordering::Relaxed),
+            10,
+            "each pair in one write"
+        );
+        let mut all = Vec::new();
+        server.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all.len(), 20 * 12);
     }
 
     #[tokio::test(start_paused = true)]
