@@ -131,6 +131,9 @@ pub struct AuditStats {
     pub failures: AtomicU64,
     /// Segments created.
     pub segments_created: AtomicU64,
+    /// Writes that went to the disk with direct I/O (the others through the page cache:
+    /// a filesystem without direct I/O, or a segment's last page).
+    pub direct_writes: AtomicU64,
     /// Nanoseconds spent in fdatasync, all batches together.
     pub sync_nanos: AtomicU64,
     /// Batches by record count: 1, 2, 3-4, 5-8, ... up to 2049+ (12 buckets).
@@ -543,6 +546,92 @@ impl Acker {
     }
 }
 
+/// The current segment's writes with direct I/O (`O_DIRECT`), where the filesystem takes it:
+/// each batch goes to the disk as whole pages straight from the writer's buffer, the bytes
+/// of its first page before it rewritten as they are. Through the page cache a batch was
+/// copied into it, and its `fdatasync` then wrote the pages back: a write and `fdatasync`
+/// of 100 KiB took 83 µs this way against 115 µs (a Python probe on this disk), and the
+/// copy and the page cache's bookkeeping left the writer's CPU.
+///
+/// The writer's buffer is laid out for it (see `Writer::begin_batch`): from a page-aligned
+/// place, the bytes of the current page before the write position (`tail`), then the
+/// records as they are encoded, then zeros to the end of the last page.
+struct DirectWrites {
+    /// The current segment opened with `O_DIRECT`.
+    file: Option<File>,
+    /// The bytes of the current segment's page that the write position is in, before it.
+    tail: Vec<u8>,
+    /// The filesystem refused a direct write: the page cache from then on.
+    refused: bool,
+}
+
+impl DirectWrites {
+    /// Take the segment at `path` (open as `file`), whose next write goes at `offset`.
+    fn open(&mut self, path: &Path, file: &File, offset: u64) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let head = (offset % PAGE) as usize;
+        self.tail.resize(head, 0);
+        let tail_read = file.read_exact_at(&mut self.tail, offset - head as u64);
+        self.file = (!self.refused && tail_read.is_ok())
+            .then(|| {
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(path)
+                    .ok()
+            })
+            .flatten();
+    }
+
+    /// Write the records of `buf` (from `records_at`, the tail just before them) at
+    /// `offset` of a segment of `segment_len` bytes as whole pages; `Ok(false)` when it
+    /// cannot be done so (no direct I/O here, a last page beyond the segment's end, a
+    /// buffer not aligned) and the caller is to write through the page cache.
+    fn write(
+        &mut self,
+        buf: &mut Vec<u8>,
+        records_at: usize,
+        offset: u64,
+        segment_len: u64,
+    ) -> std::io::Result<bool> {
+        let head = self.tail.len();
+        let from = records_at - head;
+        let end = offset + (buf.len() - records_at) as u64;
+        let padded_end = end.next_multiple_of(PAGE);
+        let (Some(direct), true, true, true) = (
+            &self.file,
+            offset % PAGE == head as u64,
+            padded_end <= segment_len,
+            buf.as_ptr().align_offset(PAGE as usize) == from,
+        ) else {
+            return Ok(false);
+        };
+        buf.resize(from + (padded_end - (offset - head as u64)) as usize, 0);
+        match direct.write_all_at(&buf[from..], offset - head as u64) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // Refused (alignment this filesystem does not take, or no direct I/O).
+                self.file = None;
+                self.refused = true;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `records` were written at `offset`, one way or the other: keep the partial page.
+    fn written(&mut self, records: &[u8], offset: u64) {
+        let head = ((offset + records.len() as u64) % PAGE) as usize;
+        if head <= records.len() {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&records[records.len() - head..]);
+        } else {
+            self.tail.extend_from_slice(records);
+        }
+    }
+}
+
 struct Writer {
     config: AuditConfig,
     keys: Arc<AuditKeys>,
@@ -556,13 +645,17 @@ struct Writer {
     chain: Chain,
     /// The next segment: ready, or being zero-filled by a helper thread.
     spare: Option<Spare>,
+    /// The batch being encoded: its records start at `records_at` (see `DirectWrites`).
     buf: Vec<u8>,
+    records_at: usize,
+    direct: DirectWrites,
     /// The waiters of the batch being committed.
     acks: Vec<(Ack, u64)>,
     /// Answers large batches (started with the first one).
     acker: Option<Acker>,
     /// Running totals for the stats.
     written: u64,
+    direct_writes: u64,
     sync_nanos: u64,
     last_sync_nanos: u64,
     created: u64,
@@ -720,9 +813,19 @@ impl Writer {
         next_seq: u64,
         chain: Chain,
     ) -> Writer {
-        Writer {
+        let mut direct = DirectWrites {
+            file: None,
+            tail: Vec::with_capacity(PAGE as usize),
+            refused: false,
+        };
+        direct.open(&path, &file, offset);
+        let mut writer = Writer {
             segment_len: config.segment_bytes,
-            buf: Vec::with_capacity(config.max_write_bytes.min(1 << 20)),
+            // The largest write: alignment, the partial page before the records, the
+            // records, padding. Never grown, so that its alignment holds.
+            buf: Vec::with_capacity(config.max_write_bytes + 3 * PAGE as usize),
+            records_at: 0,
+            direct,
             acks: Vec::new(),
             acker: None,
             config,
@@ -735,10 +838,25 @@ impl Writer {
             chain,
             spare: None,
             written: 0,
+            direct_writes: 0,
             sync_nanos: 0,
             last_sync_nanos: 0,
             created: 0,
+        };
+        writer.begin_batch();
+        writer
+    }
+
+    /// Lay out the buffer for the next records: from its first page-aligned byte, the
+    /// current page's bytes before the write position (see `DirectWrites`).
+    fn begin_batch(&mut self) {
+        self.buf.clear();
+        let aligned = self.buf.as_ptr().align_offset(PAGE as usize);
+        if aligned < PAGE as usize {
+            self.buf.resize(aligned, 0);
         }
+        self.buf.extend_from_slice(&self.direct.tail);
+        self.records_at = self.buf.len();
     }
 
     /// Write a new segment's header into a zero-filled file and give it its name.
@@ -875,6 +993,7 @@ impl Writer {
                 s.bytes.store(self.written, Ordering::Relaxed);
                 s.sync_nanos.store(self.sync_nanos, Ordering::Relaxed);
                 s.segments_created.store(self.created, Ordering::Relaxed);
+                s.direct_writes.store(self.direct_writes, Ordering::Relaxed);
                 if let Some(observer) = &self.config.on_batch {
                     (observer.0)(records, Duration::from_nanos(self.last_sync_nanos));
                 }
@@ -932,11 +1051,12 @@ impl Writer {
     /// Encode one record into the buffer, rotating the segment when it does not fit.
     fn add(&mut self, kind: RecordKind, payload: &[u8], digest: &format::Digest) -> Result<()> {
         let need = (RECORD_OVERHEAD + payload.len()) as u64;
-        if self.offset + self.buf.len() as u64 + need > self.segment_len {
+        let pending = (self.buf.len() - self.records_at) as u64;
+        if self.offset + pending + need > self.segment_len {
             self.write_buf()?;
             self.sync()?;
             self.rotate()?;
-        } else if self.buf.len() + need as usize > self.config.max_write_bytes {
+        } else if pending + need > self.config.max_write_bytes as u64 {
             self.write_buf()?;
         }
         self.chain = encode_record(
@@ -952,28 +1072,41 @@ impl Writer {
         Ok(())
     }
 
-    /// Write the encoded records, padded with zeros to the end of their last page. The
-    /// zeros are what the segment holds there anyway, and the next write overwrites them;
-    /// but a write of whole pages never has the kernel read a page it does not hold first
-    /// (a segment zero-filled with direct I/O is on the disk, not in the page cache), which
-    /// would put a disk read on the writer's path.
+    /// Write the encoded records: with direct I/O where it can (see `DirectWrites`), else
+    /// through the page cache padded with zeros to the end of their last page. The zeros
+    /// are what the segment holds there anyway, and the next write overwrites them; but a
+    /// write of whole pages never has the kernel read a page it does not hold first (a
+    /// segment zero-filled or written with direct I/O is on the disk, not in the page
+    /// cache), which would put a disk read on the writer's path.
     fn write_buf(&mut self) -> Result<()> {
-        let records = self.buf.len();
+        let (at, records) = (self.records_at, self.buf.len() - self.records_at);
         if records == 0 {
             return Ok(());
         }
-        let end = self.offset + records as u64;
-        let padded = end.next_multiple_of(PAGE).min(self.segment_len);
-        self.buf.resize(records + (padded - end) as usize, 0);
-        self.file
-            .write_all_at(&self.buf, self.offset)
-            .map_err(|e| AuditError::io(&self.path, e))?;
-        self.offset = end;
+        let io = |e| AuditError::io(&self.path, e);
+        let direct = self
+            .direct
+            .write(&mut self.buf, at, self.offset, self.segment_len)
+            .map_err(io)?;
+        if direct {
+            self.direct_writes += 1;
+        } else {
+            let end = self.offset + records as u64;
+            let padded = end.next_multiple_of(PAGE).min(self.segment_len);
+            self.buf.truncate(at + records);
+            self.buf.resize(at + records + (padded - end) as usize, 0);
+            self.file
+                .write_all_at(&self.buf[at..], self.offset)
+                .map_err(io)?;
+        }
+        self.direct
+            .written(&self.buf[at..at + records], self.offset);
+        self.offset += records as u64;
         if let Some(Spare::Filling { pace, .. }) = &self.spare {
             pace.written.store(self.offset, Ordering::Relaxed);
         }
         self.written += records as u64;
-        self.buf.clear();
+        self.begin_batch();
         Ok(())
     }
 
@@ -1008,8 +1141,10 @@ impl Writer {
         };
         let path = self.config.dir.join(segment_name(self.next_seq));
         self.file = Self::create_segment(&self.config, &path, spare, self.next_seq, &self.chain)?;
-        self.path = path;
         self.offset = HEADER_LEN as u64;
+        self.direct.open(&path, &self.file, self.offset);
+        self.begin_batch();
+        self.path = path;
         self.created += 1;
         Ok(())
     }

@@ -38,6 +38,7 @@ pub struct Telemetry {
     tls_failures: IntCounterVec,
     audit_records: IntCounter,
     audit_bytes: IntCounter,
+    audit_direct_writes: IntCounter,
     audit_write_failures: IntCounter,
     audit_failed: IntGauge,
     audit_batch: Histogram,
@@ -128,6 +129,10 @@ impl Telemetry {
                 "switchyard_audit_bytes_total",
                 "Bytes written to the audit log.",
             )?,
+            audit_direct_writes: IntCounter::new(
+                "switchyard_audit_direct_writes_total",
+                "Audit log writes that went to the disk with direct I/O (0 on a filesystem without it).",
+            )?,
             audit_write_failures: IntCounter::new(
                 "switchyard_audit_write_failures_total",
                 "Audit log write or fdatasync failures.",
@@ -205,6 +210,7 @@ impl Telemetry {
         r.register(Box::new(t.tls_failures.clone()))?;
         r.register(Box::new(t.audit_records.clone()))?;
         r.register(Box::new(t.audit_bytes.clone()))?;
+        r.register(Box::new(t.audit_direct_writes.clone()))?;
         r.register(Box::new(t.audit_write_failures.clone()))?;
         r.register(Box::new(t.audit_failed.clone()))?;
         r.register(Box::new(t.audit_batch.clone()))?;
@@ -298,6 +304,10 @@ impl Telemetry {
         let a = sources.audit.stats();
         sync(&self.audit_records, a.records.load(Ordering::Relaxed));
         sync(&self.audit_bytes, a.bytes.load(Ordering::Relaxed));
+        sync(
+            &self.audit_direct_writes,
+            a.direct_writes.load(Ordering::Relaxed),
+        );
         sync(
             &self.audit_write_failures,
             a.failures.load(Ordering::Relaxed),

@@ -53,7 +53,7 @@ fn a_writer_killed_mid_append_loses_no_acknowledged_record() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::disk_dir();
     let mut acknowledged: BTreeMap<u64, u64> = BTreeMap::new();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let (mut repaired, mut torn) = (0, 0);
@@ -166,7 +166,7 @@ fn newest(dir: &Path) -> (std::path::PathBuf, Vec<u8>, Vec<(usize, usize)>) {
 
 #[tokio::test]
 async fn a_torn_tail_is_copied_aside_removed_and_the_chain_continues() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::disk_dir();
     let (log, _) = open(small(dir.path()));
     for i in 0..40 {
         log.append(RecordKind::Event, payload(i)).await.unwrap();
@@ -199,7 +199,7 @@ async fn a_torn_tail_is_copied_aside_removed_and_the_chain_continues() {
 
 #[tokio::test]
 async fn corruption_that_is_not_a_torn_tail_refuses_to_open() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::disk_dir();
     let mut config = small(dir.path());
     config.segment_bytes = 64 << 10;
     config.max_write_bytes = 8 << 10;

@@ -14,6 +14,12 @@ use std::sync::Arc;
 
 use switchyard_audit::{AuditConfig, AuditKeys, AuditLog, RecordKind, Recovery};
 
+/// A directory for a test's log on the disk the workspace is on, where the log writes with
+/// direct I/O if the filesystem takes it (a `/tmp` on tmpfs would not exercise that).
+pub fn disk_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
 /// A small-segment configuration so that tests cross segment boundaries.
 pub fn small(dir: &Path) -> AuditConfig {
     let mut c = AuditConfig::new(dir);

@@ -91,7 +91,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn canary_card_data_never_appears_in_any_segment_byte() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::disk_dir();
     let (log, _) = open(small(dir.path()));
     let keys = keys();
     let req = request();

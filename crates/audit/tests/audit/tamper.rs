@@ -57,7 +57,7 @@ fn expect_corrupt(dir: &Path, segment: &Path, offset: Option<u64>, words: &str) 
 
 #[tokio::test]
 async fn a_flipped_bit_is_found_by_crc_and_a_recomputed_crc_by_the_chain() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::disk_dir();
     let segments = sample_log(dir.path()).await;
     let target = &segments[1];
     let mut bytes = std::fs::read(target).unwrap();
@@ -75,7 +75,7 @@ async fn a_flipped_bit_is_found_by_crc_and_a_recomputed_crc_by_the_chain() {
 
 #[tokio::test]
 async fn a_deleted_record_is_found() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::disk_dir();
     let segments = sample_log(dir.path()).await;
     let target = &segments[1];
     let bytes = std::fs::read(target).unwrap();
@@ -89,7 +89,7 @@ async fn a_deleted_record_is_found() {
 
 #[tokio::test]
 async fn a_swapped_pair_of_records_is_found() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::disk_dir();
     let segments = sample_log(dir.path()).await;
     let target = &segments[0];
     let mut bytes = std::fs::read(target).unwrap();
@@ -107,7 +107,7 @@ async fn a_swapped_pair_of_records_is_found() {
 
 #[tokio::test]
 async fn a_truncated_or_emptied_or_removed_middle_segment_is_found() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::disk_dir();
     let segments = sample_log(dir.path()).await;
     let target = &segments[1];
     let original = std::fs::read(target).unwrap();
@@ -130,7 +130,7 @@ async fn a_truncated_or_emptied_or_removed_middle_segment_is_found() {
 
 #[tokio::test]
 async fn data_hidden_after_the_end_marker_and_a_wrong_key_are_found() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::disk_dir();
     let segments = sample_log(dir.path()).await;
     let last = segments.last().unwrap();
     let mut bytes = std::fs::read(last).unwrap();
@@ -139,9 +139,9 @@ async fn data_hidden_after_the_end_marker_and_a_wrong_key_are_found() {
     std::fs::write(last, &bytes).unwrap();
     expect_corrupt(dir.path(), last, Some((at + len) as u64), "after the end");
 
-    let other = tempfile::tempdir().unwrap();
+    let other = crate::disk_dir();
     sample_log(other.path()).await;
-    let key_dir = tempfile::tempdir().unwrap();
+    let key_dir = crate::disk_dir();
     let (c, p) = (key_dir.path().join("c"), key_dir.path().join("p"));
     std::fs::write(&c, "aa".repeat(32)).unwrap();
     std::fs::write(&p, "bb".repeat(32)).unwrap();
