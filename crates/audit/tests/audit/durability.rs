@@ -131,6 +131,37 @@ async fn records_read_back_alike_written_with_direct_io_or_through_the_page_cach
     }
 }
 
+/// A sync that fails under load, whether the writer or its I/O thread does it: no waiter
+/// of that batch or of any later one hears success, and the log stays failed.
+#[tokio::test]
+async fn an_fsync_failure_under_load_fails_every_later_waiter() {
+    let dir = crate::disk_dir();
+    let mut config = small(dir.path());
+    config.segment_bytes = 4 << 20;
+    let fault = Arc::new(SyncFault(AtomicI64::new(1_000)));
+    config.fault = Some(fault.clone());
+    let (log, _) = open(config);
+    let log = Arc::new(log);
+    append_many(&log, 400, 100).await;
+    let good = log.stats().records.load(Ordering::Relaxed);
+    fault.0.store(0, Ordering::SeqCst);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let log = log.clone();
+        set.spawn(async move { log.append(RecordKind::Event, payload(i)).await });
+    }
+    while let Some(r) = set.join_next().await {
+        let err = r.unwrap().unwrap_err();
+        assert!(matches!(err, AuditError::Failed(_)), "{err}");
+    }
+    assert!(log.is_failed());
+    assert_eq!(log.stats().records.load(Ordering::Relaxed), good);
+    assert!(log.close().is_err());
+    drop(log);
+    assert!(records(dir.path()).len() as u64 >= good);
+    switchyard_audit::verify(dir.path(), keys().chain()).unwrap();
+}
+
 #[tokio::test]
 async fn fire_and_forget_records_are_written_and_flush_waits_for_them() {
     let dir = crate::disk_dir();
