@@ -6,7 +6,7 @@ use std::sync::Arc;
 use switchyard_audit::log::SyncFault;
 use switchyard_audit::{AuditError, AuditLog, RecordKind};
 
-use crate::{append_many, keys, open, payload, records, small};
+use crate::{append_concurrently, append_many, keys, open, payload, records, small};
 
 #[tokio::test]
 async fn appends_round_trip_across_segments_and_reopen_continues_the_chain() {
@@ -145,13 +145,8 @@ async fn an_fsync_failure_under_load_fails_every_later_waiter() {
     append_many(&log, 400, 100).await;
     let good = log.stats().records.load(Ordering::Relaxed);
     fault.0.store(0, Ordering::SeqCst);
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..400 {
-        let log = log.clone();
-        set.spawn(async move { log.append(RecordKind::Event, payload(i)).await });
-    }
-    while let Some(r) = set.join_next().await {
-        let err = r.unwrap().unwrap_err();
+    for result in append_concurrently(&log, 400).await {
+        let err = result.unwrap_err();
         assert!(matches!(err, AuditError::Failed(_)), "{err}");
     }
     assert!(log.is_failed());
@@ -268,13 +263,8 @@ async fn an_fsync_failure_fails_every_waiter_and_the_log_never_retries() {
         log.append(RecordKind::Event, payload(i)).await.unwrap();
     }
     // The fourth sync fails: every waiter of that batch hears about it.
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..8 {
-        let log = log.clone();
-        set.spawn(async move { log.append(RecordKind::Event, payload(i)).await });
-    }
-    while let Some(r) = set.join_next().await {
-        let err = r.unwrap().unwrap_err();
+    for result in append_concurrently(&log, 8).await {
+        let err = result.unwrap_err();
         assert!(
             matches!(err, AuditError::Failed(ref why) if why.contains("injected")),
             "{err}"

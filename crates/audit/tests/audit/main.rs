@@ -57,6 +57,23 @@ pub fn records(dir: &Path) -> Vec<(u64, Option<RecordKind>, Vec<u8>)> {
     all
 }
 
+/// Append `n` records at once, each from a task of its own; what each append returned.
+pub async fn append_concurrently(
+    log: &Arc<AuditLog>,
+    n: u64,
+) -> Vec<switchyard_audit::Result<u64>> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let log = log.clone();
+        set.spawn(async move { log.append(RecordKind::Event, payload(i)).await });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = set.join_next().await {
+        all.push(r.unwrap());
+    }
+    all
+}
+
 /// Append `n` records from `tasks` concurrent tasks; their sequence numbers.
 pub async fn append_many(log: &Arc<AuditLog>, n: u64, tasks: u64) -> Vec<u64> {
     let mut set = tokio::task::JoinSet::new();
