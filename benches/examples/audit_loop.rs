@@ -1,8 +1,9 @@
 //! Group commit alone, for profilers (`perf record -g`) and quick side-by-side runs: 256
 //! tasks on a two-worker runtime append 900-byte records until `RECORDS` are durable, and
 //! the rate is printed. `cargo run --release -p switchyard-benches --example audit_loop --
-//! [RECORDS] [DIR]` (default 200000 records in `target/audit-loop`). The log's first two
-//! segments are zero-filled when it opens, before the clock starts.
+//! [RECORDS] [DIR] [ROUNDS]` (default 200000 records in `target/audit-loop`, one round).
+//! Each round opens a fresh log in the same process, for what a longer-lived process sees.
+//! The log's first two segments are zero-filled when it opens, before the clock starts.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,13 +27,21 @@ fn main() {
     let dir = args
         .next()
         .map_or_else(|| PathBuf::from("target/audit-loop"), PathBuf::from);
-    let _ = std::fs::remove_dir_all(&dir);
+    let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
-    let mut config = AuditConfig::new(&dir);
+    for _ in 0..rounds {
+        round(&rt, n, &dir);
+    }
+}
+
+/// One log, opened fresh, `n` records through it, closed.
+fn round(rt: &tokio::runtime::Runtime, n: usize, dir: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut config = AuditConfig::new(dir);
     config.segment_bytes = (n * (RECORD_BYTES + 64)) as u64 + (1 << 20);
     let (log, _) = AuditLog::open(config, Arc::new(AuditKeys::demo()))
         .unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
@@ -73,5 +82,5 @@ fn main() {
     if let Ok(log) = Arc::try_unwrap(log) {
         log.close().unwrap_or_else(|e| panic!("close: {e}"));
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
