@@ -32,6 +32,13 @@ use crate::framing::{Frame, FrameCodec, Framing};
 use crate::io::{write_frames, FrameReader, IoCounters, ReadEnd};
 use crate::tls::ServerTls;
 
+/// How long a closing connection waits for the terminal to close after the switch shut its
+/// side (see [`FrameReader::linger`]); a terminal answers a FIN at once, so this bounds only
+/// peers that never close. Well inside the default SIGTERM grace period of 10 s.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Bytes a closing connection reads and drops, at most, while it waits.
+const CLOSE_LINGER_BYTES: usize = 256 * 1024;
+
 /// Settings of one terminal listener.
 #[derive(Debug, Clone)]
 pub struct AcceptorConfig {
@@ -152,6 +159,9 @@ pub struct AcceptorStats {
     pub idle_closed: AtomicU64,
     /// Responses that found their connection gone.
     pub undelivered: AtomicU64,
+    /// Closing connections whose terminal did not close within the linger bounds (closed
+    /// then anyway, at the risk of a reset).
+    pub linger_expired: AtomicU64,
     /// Frame and write counts.
     pub io: IoCounters,
 }
@@ -417,16 +427,25 @@ impl<H: Handler> Acceptor<H> {
             });
         }
         // Requests still being handled hold senders: the writer sends their answers, then
-        // closes the connection once the last one is gone.
+        // shuts our side once the last one is gone.
         drop(tx);
-        drop(reader);
-        if let Ok(Err(failure)) = writer.await {
-            for message in failure.unwritten {
-                self.stats.undelivered.fetch_add(1, Ordering::Relaxed);
-                self.handler.undelivered(&conn, message);
+        match writer.await {
+            Ok(Err(failure)) => {
+                for message in failure.unwritten {
+                    self.stats.undelivered.fetch_add(1, Ordering::Relaxed);
+                    self.handler.undelivered(&conn, message);
+                }
+                let e = failure.error;
+                tracing::info!(listener = %cfg.name, peer = %conn.peer, error = %e, "write to terminal failed");
             }
-            let e = failure.error;
-            tracing::info!(listener = %cfg.name, peer = %conn.peer, error = %e, "write to terminal failed");
+            // The terminal may still be sending (draining, idle or unframeable input): the
+            // socket stays open until it closes, so that no reset overtakes the answers.
+            Ok(Ok(())) if !gone.load(Ordering::Acquire) => {
+                if !reader.linger(CLOSE_LINGER, CLOSE_LINGER_BYTES).await {
+                    self.stats.linger_expired.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(Ok(())) | Err(_) => {}
         }
     }
 

@@ -161,6 +161,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.last_byte = Instant::now();
     }
 
+    /// Read and drop what the peer still sends, until it closes, for at most `limit` and
+    /// about `max_bytes`. Called once the answers are written and our side is shut: a
+    /// socket closed with input unread sends a reset, and a reset makes the kernel drop the
+    /// answers not yet sent (the peer's, those not yet read). Returns whether the peer
+    /// closed within the bounds.
+    pub(crate) async fn linger(&mut self, limit: Duration, max_bytes: usize) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut dropped = 0usize;
+        while dropped <= max_bytes {
+            self.buf.clear();
+            match tokio::time::timeout_at(deadline, self.input.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) => return true,
+                Ok(Ok(n)) => dropped += n,
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        false
+    }
+
     /// The next frame. `idle_timeout` of `None` waits for ever between frames.
     pub(crate) async fn next(
         &mut self,

@@ -290,6 +290,7 @@ impl Telemetry {
                 ("slow_frame", load(&s.slow_frames)),
                 ("idle_closed", load(&s.idle_closed)),
                 ("undelivered", load(&s.undelivered)),
+                ("linger_expired", load(&s.linger_expired)),
             ] {
                 sync(
                     &self.listener_events.with_label_values(&[name, event]),

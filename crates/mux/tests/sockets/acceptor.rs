@@ -318,3 +318,61 @@ async fn shutdown_finishes_requests_in_flight_before_closing() {
         .unwrap()
         .unwrap();
 }
+
+/// A connection closed while the terminal's bytes wait unread sends a TCP reset, and a
+/// reset makes the kernel drop the answers it has not sent yet. Draining with requests
+/// still arriving must end with every answer delivered and a clean end of stream.
+#[tokio::test]
+async fn a_drain_with_unread_requests_still_delivers_every_answer_then_closes_cleanly() {
+    const IN_FLIGHT: u32 = 1500;
+    let mut cfg = config();
+    cfg.max_in_flight_per_connection = IN_FLIGHT as usize;
+    let handler = Approver {
+        delay_by_amount: true,
+        ..Approver::default()
+    };
+    let mut server = start(cfg, handler, None).await;
+    // A terminal with a small receive window: the switch's last answers wait in its own
+    // send queue, where a reset would drop them.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = tokio::time::timeout(WAIT, socket.connect(server.addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut terminal = Peer::new(stream, Framing::default());
+    for stan in 1..=IN_FLIGHT {
+        terminal.send_message(request(stan, "TERM0013", 300)).await;
+    }
+    let all_running = eventually(WAIT, || {
+        server.handler.running.load(Ordering::SeqCst) == IN_FLIGHT as usize
+    })
+    .await;
+    assert!(all_running, "every request read before the drain");
+    server.shutdown.cancel();
+    // Sent after the drain began: never read, never answered.
+    for stan in IN_FLIGHT + 1..=IN_FLIGHT + 20 {
+        terminal.send_message(request(stan, "TERM0013", 0)).await;
+    }
+    // Not reading for a while: the answers back up into the switch's send queue.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut answered = 0u32;
+    while let Some(frame) = terminal.recv().await {
+        let answer = crate::support::view(frame.message);
+        assert_eq!(answer.str(39), Some("00"));
+        assert!(answer.str(11).unwrap().parse::<u32>().unwrap() <= IN_FLIGHT);
+        answered += 1;
+    }
+    assert_eq!(answered, IN_FLIGHT, "every request read was answered");
+    let mut rest = [0u8; 64];
+    let end = tokio::io::AsyncReadExt::read(terminal.stream(), &mut rest).await;
+    assert!(
+        matches!(end, Ok(0)),
+        "a clean end of stream, not a reset: {end:?}"
+    );
+    drop(terminal);
+    tokio::time::timeout(WAIT, &mut server.served)
+        .await
+        .unwrap()
+        .unwrap();
+}
