@@ -28,6 +28,17 @@ pub struct Options {
     pub repetitions: usize,
 }
 
+impl Options {
+    /// Seconds of load per measurement.
+    pub fn seconds(&self) -> f64 {
+        if self.smoke {
+            0.5
+        } else {
+            5.0
+        }
+    }
+}
+
 /// The measured workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -76,6 +87,8 @@ pub struct Row {
     pub p999_ms: f64,
     pub switch_cpu_s: f64,
     pub switch_rss_mib: f64,
+    /// CPU of the simulators (the issuer process and this load generator) per answer, µs.
+    pub sims_cpu_us: f64,
     pub errors: u64,
 }
 
@@ -191,7 +204,7 @@ fn certs(dir: &Path) -> Result<Certs, String> {
 
 /// A running shape: where the terminals connect, the switch process (none for direct).
 struct Setup {
-    _issuer: Process,
+    issuer: Process,
     switch: Option<Process>,
     target: SocketAddr,
     tls: Option<Arc<ClientTls>>,
@@ -233,7 +246,7 @@ fn setup(opts: &Options, shape: Shape, dir: &Path, certs: &Certs) -> Result<Setu
     };
     if shape == Shape::Direct {
         return Ok(Setup {
-            _issuer: issuer,
+            issuer,
             switch: None,
             target: issuer_addr,
             tls: None,
@@ -286,7 +299,7 @@ fn setup(opts: &Options, shape: Shape, dir: &Path, certs: &Certs) -> Result<Setu
     );
     wait_ready(([127, 0, 0, 1], admin).into())?;
     Ok(Setup {
-        _issuer: issuer,
+        issuer,
         switch: Some(switch),
         target: ([127, 0, 0, 1], port).into(),
         tls: if shape == Shape::Tls {
@@ -324,8 +337,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// One measurement: the load report, the switch's CPU seconds and RSS (MiB).
-type Measured = (LoadReport, f64, f64);
+/// One measurement: the load report, the switch's CPU seconds and RSS (MiB), and the
+/// simulators' CPU per answer (µs).
+type Measured = (LoadReport, f64, f64, f64);
 
 /// The scenarios of a run.
 pub fn scenarios(smoke: bool) -> Vec<Scenario> {
@@ -365,7 +379,7 @@ pub fn run(opts: &Options) -> Result<(Vec<Row>, String), String> {
         .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let certs = certs(dir.path())?;
-    let seconds = if opts.smoke { 0.5 } else { 5.0 };
+    let seconds = opts.seconds();
     let mut rows = Vec::new();
     for scenario in scenarios(opts.smoke) {
         let mut per_shape: Vec<(Shape, Vec<Measured>)> =
@@ -375,10 +389,13 @@ pub fn run(opts: &Options) -> Result<(Vec<Row>, String), String> {
             for (shape, results) in &mut per_shape {
                 let s = setup(opts, *shape, dir.path(), &certs)?;
                 let pid = s.switch.as_ref().map(|p| p.0.id());
-                let before = pid.map(usage).unwrap_or_default();
+                let sims = [s.issuer.0.id(), std::process::id()];
+                let sims_cpu = || sims.iter().map(|&p| usage(p).0).sum::<f64>();
+                let (before, sims_before) = (pid.map(usage).unwrap_or_default(), sims_cpu());
                 let report = load(&rt, s.target, s.tls.clone(), scenario, seconds)?;
-                let after = pid.map(usage).unwrap_or_default();
-                results.push((report, after.0 - before.0, after.1));
+                let (after, sims_after) = (pid.map(usage).unwrap_or_default(), sims_cpu());
+                let sims_us = (sims_after - sims_before) * 1e6 / report.answered.max(1) as f64;
+                results.push((report, after.0 - before.0, after.1, sims_us));
             }
         }
         for (shape, results) in per_shape {
@@ -392,6 +409,7 @@ pub fn run(opts: &Options) -> Result<(Vec<Row>, String), String> {
                 p999_ms: m(&|r| r.0.latency_ms(0.999)),
                 switch_cpu_s: m(&|r| r.1),
                 switch_rss_mib: m(&|r| r.2),
+                sims_cpu_us: m(&|r| r.3),
                 errors: results
                     .iter()
                     .map(|r| r.0.unanswered + r.0.connect_errors)
@@ -439,12 +457,13 @@ fn idle_connections(
 
 fn render(rows: &[Row], opts: &Options, idle: (usize, f64, f64)) -> String {
     let mut out = String::new();
+    let seconds = opts.seconds();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
         out,
         "load benchmark: {cores} cores, {} repetitions (medians), {} s per measurement, terminals + switch + issuer on one machine",
         opts.repetitions,
-        if opts.smoke { 0.5 } else { 5.0 }
+        seconds
     );
     let _ = writeln!(out, "| scenario | shape | tx/s | vs direct | p50 ms | p99 ms | p99.9 ms | switch CPU s | switch RSS MiB | errors |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
@@ -473,5 +492,32 @@ fn render(rows: &[Row], opts: &Options, idle: (usize, f64, f64)) -> String {
         "idle: {} terminal connections opened at {:.0}/s; switch RSS {:.1} MiB",
         idle.0, idle.1, idle.2
     );
+    // What 0.6x of direct leaves the switch in the pipelined scenarios (the direct shape
+    // fills the cores there): the simulators share the cores with it, so at that rate they
+    // take their CPU per transaction first (the direct run's figure), and the switch has the
+    // rest of all cores at the most.
+    let pipelined = |name: &str| {
+        scenarios(opts.smoke)
+            .iter()
+            .any(|s| s.name == name && s.rate.is_none() && s.connections * s.window > 1)
+    };
+    for direct in rows
+        .iter()
+        .filter(|r| r.shape == Shape::Direct && pipelined(r.scenario))
+    {
+        let Some(durable) = rows
+            .iter()
+            .find(|r| r.scenario == direct.scenario && r.shape == Shape::Durable)
+        else {
+            continue;
+        };
+        let budget = cores as f64 * 1e6 / (0.6 * direct.tps.max(1e-9)) - direct.sims_cpu_us;
+        let used = durable.switch_cpu_s * 1e6 / (durable.tps * seconds).max(1e-9);
+        let _ = writeln!(
+            out,
+            "cpu per transaction, {}: simulators {:.1} µs direct; switch {:.1} µs durable; at 0.6x of direct the switch could use {:.1} µs at most",
+            direct.scenario, direct.sims_cpu_us, used, budget
+        );
+    }
     out
 }

@@ -13,6 +13,7 @@ fn the_load_benchmark_runs_every_shape_and_scenario() {
     for row in &rows {
         assert!(row.tps > 0.0, "{report}");
         assert_eq!(row.errors, 0, "{report}");
+        assert!(row.sims_cpu_us > 0.0, "{report}");
         if row.shape != switchyard_benches::loadbench::Shape::Direct {
             assert!(
                 row.switch_rss_mib > 0.0 && row.switch_cpu_s > 0.0,
@@ -23,5 +24,13 @@ fn the_load_benchmark_runs_every_shape_and_scenario() {
     assert!(
         report.contains("idle: 200 terminal connections"),
         "{report}"
+    );
+    let budgets = report
+        .lines()
+        .filter(|l| l.starts_with("cpu per transaction, ") && l.contains("could use"))
+        .count();
+    assert_eq!(
+        budgets, 2,
+        "a CPU budget line per pipelined scenario: {report}"
     );
 }

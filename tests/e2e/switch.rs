@@ -164,17 +164,22 @@ impl Switch {
 
     /// One metric's value with these labels (0 when absent).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let (_, body) = http_get(self.admin, "/metrics");
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_in(&http_get(self.admin, "/metrics").1, name, labels)
     }
+}
+
+/// One metric's value with these labels in a scrape (0 when absent).
+pub fn metric_in(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A plain HTTP GET: (status, body).
@@ -532,14 +537,19 @@ fn the_switch_routes_answers_audits_and_counts_every_transaction() {
         switch.metric("switchyard_link_up", &[("link", "approver")]),
         1.0
     );
-    assert_eq!(
-        switch.metric(
-            "switchyard_link_events_total",
-            &[("link", "silent"), ("event", "timeout")]
-        ),
-        1.0
-    );
+    // The request's timeout, and one for each reversal attempt the silent issuer has let
+    // time out so far (the last one started may still be waiting): from one scrape.
     let (_, metrics) = http_get(switch.admin, "/metrics");
+    let timeouts = metric_in(
+        &metrics,
+        "switchyard_link_events_total",
+        &[("link", "silent"), ("event", "timeout")],
+    );
+    let reversals_sent = metric_in(&metrics, "switchyard_saf_attempts_total", &[]);
+    assert!(
+        timeouts >= 1.0 && [reversals_sent, reversals_sent + 1.0].contains(&timeouts),
+        "{timeouts} timeouts, {reversals_sent} reversal attempts"
+    );
     for secret in ["4000056655665556", "000101", "TERME2E1"] {
         assert!(!metrics.contains(secret), "{secret} in /metrics");
     }
