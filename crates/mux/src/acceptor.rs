@@ -438,8 +438,9 @@ impl<H: Handler> Acceptor<H> {
                 let e = failure.error;
                 tracing::info!(listener = %cfg.name, peer = %conn.peer, error = %e, "write to terminal failed");
             }
-            // The terminal may still be sending (draining, idle or unframeable input): the
+            // The terminal may still be sending (draining, idle, a frame too slow): the
             // socket stays open until it closes, so that no reset overtakes the answers.
+            // (After an unframeable stream or a broken connection nothing more is owed.)
             Ok(Ok(())) if !gone.load(Ordering::Acquire) => {
                 if !reader.linger(CLOSE_LINGER, CLOSE_LINGER_BYTES).await {
                     self.stats.linger_expired.fetch_add(1, Ordering::Relaxed);

@@ -165,16 +165,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// about `max_bytes`. Called once the answers are written and our side is shut: a
     /// socket closed with input unread sends a reset, and a reset makes the kernel drop the
     /// answers not yet sent (the peer's, those not yet read). Returns whether the peer
-    /// closed within the bounds.
+    /// closed (or broke the connection) within the bounds.
     pub(crate) async fn linger(&mut self, limit: Duration, max_bytes: usize) -> bool {
         let deadline = Instant::now() + limit;
         let mut dropped = 0usize;
         while dropped <= max_bytes {
             self.buf.clear();
             match tokio::time::timeout_at(deadline, self.input.read_buf(&mut self.buf)).await {
-                Ok(Ok(0)) => return true,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
                 Ok(Ok(n)) => dropped += n,
-                Ok(Err(_)) | Err(_) => break,
+                Err(_) => break,
             }
         }
         false

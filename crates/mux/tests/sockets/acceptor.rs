@@ -376,3 +376,34 @@ async fn a_drain_with_unread_requests_still_delivers_every_answer_then_closes_cl
         .unwrap()
         .unwrap();
 }
+
+/// Lingering for the terminal's close has its bounds: a terminal that reads the end of
+/// stream and never closes is let go after them, and counted.
+#[tokio::test]
+async fn a_terminal_that_never_closes_is_let_go_after_the_linger() {
+    let mut cfg = config();
+    cfg.idle_timeout = Duration::from_millis(200);
+    let server = start(cfg, Approver::default(), None).await;
+    let mut terminal = Peer::connect(server.addr, Framing::default()).await;
+    let quiet = std::time::Instant::now();
+    assert!(
+        terminal.recv().await.is_none(),
+        "idle: the switch shut its side"
+    );
+    let stats = server.acceptor.stats().clone();
+    assert_eq!(
+        stats.connections_open.load(Ordering::Relaxed),
+        1,
+        "lingering"
+    );
+    // The terminal keeps its side open and says nothing.
+    let let_go = eventually(WAIT, || stats.connections_open.load(Ordering::Relaxed) == 0).await;
+    assert!(let_go, "connection closed at the linger bound");
+    let waited = quiet.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+        "closed {waited:?} after going quiet"
+    );
+    assert_eq!(stats.linger_expired.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.idle_closed.load(Ordering::Relaxed), 1);
+}
