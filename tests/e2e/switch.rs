@@ -454,12 +454,17 @@ fn the_switch_routes_answers_audits_and_counts_every_transaction() {
         s.write_all(&out).await.unwrap();
         let mut buf = BytesMut::new();
         let mut codec = FrameCodec::new(Framing::default());
-        loop {
-            if let Some(f) = codec.decode(&mut buf).unwrap() {
-                return MessageView::decode(spec(), f.message).unwrap();
+        let answer = async {
+            loop {
+                if let Some(f) = codec.decode(&mut buf).unwrap() {
+                    return MessageView::decode(spec(), f.message).unwrap();
+                }
+                assert!(s.read_buf(&mut buf).await.unwrap() > 0);
             }
-            assert!(s.read_buf(&mut buf).await.unwrap() > 0);
-        }
+        };
+        tokio::time::timeout(WAIT, answer)
+            .await
+            .expect("no answer over TLS within the test's wait")
     });
     assert_eq!(over_tls.str(39), Some("00"));
 
