@@ -341,8 +341,9 @@ async fn a_drain_with_unread_requests_still_delivers_every_answer_then_closes_cl
         .unwrap()
         .unwrap();
     let mut terminal = Peer::new(stream, Framing::default());
+    // Each answered after a second: all of them are in flight when the drain begins.
     for stan in 1..=IN_FLIGHT {
-        terminal.send_message(request(stan, "TERM0013", 300)).await;
+        terminal.send_message(request(stan, "TERM0013", 1000)).await;
     }
     let all_running = eventually(WAIT, || {
         server.handler.running.load(Ordering::SeqCst) == IN_FLIGHT as usize
@@ -354,8 +355,9 @@ async fn a_drain_with_unread_requests_still_delivers_every_answer_then_closes_cl
     for stan in IN_FLIGHT + 1..=IN_FLIGHT + 20 {
         terminal.send_message(request(stan, "TERM0013", 0)).await;
     }
-    // Not reading for a while: the answers back up into the switch's send queue.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Not reading until the answers are written: they back up into the switch's send
+    // queue, and the switch is done writing when this terminal starts to read.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let mut answered = 0u32;
     while let Some(frame) = terminal.recv().await {
         let answer = crate::support::view(frame.message);
