@@ -99,9 +99,15 @@ impl<'s> MessageView<'s> {
             starts: [0; 193],
         };
         let mut planned = false;
-        let walked = view.read_header().and_then(|pos| {
+        // The MTI and bitmaps in locals, not the view's fields: written to memory as words
+        // and read back at once as a vector, they stalled store forwarding (perf: the two
+        // hottest instructions of the decode waited on it).
+        let (mut mti, mut bitmap) = (view.mti, [0u64; 3]);
+        let header = read_header(spec, &view.buf, &mut mti, &mut bitmap);
+        (view.mti, view.bitmap) = (mti, bitmap);
+        let walked = header.and_then(|pos| {
             let (table, data, tertiary) = (spec.table(), &view.buf[..], spec.has_tertiary_bitmap());
-            let (bitmap, starts) = (view.bitmap, &mut view.starts);
+            let starts = &mut view.starts;
             if let Some(plan) = spec.plans().get(&bitmap) {
                 let done = if options.strict {
                     read_planned::<true>(plan, table, data, starts, pos)
@@ -172,84 +178,6 @@ impl<'s> MessageView<'s> {
                 terminal_id: found(41),
             },
         }
-    }
-
-    /// MTI and bitmaps. Returns the offset of the first field.
-    fn read_header(&mut self) -> std::result::Result<usize, DecodeFailure> {
-        let spec = self.spec;
-        let data: &[u8] = &self.buf;
-        let fail = |location, offset, reason| DecodeFailure {
-            location,
-            offset,
-            reason,
-            layout_done: false,
-        };
-        let truncated = |location, offset: usize, needed: usize| {
-            fail(
-                location,
-                offset,
-                Reason::Truncated {
-                    needed,
-                    available: data.len().saturating_sub(offset),
-                },
-            )
-        };
-        if data.len() > usize::from(u16::MAX) {
-            return Err(fail(Location::Message, 0, Reason::TooLong));
-        }
-        let mti_len = spec.mti_len();
-        let raw_mti = data
-            .get(..mti_len)
-            .ok_or_else(|| truncated(Location::Mti, 0, mti_len))?;
-        let digits = match spec.mti_encoding() {
-            MtiEncoding::Ascii => [raw_mti[0], raw_mti[1], raw_mti[2], raw_mti[3]],
-            MtiEncoding::Ebcdic => {
-                let mut d = [0u8; 4];
-                for (o, &e) in d.iter_mut().zip(raw_mti) {
-                    *o = wire::ebcdic_to_ascii(e).unwrap_or(0);
-                }
-                d
-            }
-            MtiEncoding::Bcd => {
-                let n = |b: u8| if b <= 9 { b'0' + b } else { 0 };
-                [
-                    n(raw_mti[0] >> 4),
-                    n(raw_mti[0] & 0xF),
-                    n(raw_mti[1] >> 4),
-                    n(raw_mti[1] & 0xF),
-                ]
-            }
-        };
-        self.mti = Mti::new(digits).ok_or_else(|| fail(Location::Mti, 0, Reason::BadMti))?;
-        let mut pos = mti_len;
-        // Primary, then secondary if bit 1, then tertiary if bit 65 (when the spec has one).
-        for w in 0..3 {
-            let wanted = match w {
-                0 => true,
-                1 => self.bitmap[0] >> 63 == 1,
-                _ => spec.has_tertiary_bitmap() && self.bitmap[1] >> 63 == 1,
-            };
-            if !wanted {
-                break;
-            }
-            let location = Location::Bitmap(w as u8 + 1);
-            let len = spec.bitmap_len();
-            let raw = data
-                .get(pos..pos + len)
-                .ok_or_else(|| truncated(location, pos, len))?;
-            self.bitmap[w] = match (spec.bitmap_encoding(), raw) {
-                (BitmapEncoding::Binary, &[a, b, c, d, e, f, g, h]) => {
-                    u64::from_be_bytes([a, b, c, d, e, f, g, h])
-                }
-                (BitmapEncoding::Hex, raw) => match <&[u8; 16]>::try_from(raw) {
-                    Ok(hex) if wire::is_hex(hex) => wire::hex16_to_u64(hex),
-                    _ => return Err(fail(location, pos, Reason::BadBitmap)),
-                },
-                _ => return Err(fail(location, pos, Reason::BadBitmap)),
-            };
-            pos += len;
-        }
-        Ok(pos)
     }
 
     /// The slow path after a failed content check: the first field, in order, whose content
@@ -532,6 +460,88 @@ impl Walk {
     }
 }
 
+/// MTI and bitmaps of `data` into `mti` and `bitmap`. Returns the offset of the first field.
+#[inline(always)]
+fn read_header(
+    spec: &Spec,
+    data: &[u8],
+    mti: &mut Mti,
+    bitmap: &mut [u64; 3],
+) -> std::result::Result<usize, DecodeFailure> {
+    let fail = |location, offset, reason| DecodeFailure {
+        location,
+        offset,
+        reason,
+        layout_done: false,
+    };
+    let truncated = |location, offset: usize, needed: usize| {
+        fail(
+            location,
+            offset,
+            Reason::Truncated {
+                needed,
+                available: data.len().saturating_sub(offset),
+            },
+        )
+    };
+    if data.len() > usize::from(u16::MAX) {
+        return Err(fail(Location::Message, 0, Reason::TooLong));
+    }
+    let mti_len = spec.mti_len();
+    let raw_mti = data
+        .get(..mti_len)
+        .ok_or_else(|| truncated(Location::Mti, 0, mti_len))?;
+    let digits = match spec.mti_encoding() {
+        MtiEncoding::Ascii => [raw_mti[0], raw_mti[1], raw_mti[2], raw_mti[3]],
+        MtiEncoding::Ebcdic => {
+            let mut d = [0u8; 4];
+            for (o, &e) in d.iter_mut().zip(raw_mti) {
+                *o = wire::ebcdic_to_ascii(e).unwrap_or(0);
+            }
+            d
+        }
+        MtiEncoding::Bcd => {
+            let n = |b: u8| if b <= 9 { b'0' + b } else { 0 };
+            [
+                n(raw_mti[0] >> 4),
+                n(raw_mti[0] & 0xF),
+                n(raw_mti[1] >> 4),
+                n(raw_mti[1] & 0xF),
+            ]
+        }
+    };
+    *mti = Mti::new(digits).ok_or_else(|| fail(Location::Mti, 0, Reason::BadMti))?;
+    let mut pos = mti_len;
+    // Primary, then secondary if bit 1, then tertiary if bit 65 (when the spec has one).
+    for w in 0..3 {
+        let wanted = match w {
+            0 => true,
+            1 => bitmap[0] >> 63 == 1,
+            _ => spec.has_tertiary_bitmap() && bitmap[1] >> 63 == 1,
+        };
+        if !wanted {
+            break;
+        }
+        let location = Location::Bitmap(w as u8 + 1);
+        let len = spec.bitmap_len();
+        let raw = data
+            .get(pos..pos + len)
+            .ok_or_else(|| truncated(location, pos, len))?;
+        bitmap[w] = match (spec.bitmap_encoding(), raw) {
+            (BitmapEncoding::Binary, &[a, b, c, d, e, f, g, h]) => {
+                u64::from_be_bytes([a, b, c, d, e, f, g, h])
+            }
+            (BitmapEncoding::Hex, raw) => match <&[u8; 16]>::try_from(raw) {
+                Ok(hex) if wire::is_hex(hex) => wire::hex16_to_u64(hex),
+                _ => return Err(fail(location, pos, Reason::BadBitmap)),
+            },
+            _ => return Err(fail(location, pos, Reason::BadBitmap)),
+        };
+        pos += len;
+    }
+    Ok(pos)
+}
+
 /// The generic walk: where each field starts and how long it is, and (`STRICT`) whether
 /// every field's content is valid. Content checks run over runs of adjacent fields with the
 /// same fast check (see `FastCheck`), so 19 fields cost a handful of vector checks.
@@ -796,7 +806,7 @@ mod tests {
             validated: true,
             starts: [0; 193],
         };
-        let pos = view.read_header().ok()?;
+        let pos = super::read_header(spec, &view.buf, &mut view.mti, &mut view.bitmap).ok()?;
         Some((view.bitmap, pos))
     }
 
