@@ -169,6 +169,7 @@ impl<'s> MessageBuilder<'s> {
         push_prefix(f, value.len(), &mut self.data);
         match f.encoding {
             Encoding::Ascii | Encoding::Binary => extend_small(&mut self.data, value),
+            Encoding::Hex => wire::push_hex_in_place(&mut self.data, value),
             _ => f.write_value(value, &mut self.data),
         }
         self.insert(f, start);

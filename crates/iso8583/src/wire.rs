@@ -359,6 +359,33 @@ pub fn push_hex<O: for<'a> Extend<&'a u8>>(out: &mut O, v: &[u8]) {
     }
 }
 
+/// Append `v` to `out` as upper-case hex, written in place, four pairs to a store: copied
+/// out of a stack buffer just written (as [`push_hex`] does for any `Extend`), the pairs
+/// stalled store forwarding (the copy's wide loads waited for the pairs' narrow stores), and
+/// a store per pair filled the store queue.
+pub fn push_hex_in_place(out: &mut Vec<u8>, v: &[u8]) {
+    let start = out.len();
+    out.resize(start + 2 * v.len(), 0);
+    let Some(dst) = out.get_mut(start..) else {
+        return;
+    };
+    let pair = |b: u8| u64::from(u16::from_le_bytes(HEX_PAIRS[usize::from(b)]));
+    let (mut wide, mut four) = (dst.chunks_exact_mut(8), v.chunks_exact(4));
+    for (d, s) in (&mut wide).zip(&mut four) {
+        if let (Ok(d), &[a, b, c, e]) = (<&mut [u8; 8]>::try_from(d), s) {
+            let w = pair(a) | pair(b) << 16 | pair(c) << 32 | pair(e) << 48;
+            *d = w.to_le_bytes();
+        }
+    }
+    for (d, &b) in wide
+        .into_remainder()
+        .chunks_exact_mut(2)
+        .zip(four.remainder())
+    {
+        d.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+    }
+}
+
 /// `n` in decimal, zero-padded to `width` digits (more when `n` needs them; at most 20),
 /// as ASCII in a stack buffer: `(buffer, start)`, the digits being `&buffer[start..]`.
 pub fn decimal(n: u64, width: usize) -> ([u8; 20], usize) {
@@ -650,6 +677,11 @@ mod tests {
                     let expected: Vec<u8> =
                         v.iter().flat_map(|&b| HEX_PAIRS[usize::from(b)]).collect();
                     assert_eq!(out, expected, "len {len} at {at} byte {b:#04x}");
+                    // In place, after what the buffer already holds.
+                    let mut in_place = b"ab".to_vec();
+                    push_hex_in_place(&mut in_place, &v);
+                    assert_eq!(in_place[..2], *b"ab");
+                    assert_eq!(in_place[2..], expected, "in place: len {len} at {at}");
                 }
             }
         }
