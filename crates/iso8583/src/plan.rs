@@ -145,7 +145,12 @@ impl Plans {
     /// The plan for `bitmap`, if one has been made.
     #[inline]
     pub(crate) fn get(&self, bitmap: &[u64; 3]) -> Option<&Plan> {
-        self.slot(bitmap).get().filter(|p| p.bitmap == *bitmap)
+        // Compared word by word: as one array the compare loaded the caller's bitmap as a
+        // vector, just after it was stored as words, and stalled store forwarding.
+        let same = |p: &Plan| {
+            (p.bitmap[0] ^ bitmap[0]) | (p.bitmap[1] ^ bitmap[1]) | (p.bitmap[2] ^ bitmap[2]) == 0
+        };
+        self.slot(bitmap).get().filter(|p| same(p))
     }
 
     /// Make the plan for `bitmap` if its slot is free (after a clean decode of a message
