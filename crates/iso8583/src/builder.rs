@@ -299,9 +299,25 @@ impl<'s> MessageBuilder<'s> {
             .response()
             .ok_or_else(|| Error::encode(Location::Mti, Reason::NotARequest))?;
         self.reset(mti);
-        for &n in ECHO_FIELDS {
-            if self.spec.field(n).is_some() {
-                self.copy_from(request, n)?;
+        if std::ptr::eq(request.spec(), self.spec) && request.is_validated() {
+            // Same dialect, checked by a strict decode: each echo field's wire bytes (length
+            // prefix and data) copied as they are, found once, not looked up, re-encoded or
+            // checked again as `copy_from` does for any one field.
+            for &n in ECHO_FIELDS {
+                let (Some(wire), Some(f)) = (request.wire_range(n), self.spec.field(n)) else {
+                    continue;
+                };
+                if let Some(bytes) = request.buffer().get(wire) {
+                    let start = self.data.len();
+                    extend_small(&mut self.data, bytes);
+                    self.insert(f, start);
+                }
+            }
+        } else {
+            for &n in ECHO_FIELDS {
+                if self.spec.field(n).is_some() {
+                    self.copy_from(request, n)?;
+                }
             }
         }
         self.set(39, response_code)

@@ -272,6 +272,13 @@ impl<'s> MessageView<'s> {
         Some(start..start + self.spec.entry(n).encoded_len(self.units_at(n)))
     }
 
+    /// Field `n`'s bytes on the wire: its length prefix and its data.
+    pub(crate) fn wire_range(&self, n: u8) -> Option<Range<usize>> {
+        let data = self.range(n)?;
+        let prefix = usize::from(self.spec.entry(usize::from(n)).prefix_bytes);
+        Some(data.start.checked_sub(prefix)?..data.end)
+    }
+
     /// Replace the encoded data of fixed-length field `n` with `encoded` (same length, checked
     /// like a decoded field), keeping every offset. Used to restore a remapped STAN on a
     /// response: one copy of the frame, no re-encoding and no new decode.

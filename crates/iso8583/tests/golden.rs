@@ -200,6 +200,17 @@ fn responses_echo_the_request_and_set_field_39() {
         };
         let mut builder = MessageBuilder::new(spec, request.mti());
         builder.respond_to(&request, code).unwrap();
+        // A strictly decoded request's fields are copied as wire bytes; a leniently decoded
+        // one's are checked and re-encoded field by field: the same response either way.
+        let lenient = MessageView::decode_with(
+            spec,
+            Bytes::from(g.frame.clone()),
+            switchyard_iso8583::DecodeOptions { strict: false },
+        )
+        .unwrap();
+        let mut checked = MessageBuilder::new(spec, request.mti());
+        checked.respond_to(&lenient, code).unwrap();
+        assert_eq!(builder.encode(), checked.encode(), "{}", g.dialect);
         let response = MessageView::decode(spec, builder.encode()).unwrap();
         assert_eq!(response.mti(), request.mti().response().unwrap());
         assert_eq!(response.field(39).unwrap().value().as_ref(), code);
