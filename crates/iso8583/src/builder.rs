@@ -215,7 +215,7 @@ impl<'s> MessageBuilder<'s> {
     }
 
     /// Record field `f`, whose prefix and data were just written at `data[start..]`.
-    #[inline]
+    #[inline(always)]
     fn insert(&mut self, f: &FieldSpec, start: usize) {
         let field = f.number;
         let entry = Entry {

@@ -268,8 +268,13 @@ impl<'s> MessageView<'s> {
             return None;
         }
         let n = usize::from(n);
-        let start = usize::from(self.starts[n]);
-        Some(start..start + self.spec.entry(n).encoded_len(self.units_at(n)))
+        let (f, start) = (self.spec.entry(n), usize::from(self.starts[n]));
+        let len = if f.prefix_bytes == 0 {
+            usize::from(f.fixed_bytes)
+        } else {
+            f.encoded_len(self.units_at(n))
+        };
+        Some(start..start + len)
     }
 
     /// Field `n`'s bytes on the wire: its length prefix and its data.
