@@ -299,11 +299,22 @@ impl<'s> MessageBuilder<'s> {
             .response()
             .ok_or_else(|| Error::encode(Location::Mti, Reason::NotARequest))?;
         self.reset(mti);
+        // Field 39 set in its place among the echo fields: a builder whose fields came in
+        // order encodes with one copy of its data, not one per field.
+        let (before, after) = ECHO_FIELDS.split_at(ECHO_FIELDS.partition_point(|&n| n < 39));
+        self.echo(request, before)?;
+        self.set(39, response_code)?;
+        self.echo(request, after)?;
+        Ok(self)
+    }
+
+    /// Copy `fields` of `request` that it has, for [`MessageBuilder::respond_to`].
+    fn echo(&mut self, request: &MessageView<'_>, fields: &[u8]) -> Result<()> {
         if std::ptr::eq(request.spec(), self.spec) && request.is_validated() {
-            // Same dialect, checked by a strict decode: each echo field's wire bytes (length
+            // Same dialect, checked by a strict decode: each field's wire bytes (length
             // prefix and data) copied as they are, found once, not looked up, re-encoded or
             // checked again as `copy_from` does for any one field.
-            for &n in ECHO_FIELDS {
+            for &n in fields {
                 let (Some(wire), Some(f)) = (request.wire_range(n), self.spec.field(n)) else {
                     continue;
                 };
@@ -314,13 +325,13 @@ impl<'s> MessageBuilder<'s> {
                 }
             }
         } else {
-            for &n in ECHO_FIELDS {
+            for &n in fields {
                 if self.spec.field(n).is_some() {
                     self.copy_from(request, n)?;
                 }
             }
         }
-        self.set(39, response_code)
+        Ok(())
     }
 
     /// The response to a frame that could not be decoded (usually with code 30, format
