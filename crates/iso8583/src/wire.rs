@@ -359,10 +359,11 @@ pub fn push_hex<O: for<'a> Extend<&'a u8>>(out: &mut O, v: &[u8]) {
     }
 }
 
-/// Append `v` to `out` as upper-case hex, written in place, four pairs to a store: copied
-/// out of a stack buffer just written (as [`push_hex`] does for any `Extend`), the pairs
-/// stalled store forwarding (the copy's wide loads waited for the pairs' narrow stores), and
-/// a store per pair filled the store queue.
+/// Append `v` to `out` as upper-case hex, written in place: 16 bytes at a time in vector
+/// lanes, then four pairs to a store, then pair by pair. Copied out of a stack buffer just
+/// written (as [`push_hex`] does for any `Extend`), the pairs stalled store forwarding (the
+/// copy's wide loads waited for the pairs' narrow stores), and a store per pair filled the
+/// store queue.
 pub fn push_hex_in_place(out: &mut Vec<u8>, v: &[u8]) {
     let start = out.len();
     out.resize(start + 2 * v.len(), 0);
