@@ -4,8 +4,10 @@
 //! given bitmap the fixed fields between two variable ones always sit at the same offsets
 //! from each other, so a plan lists the walk's steps with each run of adjacent fixed fields
 //! (sharing one content check) merged into one block: one bounds check, one check-run
-//! decision and a store per field, where the generic walk looked each field up and decided
-//! each one on its own. The bench message's 19 fields become 8 steps.
+//! decision and one store per block, where the generic walk looked each field up, decided
+//! each one on its own and stored where it starts. The bench message's 19 fields become 8
+//! steps. A view decoded by a plan keeps where each step starts, and finds a field's start
+//! from its step's and its offset in the step (both in the plan).
 //!
 //! A spec keeps up to [`SLOTS`] plans, one per slot chosen by the bitmap's hash, each set
 //! once (a `OnceLock`, so threads share them without locks) after a message with that bitmap
@@ -20,23 +22,19 @@ use crate::spec::{FastCheck, FieldSpec};
 /// Plans kept per spec.
 pub(crate) const SLOTS: usize = 32;
 /// Most steps a plan holds; a message with more takes the generic walk.
-const MAX_STEPS: usize = 48;
-/// Most fixed fields a plan's blocks hold, all blocks together.
-const MAX_BLOCK_FIELDS: usize = 96;
+pub(crate) const MAX_STEPS: usize = 48;
+
+/// Where each step of a plan's walk starts in one frame (a block's first field's data, a
+/// field's data after its length prefix).
+pub(crate) type StepStarts = [u16; MAX_STEPS];
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Step {
     /// One field, placed and checked as the generic walk does (variable fields, and fixed
     /// ones whose content is checked field by field).
     Field(u8),
-    /// Adjacent fixed fields sharing one content check: `count` entries of the plan's
-    /// block tables from `first`, `bytes` long together.
-    Block {
-        first: u8,
-        count: u8,
-        bytes: u16,
-        check: FastCheck,
-    },
+    /// Adjacent fixed fields sharing one content check, `bytes` long together.
+    Block { bytes: u16, check: FastCheck },
 }
 
 /// The walk for one bitmap.
@@ -45,15 +43,14 @@ pub(crate) struct Plan {
     bitmap: [u64; 3],
     steps: [Step; MAX_STEPS],
     step_count: u8,
-    /// Field numbers of the blocks' fields, block by block.
-    block_fields: [u8; MAX_BLOCK_FIELDS],
-    /// Each block field's offset from its block's start.
-    block_offsets: [u16; MAX_BLOCK_FIELDS],
+    /// For each field of the bitmap: its step, and its data's offset from the step's start.
+    field_step: [u8; 193],
+    field_offset: [u16; 193],
 }
 
 impl Plan {
     /// The plan for `bitmap` (its indicator bits included), or `None` when the message has
-    /// more steps or block fields than a plan holds, or a field the spec does not define.
+    /// more steps than a plan holds, or a field the spec does not define.
     pub(crate) fn build(
         table: &[FieldSpec; 193],
         bitmap: [u64; 3],
@@ -63,10 +60,10 @@ impl Plan {
             bitmap,
             steps: [Step::Field(0); MAX_STEPS],
             step_count: 0,
-            block_fields: [0; MAX_BLOCK_FIELDS],
-            block_offsets: [0; MAX_BLOCK_FIELDS],
+            field_step: [0; 193],
+            field_offset: [0; 193],
         };
-        let (mut steps, mut fields) = (0usize, 0usize);
+        let mut steps = 0usize;
         let indicator = |n: usize| n == 1 || (n == 65 && tertiary);
         let present = |n: usize| bitmap[(n - 1) / 64] >> (63 - (n - 1) % 64) & 1 == 1;
         for n in (1..=192usize).filter(|&n| present(n) && !indicator(n)) {
@@ -77,14 +74,8 @@ impl Plan {
             let blockable = f.prefix_bytes == 0 && f.fast != FastCheck::PerField;
             // Join the open block when this field has its check; else start a step.
             let joined = match steps.checked_sub(1).map(|s| &mut plan.steps[s]) {
-                Some(Step::Block {
-                    count,
-                    bytes,
-                    check,
-                    ..
-                }) if blockable && *check == f.fast => {
-                    *plan.block_offsets.get_mut(fields)? = *bytes;
-                    *count += 1;
+                Some(Step::Block { bytes, check }) if blockable && *check == f.fast => {
+                    plan.field_offset[n] = *bytes;
                     *bytes = bytes.checked_add(f.fixed_bytes)?;
                     true
                 }
@@ -92,10 +83,7 @@ impl Plan {
             };
             if !joined {
                 *plan.steps.get_mut(steps)? = if blockable {
-                    *plan.block_offsets.get_mut(fields)? = 0;
                     Step::Block {
-                        first: fields as u8,
-                        count: 1,
                         bytes: f.fixed_bytes,
                         check: f.fast,
                     }
@@ -104,10 +92,7 @@ impl Plan {
                 };
                 steps += 1;
             }
-            if blockable {
-                *plan.block_fields.get_mut(fields)? = n as u8;
-                fields += 1;
-            }
+            plan.field_step[n] = (steps - 1) as u8;
         }
         plan.step_count = steps as u8;
         Some(plan)
@@ -117,14 +102,12 @@ impl Plan {
         &self.steps[..usize::from(self.step_count)]
     }
 
-    /// The fields of a block: numbers and offsets from the block's start.
-    #[inline(always)]
-    pub(crate) fn block(&self, first: u8, count: u8) -> (&[u8], &[u16]) {
-        let range = usize::from(first)..usize::from(first) + usize::from(count);
-        (
-            self.block_fields.get(range.clone()).unwrap_or_default(),
-            self.block_offsets.get(range).unwrap_or_default(),
-        )
+    /// Where field `n` (one of this plan's bitmap) starts, given where its frame's steps
+    /// start.
+    #[inline]
+    pub(crate) fn start_of(&self, starts: &StepStarts, n: usize) -> usize {
+        let step = usize::from(self.field_step[n]);
+        usize::from(starts[step]) + usize::from(self.field_offset[n])
     }
 }
 
