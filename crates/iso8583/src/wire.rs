@@ -401,9 +401,11 @@ pub fn push_hex_in_place(out: &mut Vec<u8>, v: &[u8]) {
 fn hex_of_16(src: &[u8; 16], dst: &mut [u8; 32]) {
     let digit = |n: u8| n + b'0' + 7 * u8::from(n > 9);
     let (hi, lo) = (src.map(|b| digit(b >> 4)), src.map(|b| digit(b & 0x0F)));
-    for (i, pair) in dst.chunks_exact_mut(2).enumerate() {
-        pair[0] = hi[i];
-        pair[1] = lo[i];
+    // Paired as 16-bit lanes (first digit in the low byte): an interleave of the two
+    // vectors, where storing them byte by byte had LLVM widen and mask every byte.
+    let pairs: [u16; 16] = std::array::from_fn(|i| u16::from(hi[i]) | u16::from(lo[i]) << 8);
+    for (d, pair) in dst.chunks_exact_mut(2).zip(pairs) {
+        d.copy_from_slice(&pair.to_le_bytes());
     }
 }
 
