@@ -147,15 +147,21 @@ impl<'s> MessageBuilder<'s> {
         self
     }
 
+    /// Field `n`'s definition. A spec never defines a bitmap bit (1, or 65 with a tertiary
+    /// bitmap), so they are told apart only on the way to the error.
+    #[inline]
     fn definition(&self, n: u8) -> Result<&'s crate::spec::FieldSpec> {
-        let location = Location::Field(n);
-        if n == 1 || (n == 65 && self.spec.has_tertiary_bitmap()) {
-            return Err(Error::encode(location, Reason::BitmapField));
-        }
-        self.spec
-            .field(n)
-            .filter(|_| n >= 2)
-            .ok_or_else(|| Error::encode(location, Reason::NotInSpec))
+        self.spec.field(n).ok_or_else(|| self.undefined(n))
+    }
+
+    #[cold]
+    fn undefined(&self, n: u8) -> Error {
+        let reason = if self.spec.is_bitmap_bit(usize::from(n)) {
+            Reason::BitmapField
+        } else {
+            Reason::NotInSpec
+        };
+        Error::encode(Location::Field(n), reason)
     }
 
     /// Set field `n` from its logical value: ASCII characters for character fields (digits
@@ -427,6 +433,30 @@ impl<'s> MessageBuilder<'s> {
 #[cfg(test)]
 mod tests {
     use crate::{shipped, MessageBuilder, Mti};
+
+    /// Bitmap bits and fields the spec does not define are refused, each for its reason.
+    #[test]
+    fn bitmap_bits_and_undefined_fields_are_refused() {
+        let spec = shipped("iso8583-1987-ascii").unwrap();
+        let mut b = MessageBuilder::new(spec, Mti::parse("0200").unwrap());
+        let refused = |b: &mut MessageBuilder<'_>, n: u8| b.set(n, "1").unwrap_err().to_string();
+        assert!(refused(&mut b, 1).contains("bitmap fields are written by the encoder"));
+        for n in [0, 193, 255] {
+            assert!(
+                refused(&mut b, n).contains("not defined by the spec"),
+                "{n}"
+            );
+        }
+        let tertiary = crate::Spec::from_toml(
+            "tertiary",
+            "name = \"t\"\nmti = \"ascii\"\nbitmap = \"hex\"\nencoding = \"ascii\"\n\
+             prefix = \"ascii\"\ntertiary_bitmap = true\n[fields]\n\
+             2 = { name = \"PAN\", class = \"n\", len = \"llvar\", max = 19 }\n",
+        )
+        .unwrap();
+        let mut b = MessageBuilder::new(&tertiary, Mti::parse("0200").unwrap());
+        assert!(refused(&mut b, 65).contains("bitmap fields are written by the encoder"));
+    }
 
     /// The one-`memcpy` encoding (fields set in order) and the per-field one (anything
     /// else) give the same bytes, whatever happened to the builder before.

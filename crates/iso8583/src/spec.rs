@@ -289,6 +289,26 @@ impl FastCheck {
             FastCheck::Nothing | FastCheck::PerField => true,
         }
     }
+
+    /// [`FastCheck::accepts`] for a builder's value: one shorter than 16 bytes (most) is
+    /// checked in line.
+    #[inline(always)]
+    pub(crate) fn accepts_value(self, v: &[u8]) -> bool {
+        use crate::wire::{
+            short_in_ranges, ALNUM_SPACE, DIGITS, HEX_DIGITS, PRINTABLE, TRACK_CHARS,
+        };
+        if v.len() >= 16 {
+            return self.accepts(v);
+        }
+        match self {
+            FastCheck::Digits => short_in_ranges(v, DIGITS),
+            FastCheck::Printable => short_in_ranges(v, PRINTABLE),
+            FastCheck::AlnumSpace => short_in_ranges(v, ALNUM_SPACE),
+            FastCheck::Hex => short_in_ranges(v, HEX_DIGITS),
+            FastCheck::Track => short_in_ranges(v, TRACK_CHARS),
+            FastCheck::Nothing | FastCheck::PerField => true,
+        }
+    }
 }
 
 impl FieldSpec {
@@ -392,7 +412,7 @@ impl FieldSpec {
             }
             FastCheck::PerField => wire::class_ok(self.class, value),
             // Packed track data takes `=` as the separator nibble D, like ASCII track data.
-            check => check.accepts(value),
+            check => check.accepts_value(value),
         };
         if !class_ok {
             let reason = Reason::InvalidCharacter { class: self.class };
