@@ -1,6 +1,8 @@
 //! Shared fixtures for the codec bench and the profiling loop: the golden 0200 and an
-//! iso_8583_rs spec with the same layout; and the load benchmark ([`loadbench`]).
+//! iso_8583_rs spec with the same layout; the audit bench's records and open-loop test
+//! ([`audit`]); and the load benchmark ([`loadbench`]).
 
+pub mod audit;
 pub mod loadbench;
 
 use bytes::Bytes;

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use switchyard_audit::{AuditConfig, AuditKeys, AuditLog, RecordKind};
+use switchyard_benches::audit::{self, record, segment_bytes_for, RECORD_BYTES};
 
-/// A pair record's typical size in the log (about what a masked 0200/0210 pair takes).
-const RECORD_BYTES: usize = 900;
 /// Concurrent appenders: transactions waiting for their audit record (more than one batch,
 /// so that one batch gathers while the previous one syncs).
 const APPENDERS: usize = 256;
@@ -39,13 +38,6 @@ fn bench_dir() -> PathBuf {
 fn fresh(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
-}
-
-fn record(i: usize) -> Vec<u8> {
-    let mut r = format!("{{\"n\":{i},\"pad\":\"").into_bytes();
-    r.resize(RECORD_BYTES - 2, b'x');
-    r.extend_from_slice(b"\"}");
-    r
 }
 
 fn preallocated(path: &Path, len: usize) -> File {
@@ -124,20 +116,7 @@ fn batched_encoded_loop(dir: &Path, n: usize, batch: usize) -> Duration {
     start.elapsed()
 }
 
-/// Let this thread's sleeps end on time: Linux lets a timer fire up to the thread's timer
-/// slack late (50 µs by default), as long as a gap of the 20K/s schedule itself.
-fn precise_sleeps() {
-    let Ok(me) = std::fs::read_link("/proc/thread-self") else {
-        return;
-    };
-    // "<pid>/task/<tid>": the slack file is per task.
-    let _ = std::fs::write(Path::new("/proc").join(me).join("timerslack_ns"), "1000");
-}
-
-/// Append latencies at a steady `rate` per second (open loop: each append is started on
-/// schedule whether or not earlier ones finished), for `n` records. This thread keeps the
-/// schedule, sleeping out each gap, and starts the appends on the runtime: tokio's 1 ms
-/// timer would start them in bunches of `rate / 1000`, a burst test rather than a steady load.
+/// Append latencies of `n` records at a steady `rate` per second, into a fresh log in `dir`.
 fn open_loop_latency(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
@@ -146,33 +125,10 @@ fn open_loop_latency(
 ) -> Vec<Duration> {
     fresh(dir);
     let mut config = AuditConfig::new(dir);
-    config.segment_bytes = ((n * (RECORD_BYTES + 64)) as u64 + (1 << 20)).max(4 << 20);
+    config.segment_bytes = segment_bytes_for(n);
     let (log, _) = AuditLog::open(config, Arc::new(AuditKeys::demo())).unwrap();
     let log = Arc::new(log);
-    precise_sleeps();
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
-        let (log, payload) = (log.clone(), record(i));
-        tasks.push(rt.spawn(async move {
-            // Measured from the call: the generator never waits for appends.
-            let called = Instant::now();
-            log.append(RecordKind::Pair, payload).await.unwrap();
-            called.elapsed()
-        }));
-    }
-    let latencies = rt.block_on(async {
-        let mut all = Vec::with_capacity(n);
-        for t in tasks {
-            all.push(t.await.unwrap());
-        }
-        all
-    });
+    let latencies = audit::open_loop_latency(rt, &log, n, rate).unwrap();
     log.close().unwrap();
     latencies
 }
@@ -185,7 +141,7 @@ fn group_commit(
 ) -> (Duration, Vec<Duration>, f64) {
     fresh(dir);
     let mut config = AuditConfig::new(dir);
-    config.segment_bytes = ((n * (RECORD_BYTES + 64)) as u64 + (1 << 20)).max(4 << 20);
+    config.segment_bytes = segment_bytes_for(n);
     let (log, _) = AuditLog::open(config, Arc::new(AuditKeys::demo())).unwrap();
     let log = Arc::new(log);
     let start = Instant::now();

@@ -10,16 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use switchyard_audit::{AuditConfig, AuditKeys, AuditLog, RecordKind};
+use switchyard_benches::audit::{record, RECORD_BYTES};
 
 const APPENDERS: usize = 256;
-const RECORD_BYTES: usize = 900;
-
-fn record(i: usize) -> Vec<u8> {
-    let mut r = format!("{{\"n\":{i},\"pad\":\"").into_bytes();
-    r.resize(RECORD_BYTES - 2, b'x');
-    r.extend_from_slice(b"\"}");
-    r
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);

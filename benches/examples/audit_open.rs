@@ -19,17 +19,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchyard_audit::{AuditConfig, AuditKeys, AuditLog, BatchObserver, RecordKind};
+use switchyard_audit::{AuditConfig, AuditKeys, AuditLog, BatchObserver};
+use switchyard_benches::audit::{open_loop_latency, record, segment_bytes_for};
 
-const RECORD_BYTES: usize = 900;
 const SINGLE_SYNCS: usize = 1000;
-
-fn record(i: usize) -> Vec<u8> {
-    let mut r = format!("{{\"n\":{i},\"pad\":\"").into_bytes();
-    r.resize(RECORD_BYTES - 2, b'x');
-    r.extend_from_slice(b"\"}");
-    r
-}
 
 /// The `p` quantile in milliseconds.
 fn ms(samples: &mut [Duration], p: f64) -> f64 {
@@ -76,7 +69,7 @@ fn main() {
         .unwrap();
     let mut config = AuditConfig::new(dir.join("log"));
     let window = config.batch_window;
-    config.segment_bytes = ((n * (RECORD_BYTES + 64)) as u64 + (1 << 20)).max(4 << 20);
+    config.segment_bytes = segment_bytes_for(n);
     let batch_syncs: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let observed = batch_syncs.clone();
     config.on_batch = Some(BatchObserver(Arc::new(move |_, took| {
@@ -84,28 +77,7 @@ fn main() {
     })));
     let (log, _) = AuditLog::open(config, Arc::new(AuditKeys::demo())).unwrap();
     let log = Arc::new(log);
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
-        let (log, payload) = (log.clone(), record(i));
-        tasks.push(rt.spawn(async move {
-            let called = Instant::now();
-            log.append(RecordKind::Pair, payload).await.unwrap();
-            called.elapsed()
-        }));
-    }
-    let mut latencies = rt.block_on(async {
-        let mut all = Vec::with_capacity(n);
-        for t in tasks {
-            all.push(t.await.unwrap());
-        }
-        all
-    });
+    let mut latencies = open_loop_latency(&rt, &log, n, rate).unwrap();
     log.close().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let mut batch_syncs = std::mem::take(&mut *batch_syncs.lock().unwrap());
