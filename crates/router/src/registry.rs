@@ -194,7 +194,25 @@ impl Registry {
             rules: file.rules,
             ..Registry::default()
         };
-        for m in file.merchants {
+        registry.add_merchants(file.merchants, &mut problems);
+        registry.add_terminals(file.terminals, &mut problems);
+        registry.check_rules(&mut problems);
+        if problems.is_empty() {
+            Ok(registry)
+        } else {
+            Err(RouterError::Registry(
+                problems
+                    .into_iter()
+                    .map(|p| format!("{origin}: {p}"))
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Index the merchants, noting bad states, MCCs and repeats.
+    fn add_merchants(&mut self, merchants: Vec<Merchant>, problems: &mut Vec<String>) {
+        let registry = self;
+        for m in merchants {
             if !matches!(m.state.as_str(), "active" | "suspended") {
                 problems.push(format!(
                     "merchant {:?}: state {:?} is not active or suspended",
@@ -215,7 +233,13 @@ impl Registry {
                 problems.push(format!("merchant {:?}: listed twice", m.id));
             }
         }
-        for t in file.terminals {
+    }
+
+    /// Index the terminals and their certificates, noting unknown merchants, bad states,
+    /// fingerprints and repeats.
+    fn add_terminals(&mut self, terminals: Vec<TerminalEntry>, problems: &mut Vec<String>) {
+        let registry = self;
+        for t in terminals {
             if !registry.merchants.contains_key(&trimmed(&t.merchant)) {
                 problems.push(format!(
                     "terminal {:?}: merchant {:?} is not listed",
@@ -246,7 +270,11 @@ impl Registry {
                 problems.push(format!("terminal {:?}: listed twice", t.id));
             }
         }
-        let rules = &registry.rules;
+    }
+
+    /// Note rules whose action, window or response code is unusable.
+    fn check_rules(&self, problems: &mut Vec<String>) {
+        let rules = &self.rules;
         for (name, rule) in [
             ("terminal_velocity", &rules.terminal_velocity),
             ("card_velocity", &rules.card_velocity),
@@ -267,16 +295,6 @@ impl Registry {
                     problems.push(format!("rules.{name}.response_code: two characters"));
                 }
             }
-        }
-        if problems.is_empty() {
-            Ok(registry)
-        } else {
-            Err(RouterError::Registry(
-                problems
-                    .into_iter()
-                    .map(|p| format!("{origin}: {p}"))
-                    .collect(),
-            ))
         }
     }
 

@@ -428,11 +428,6 @@ impl SafQueue {
         advice: bool,
         shutdown: CancellationToken,
     ) {
-        let (first, repeat) = if advice {
-            (*b"0420", *b"0421")
-        } else {
-            (*b"0400", *b"0401")
-        };
         loop {
             let Some(entry) = self.next_for(&link_name) else {
                 tokio::select! {
@@ -441,26 +436,16 @@ impl SafQueue {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             };
-            let (first, repeat) = match entry.first_mti.as_deref().and_then(Mti::parse) {
-                // An advice: 0220 first, 0221 for repeats.
-                Some(m) => {
-                    let mut r = m.digits();
-                    r[3] = b'1';
-                    (m.digits(), r)
-                }
-                None => (first, repeat),
-            };
-            let mti = Mti::new(if entry.attempts == 0 { first } else { repeat })
-                .unwrap_or_else(|| unreachable!());
-            let message = match entry.basis.message(link.spec(), mti) {
+            let message = match Self::message_for(&entry, link.spec(), advice) {
                 Ok(m) => m,
                 Err(e) => {
+                    let reason = format!("cannot build the reversal: {e}");
                     let _ = self
                         .settle(
                             entry.id,
                             SafEvent::Dead {
                                 id: entry.id,
-                                reason: format!("cannot build the reversal: {e}"),
+                                reason,
                             },
                         )
                         .await;
@@ -469,54 +454,79 @@ impl SafQueue {
             };
             self.attempts.fetch_add(1, Ordering::Relaxed);
             let outcome = link.forward(&message).await.result;
-            let result = match &outcome {
-                Ok(answer) => answer
-                    .field(39)
-                    .map(|f| f.text())
-                    .unwrap_or_else(|| "--".into()),
-                Err(e) => e.to_string(),
-            };
-            let settled = outcome.is_ok() && !self.config.retryable_codes.contains(&result);
-            if settled {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(id = entry.id, link = %link_name, response_code = %result, "reversal acknowledged");
-                if self
-                    .settle(
-                        entry.id,
-                        SafEvent::Done {
-                            id: entry.id,
-                            response_code: result,
-                        },
-                    )
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                continue;
-            }
-            let attempt = entry.attempts + 1;
-            let event = if attempt >= self.config.max_attempts {
-                tracing::error!(id = entry.id, link = %link_name, attempts = attempt, "reversal out of attempts: dead letter");
-                SafEvent::Dead {
-                    id: entry.id,
-                    reason: format!("{attempt} attempts, last: {result}"),
-                }
-            } else {
-                SafEvent::Attempt {
-                    id: entry.id,
-                    attempt,
-                    result,
-                }
-            };
-            if self.settle(entry.id, event).await.is_err() {
+            let Ok(retry) = self.settle_attempt(&entry, &link_name, outcome).await else {
                 return;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.delay(attempt)) => {}
+            };
+            if let Some(attempt) = retry {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(self.delay(attempt)) => {}
+                }
             }
         }
+    }
+
+    /// The message that delivers `entry`: an advice's own MTI (0220, then 0221 for
+    /// repeats), otherwise 0400/0401 (0420/0421 when `advice`).
+    fn message_for(
+        entry: &SafEntry,
+        spec: &'static Spec,
+        advice: bool,
+    ) -> Result<MessageView<'static>, switchyard_iso8583::Error> {
+        let (first, repeat) = match entry.first_mti.as_deref().and_then(Mti::parse) {
+            Some(m) => {
+                let mut r = m.digits();
+                r[3] = b'1';
+                (m.digits(), r)
+            }
+            None if advice => (*b"0420", *b"0421"),
+            None => (*b"0400", *b"0401"),
+        };
+        let mti = Mti::new(if entry.attempts == 0 { first } else { repeat })
+            .unwrap_or_else(|| unreachable!());
+        entry.basis.message(spec, mti)
+    }
+
+    /// Journal what one delivery attempt of `entry` came to: done, another attempt (its
+    /// number, to back off by), or a dead letter past the limit. An error when the journal
+    /// cannot be written (delivery stops).
+    async fn settle_attempt(
+        &self,
+        entry: &SafEntry,
+        link_name: &str,
+        outcome: Result<MessageView<'static>, switchyard_mux::MuxError>,
+    ) -> switchyard_audit::Result<Option<u32>> {
+        let result = match &outcome {
+            Ok(answer) => answer
+                .field(39)
+                .map(|f| f.text())
+                .unwrap_or_else(|| "--".into()),
+            Err(e) => e.to_string(),
+        };
+        if outcome.is_ok() && !self.config.retryable_codes.contains(&result) {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(id = entry.id, link = %link_name, response_code = %result, "reversal acknowledged");
+            let done = SafEvent::Done {
+                id: entry.id,
+                response_code: result,
+            };
+            return self.settle(entry.id, done).await.map(|()| None);
+        }
+        let attempt = entry.attempts + 1;
+        let event = if attempt >= self.config.max_attempts {
+            tracing::error!(id = entry.id, link = %link_name, attempts = attempt, "reversal out of attempts: dead letter");
+            SafEvent::Dead {
+                id: entry.id,
+                reason: format!("{attempt} attempts, last: {result}"),
+            }
+        } else {
+            SafEvent::Attempt {
+                id: entry.id,
+                attempt,
+                result,
+            }
+        };
+        self.settle(entry.id, event).await.map(|()| Some(attempt))
     }
 
     async fn settle(&self, id: u64, event: SafEvent) -> switchyard_audit::Result<()> {

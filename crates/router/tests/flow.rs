@@ -9,66 +9,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use switchyard_audit::{query, AuditConfig, AuditKeys, AuditLog, Filter, Outcome, PairRecord};
 use switchyard_iso8583::{shipped, MessageBuilder, MessageView, Mti, Spec};
-use switchyard_mux::{BeforeSend, Forwarded, MuxError};
-use switchyard_router::{IssuerPort, RouteRule, RouteTable, Router};
+use switchyard_router::{RouteRule, RouteTable, Router};
 
-/// What the scripted issuer does, chosen by the request's amount.
-struct Scripted {
-    spec: &'static Spec,
-    seen: Mutex<Vec<MessageView<'static>>>,
-}
-
-impl IssuerPort for Scripted {
-    fn spec(&self) -> &'static Spec {
-        self.spec
-    }
-
-    async fn forward(&self, request: &MessageView<'static>) -> Forwarded {
-        self.seen.lock().unwrap().push(request.clone());
-        let amount = request.field(4).and_then(|f| f.as_u64()).unwrap_or(0);
-        let link: Arc<str> = "scripted".into();
-        let result = match amount {
-            1 => Err(MuxError::Timeout {
-                link,
-                timeout_ms: 100,
-            }),
-            2 => Err(MuxError::LinkDown { link }),
-            3 => Err(MuxError::LinkBusy { link, limit: 1 }),
-            4 => Err(MuxError::ConnectionLost { link }),
-            5 => Err(MuxError::DuplicateInFlight { link }),
-            _ => {
-                let code: &[u8] = if amount.is_multiple_of(2) {
-                    b"00"
-                } else {
-                    b"05"
-                };
-                let mut b = MessageBuilder::new(self.spec, request.mti());
-                b.respond_to(request, code).unwrap();
-                b.set(38, "AUTH01").unwrap();
-                Ok(MessageView::decode(self.spec, b.encode()).unwrap())
-            }
-        };
-        Forwarded {
-            issuer_stan: Some(4242),
-            result,
-        }
-    }
-
-    async fn forward_with(
-        &self,
-        request: &MessageView<'static>,
-        before_send: impl BeforeSend,
-    ) -> Forwarded {
-        if !before_send.before_send(Some(4242)).await {
-            let link: Arc<str> = "scripted".into();
-            return Forwarded {
-                issuer_stan: None,
-                result: Err(MuxError::NotSent { link }),
-            };
-        }
-        self.forward(request).await
-    }
-}
+mod support;
+use support::common::Scripted;
 
 struct Fixture {
     router: Router<Scripted>,
@@ -140,20 +84,7 @@ fn records(f: &Fixture) -> Vec<PairRecord> {
 }
 
 fn counter(f: &Fixture, name: &str, labels: &[(&str, &str)]) -> f64 {
-    f.registry
-        .gather()
-        .iter()
-        .filter(|m| m.name() == name)
-        .flat_map(|m| m.get_metric().iter())
-        .filter(|m| {
-            labels.iter().all(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            })
-        })
-        .map(|m| m.get_counter().get_value())
-        .sum()
+    support::common::counter(&f.registry, name, labels)
 }
 
 #[tokio::test]

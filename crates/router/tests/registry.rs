@@ -15,6 +15,8 @@ use switchyard_router::{
     Integrity, IssuerPort, Registry, RouteRule, RouteTable, Router, SafConfig, SafQueue, StandIn,
 };
 
+mod support;
+
 fn spec() -> &'static Spec {
     shipped("iso8583-1987-ascii").unwrap()
 }
@@ -214,18 +216,7 @@ fn pairs(f: &Fixture) -> Vec<PairRecord> {
 }
 
 fn counter(f: &Fixture, name: &str, label: (&str, &str)) -> f64 {
-    f.registry
-        .gather()
-        .iter()
-        .filter(|m| m.name() == name)
-        .flat_map(|m| m.get_metric().iter())
-        .filter(|m| {
-            m.get_label()
-                .iter()
-                .any(|l| l.name() == label.0 && l.value() == label.1)
-        })
-        .map(|m| m.get_counter().get_value())
-        .sum()
+    support::common::counter(&f.registry, name, &[label])
 }
 
 #[tokio::test]

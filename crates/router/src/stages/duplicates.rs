@@ -1,0 +1,83 @@
+//! Duplicate detection: the same terminal id, STAN and transmission time as a request in
+//! flight is answered 94; as a request answered within the window, with the same answer
+//! again, and not forwarded. [`Reply`](super::Reply) completes the entry with the answer.
+
+use switchyard_audit::Outcome;
+use switchyard_iso8583::MessageView;
+
+use super::{Stage, Switch};
+use crate::flow::IssuerPort;
+use crate::integrity::Duplicate;
+use crate::transaction::{Step, Transaction};
+
+/// Requests seen before.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DuplicateCheck;
+
+impl<P: IssuerPort> Stage<P> for DuplicateCheck {
+    async fn run<'a>(&self, switch: &'a Switch<P>, tx: &mut Transaction<'a, P>) -> Step {
+        let Some(integrity) = &switch.integrity else {
+            return Step::Continue(());
+        };
+        match integrity.begin(&tx.received) {
+            Duplicate::NotChecked => Step::Continue(()),
+            Duplicate::Fresh(key) => {
+                tx.duplicate = Some(key);
+                Step::Continue(())
+            }
+            Duplicate::InFlight => tx.answer_code(b"94", Outcome::Duplicate),
+            Duplicate::Answered(previous) => {
+                let previous = MessageView::decode(tx.received.spec(), previous).ok();
+                tx.answer_with(previous, Outcome::Duplicate)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::testing::{request, Fixture};
+
+    #[tokio::test]
+    async fn answers_a_request_in_flight_94_and_an_answered_one_as_before() {
+        let f = Fixture::new();
+        let first = request("0200", "4761730000000119", 1000, 7);
+        let mut tx = f.transaction(first.clone());
+        assert!(DuplicateCheck.run(&f.switch, &mut tx).await.is_continue());
+        let key = tx.duplicate.expect("a fresh request keeps its key");
+
+        let mut again = f.transaction(first.clone());
+        assert!(DuplicateCheck.run(&f.switch, &mut again).await.is_break());
+        assert_eq!(
+            again.answered(),
+            Some((Some("94".into()), Outcome::Duplicate))
+        );
+
+        // Answered: the same answer, byte for byte.
+        let mut b = switchyard_iso8583::MessageBuilder::new(first.spec(), first.mti());
+        b.respond_to(&first, b"05").unwrap();
+        let answer = b.encode();
+        f.integrity().finish(key, Some(&answer));
+        let mut third = f.transaction(first);
+        assert!(DuplicateCheck.run(&f.switch, &mut third).await.is_break());
+        let response = third.answer.as_ref().and_then(|a| a.response.as_ref());
+        assert_eq!(response.map(|r| r.buffer().clone()), Some(answer));
+        assert_eq!(third.answered().map(|(_, o)| o), Some(Outcome::Duplicate));
+    }
+
+    #[tokio::test]
+    async fn passes_what_it_does_not_check() {
+        let f = Fixture::new();
+        // Reversals are not subject to duplicate detection; other STANs are other requests.
+        for req in [
+            request("0400", "4761730000000119", 1000, 7),
+            request("0400", "4761730000000119", 1000, 7),
+            request("0200", "4761730000000119", 1000, 8),
+        ] {
+            let mut tx = f.transaction(req);
+            assert!(DuplicateCheck.run(&f.switch, &mut tx).await.is_continue());
+            assert!(tx.answer.is_none());
+        }
+    }
+}
