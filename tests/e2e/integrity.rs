@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchyard_audit::{query, Filter, Outcome, PairRecord};
+use switchyard_audit::{query, Filter, OnDamage, Outcome, PairRecord};
 use switchyard_iso8583::{shipped, Spec};
 use switchyard_sim::{IssuerSim, IssuerSimConfig};
 
@@ -60,7 +60,15 @@ fn drained(admin: SocketAddr) {
 
 fn pairs(dir: &Path) -> Vec<PairRecord> {
     let mut all = Vec::new();
-    query(dir, &Filter::default(), |_, r| all.push(r)).unwrap();
+    let keys = switchyard_audit::AuditKeys::demo();
+    query(
+        dir,
+        keys.chain(),
+        OnDamage::Stop,
+        &Filter::default(),
+        |_, r| all.push(r),
+    )
+    .unwrap();
     all
 }
 

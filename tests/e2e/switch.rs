@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use switchyard_audit::{query, Filter, Outcome, PairRecord};
+use switchyard_audit::{query, Filter, OnDamage, Outcome, PairRecord};
 use switchyard_iso8583::{shipped, MessageBuilder, MessageView, Mti, Spec};
 use switchyard_mux::{Frame, FrameCodec, Framing};
 use switchyard_sim::{IssuerSim, IssuerSimConfig};
@@ -284,7 +284,15 @@ pub fn request(pan: &str, stan: u32, amount: u64) -> Bytes {
 
 fn records(dir: &Path) -> Vec<PairRecord> {
     let mut all = Vec::new();
-    query(dir, &Filter::default(), |_, r| all.push(r)).unwrap();
+    let keys = switchyard_audit::AuditKeys::demo();
+    query(
+        dir,
+        keys.chain(),
+        OnDamage::Stop,
+        &Filter::default(),
+        |_, r| all.push(r),
+    )
+    .unwrap();
     all
 }
 

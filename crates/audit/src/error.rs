@@ -15,6 +15,14 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
+    /// A directory given as an audit log is not one.
+    #[error("{dir}: {reason}")]
+    NotALog {
+        /// The directory (or file) given.
+        dir: PathBuf,
+        /// Why it is not a log.
+        reason: String,
+    },
     /// A segment holds something that is not a valid record where one should be.
     #[error("{segment} at byte offset {offset}: {reason}")]
     Corrupt {

@@ -9,7 +9,7 @@
 //! # Layout
 //! - [`format`]: segment header and record layout, CRC and chain.
 //! - [`log`]: [`AuditLog`]: recovery on open, the group-commit writer, the failed state.
-//! - [`reader`]: reading every record, and [`verify`].
+//! - [`reader`]: reading every record, checked ([`read_checked`], [`verify`]) or not.
 //! - [`record`]: [`PairRecord`] and the protected form of a message.
 //! - [`query`]: filters and reconciliation totals.
 //! - [`keys`]: the chain and PAN keys.
@@ -28,8 +28,10 @@ pub use error::{AuditError, Result};
 pub use format::RecordKind;
 pub use keys::{AuditKeys, ChainKey, KeySource, PanKey, DEMO_WARNING};
 pub use log::{AuditConfig, AuditLog, AuditStats, BatchObserver, Recovery};
-pub use query::{query, report, Filter, ReportRow, Totals};
-pub use reader::{for_each, for_each_recent, verify, RecordRef, VerifyReport};
+pub use query::{query, report, Filter, QueryReport, Report, ReportRow, Totals};
+pub use reader::{
+    for_each, for_each_recent, read_checked, verify, OnDamage, RecordRef, Skipped, VerifyReport,
+};
 pub use record::{
     protect, FieldTexts, Outcome, PairRecord, ProtectedMessage, ProtectedPan, ShortText,
 };

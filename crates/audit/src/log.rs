@@ -507,7 +507,7 @@ enum Spare {
     },
 }
 
-const SPARE_NAME: &str = "audit-next.seg.tmp";
+pub(crate) const SPARE_NAME: &str = "audit-next.seg.tmp";
 
 /// Batches with more waiters than this are answered by the acker thread; smaller ones by
 /// the writer itself (a lone record's waiter would otherwise wait for one more thread to

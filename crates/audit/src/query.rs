@@ -8,7 +8,8 @@ use switchyard_iso8583::datetime::Civil;
 
 use crate::error::{AuditError, Result};
 use crate::format::RecordKind;
-use crate::reader::for_each;
+use crate::keys::ChainKey;
+use crate::reader::{read_checked, OnDamage, VerifyReport};
 use crate::record::{Outcome, PairRecord, ShortText};
 
 /// Which pair records a query returns; every field set must match.
@@ -59,11 +60,28 @@ impl Filter {
     }
 }
 
-/// Call `each` with every pair record that matches `filter`, in log order; the number of
-/// matches.
-pub fn query(dir: &Path, filter: &Filter, mut each: impl FnMut(u64, PairRecord)) -> Result<u64> {
+/// What a query read: how many records matched, and what the checked read covered
+/// (including anything it skipped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryReport {
+    /// Pair records that matched.
+    pub matched: u64,
+    /// The checked read.
+    pub read: VerifyReport,
+}
+
+/// Call `each` with every pair record that matches `filter`, in log order, each record
+/// checked (CRC, sequence, chain under `key`) before it counts; damage stops the query or
+/// is skipped and listed, as `on_damage` says.
+pub fn query(
+    dir: &Path,
+    key: &ChainKey,
+    on_damage: OnDamage,
+    filter: &Filter,
+    mut each: impl FnMut(u64, PairRecord),
+) -> Result<QueryReport> {
     let mut matched = 0;
-    for_each(dir, |r| {
+    let read = read_checked(dir, key, on_damage, |r| {
         if r.kind != Some(RecordKind::Pair) {
             return Ok(());
         }
@@ -78,7 +96,7 @@ pub fn query(dir: &Path, filter: &Filter, mut each: impl FnMut(u64, PairRecord))
         }
         Ok(())
     })?;
-    Ok(matched)
+    Ok(QueryReport { matched, read })
 }
 
 /// Counts and amounts of one group.
@@ -155,12 +173,21 @@ pub struct ReportRow {
     pub totals: Totals,
 }
 
+/// A reconciliation report and what its read covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The totals, by dimension and key.
+    pub rows: Vec<ReportRow>,
+    /// The checked read (anything skipped is listed there).
+    pub read: VerifyReport,
+}
+
 /// Totals per day, issuer, merchant and terminal (each per currency) over the pair records
-/// that match `filter`.
-pub fn report(dir: &Path, filter: &Filter) -> Result<Vec<ReportRow>> {
+/// that match `filter`, read as [`query`] reads them.
+pub fn report(dir: &Path, key: &ChainKey, on_damage: OnDamage, filter: &Filter) -> Result<Report> {
     let mut groups: BTreeMap<(usize, String, String), Totals> = BTreeMap::new();
     const DIMENSIONS: [&str; 4] = ["day", "issuer", "merchant", "terminal"];
-    query(dir, filter, |_, r| {
+    let queried = query(dir, key, on_damage, filter, |_, r| {
         let day = Civil::from_unix(r.received_us.div_euclid(1_000_000)).date_string();
         let currency = r.currency.as_deref().unwrap_or("-").to_string();
         let keys = [
@@ -177,7 +204,7 @@ pub fn report(dir: &Path, filter: &Filter) -> Result<Vec<ReportRow>> {
                 .add(&r);
         }
     })?;
-    Ok(groups
+    let rows = groups
         .into_iter()
         .map(|((i, key, currency), totals)| ReportRow {
             dimension: DIMENSIONS[i],
@@ -185,5 +212,9 @@ pub fn report(dir: &Path, filter: &Filter) -> Result<Vec<ReportRow>> {
             currency,
             totals,
         })
-        .collect())
+        .collect();
+    Ok(Report {
+        rows,
+        read: queried.read,
+    })
 }

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use switchyard_audit::{query, AuditConfig, AuditKeys, AuditLog, Filter, Outcome, PairRecord};
+use switchyard_audit::{
+    query, AuditConfig, AuditKeys, AuditLog, Filter, OnDamage, Outcome, PairRecord,
+};
 use switchyard_iso8583::{shipped, MessageBuilder, MessageView, Mti, Spec};
 use switchyard_router::{RouteRule, RouteTable, Router};
 
@@ -79,7 +81,14 @@ async fn answer(f: &Fixture, req: MessageView<'static>) -> Option<MessageView<'s
 
 fn records(f: &Fixture) -> Vec<PairRecord> {
     let mut all = Vec::new();
-    query(f.dir.path(), &Filter::default(), |_, r| all.push(r)).unwrap();
+    query(
+        f.dir.path(),
+        f.keys.chain(),
+        OnDamage::Stop,
+        &Filter::default(),
+        |_, r| all.push(r),
+    )
+    .unwrap();
     all
 }
 

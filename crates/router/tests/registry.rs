@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchyard_audit::{query, AuditConfig, AuditKeys, AuditLog, Filter, Outcome, PairRecord};
+use switchyard_audit::{
+    query, AuditConfig, AuditKeys, AuditLog, Filter, OnDamage, Outcome, PairRecord,
+};
 use switchyard_iso8583::{shipped, MessageBuilder, MessageView, Mti, Spec};
 use switchyard_mux::{BeforeSend, Forwarded, MuxError};
 use switchyard_router::{
@@ -208,7 +210,9 @@ async fn code(f: &Fixture, req: MessageView<'static>) -> String {
 
 fn pairs(f: &Fixture) -> Vec<PairRecord> {
     let mut all = Vec::new();
-    query(&f.dir.path().join("audit"), &Filter::default(), |_, r| {
+    let keys = AuditKeys::demo();
+    let (dir, filter) = (f.dir.path().join("audit"), Filter::default());
+    query(&dir, keys.chain(), OnDamage::Stop, &filter, |_, r| {
         all.push(r)
     })
     .unwrap();

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
 use switchyard_audit::{
-    AuditError, ChainKey, Filter, KeySource, Outcome, PairRecord, PanKey, ReportRow,
+    AuditError, ChainKey, Filter, KeySource, OnDamage, Outcome, PairRecord, PanKey, ReportRow,
+    VerifyReport,
 };
 use switchyard_iso8583::datetime::Civil;
 
@@ -27,36 +28,42 @@ pub enum AuditCommand {
         #[command(flatten)]
         key: ChainKeyArgs,
     },
-    /// List pair records that match every filter given.
+    /// List pair records that match every filter given (each record verified as it is read).
     Query {
-        /// The audit log directory.
-        #[arg(long)]
-        dir: PathBuf,
         #[command(flatten)]
-        filter: FilterArgs,
-        /// Find a card: the PAN is hashed with the PAN key and never printed.
-        #[arg(long, value_name = "PAN")]
-        pan: Option<String>,
-        /// Read the PAN from standard input instead (keeps it out of shell history).
-        #[arg(long, conflicts_with = "pan")]
-        pan_stdin: bool,
-        #[command(flatten)]
-        key: PanKeyArgs,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        read: ReadArgs,
     },
-    /// Totals per day, issuer, merchant and terminal for reconciliation.
+    /// Totals per day, issuer, merchant and terminal for reconciliation (each record
+    /// verified as it is read).
     Report {
-        /// The audit log directory.
-        #[arg(long)]
-        dir: PathBuf,
         #[command(flatten)]
-        filter: FilterArgs,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        read: ReadArgs,
     },
+}
+
+/// What `query` and `report` share: the log, its keys, the filters and the output.
+#[derive(Args, Debug)]
+pub struct ReadArgs {
+    /// The audit log directory.
+    #[arg(long)]
+    dir: PathBuf,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Find a card: the PAN is hashed with the PAN key and never printed.
+    #[arg(long, value_name = "PAN")]
+    pan: Option<String>,
+    /// Read the PAN from standard input instead (keeps it out of shell history).
+    #[arg(long, conflicts_with = "pan")]
+    pan_stdin: bool,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// Go on past damaged records instead of stopping at the first one; what was skipped
+    /// is listed on standard error and the output says the log is damaged.
+    #[arg(long)]
+    allow_damaged: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -72,9 +79,16 @@ pub struct ChainKeyArgs {
     demo_keys: bool,
 }
 
+/// The chain key (to verify what is read) and the PAN key (for `--pan`).
 #[derive(Args, Debug)]
-pub struct PanKeyArgs {
-    /// File holding the PAN key.
+pub struct KeyArgs {
+    /// File holding the chain key (64+ hex characters or 32+ bytes).
+    #[arg(long, value_name = "FILE")]
+    chain_key_file: Option<PathBuf>,
+    /// Environment variable holding the chain key as hex.
+    #[arg(long, value_name = "VAR")]
+    chain_key_env: Option<String>,
+    /// File holding the PAN key (only with --pan or --pan-stdin).
     #[arg(long, value_name = "FILE")]
     pan_key_file: Option<PathBuf>,
     /// Environment variable holding the PAN key as hex.
@@ -189,6 +203,7 @@ impl FilterArgs {
 fn audit_failure(e: AuditError) -> crate::codec_cmd::Failure {
     let code = match &e {
         AuditError::Corrupt { .. } | AuditError::Payload { .. } => EX_DATAERR,
+        AuditError::NotALog { .. } => EX_NOINPUT,
         AuditError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             EX_NOINPUT
         }
@@ -214,53 +229,105 @@ pub fn run(command: AuditCommand) -> CmdResult {
                 (Some(a), Some(b)) => format!("sequence {a}..={b}"),
                 _ => "no records".to_string(),
             };
-            println!(
+            let line = format!(
                 "ok: {} records in {} segments verified ({range}); chain head {}",
                 report.records, report.segments, report.head
             );
+            written(writeln!(std::io::stdout(), "{line}"))
+        }
+        AuditCommand::Query { read } => {
+            let (filter, key, on_damage) = read.open()?;
+            query(&read.dir, &key, on_damage, &filter, read.format)
+        }
+        AuditCommand::Report { read } => {
+            let (filter, key, on_damage) = read.open()?;
+            let report = switchyard_audit::report(&read.dir, &key, on_damage, &filter)
+                .map_err(audit_failure)?;
+            warn_skipped(&report.read);
+            written(print_report(&report.rows, read.format))?;
+            if !report.read.skipped.is_empty() && read.format == Format::Table {
+                written(writeln!(
+                    std::io::stdout(),
+                    "{}",
+                    damaged_note(&report.read)
+                ))?;
+            }
             Ok(())
         }
-        AuditCommand::Query {
-            dir,
-            filter,
-            pan,
-            pan_stdin,
-            key,
-            format,
-        } => {
-            let mut filter = filter.to_filter().map_err(fail(EX_USAGE))?;
-            let pan = match (pan, pan_stdin) {
-                (Some(p), _) => Some(p),
-                (None, true) => {
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .read_line(&mut line)
-                        .map_err(|e| fail(EX_NOINPUT)(e.into()))?;
-                    Some(line.trim().to_string())
-                }
-                (None, false) => None,
-            };
-            if let Some(pan) = pan {
-                if pan.is_empty() || pan.len() > 19 || !pan.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(fail(EX_USAGE)(anyhow!("--pan: expected 1 to 19 digits")));
-                }
-                let source = key_source(&key.pan_key_file, &key.pan_key_env, key.demo_keys, "pan")
-                    .map_err(fail(EX_USAGE))?;
-                let key = PanKey::load(&source).map_err(audit_failure)?;
-                filter.pan_hash = Some(key.hash(pan.as_bytes()));
-            }
-            query(&dir, &filter, format)
-        }
-        AuditCommand::Report {
-            dir,
-            filter,
-            format,
-        } => {
-            let filter = filter.to_filter().map_err(fail(EX_USAGE))?;
-            let rows = switchyard_audit::report(&dir, &filter).map_err(audit_failure)?;
-            print_report(&rows, format).map_err(|e| fail(EX_IOERR)(e.into()))
-        }
     }
+}
+
+impl ReadArgs {
+    /// The filter (with the PAN's hash when one is asked for), the chain key and what to do
+    /// at damage.
+    fn open(&self) -> Result<(Filter, ChainKey, OnDamage), crate::codec_cmd::Failure> {
+        let k = &self.keys;
+        let mut filter = self.filter.to_filter().map_err(fail(EX_USAGE))?;
+        // --demo-keys stands for whichever key is not given explicitly.
+        let demo_chain = k.demo_keys && k.chain_key_file.is_none() && k.chain_key_env.is_none();
+        let source = key_source(&k.chain_key_file, &k.chain_key_env, demo_chain, "chain")
+            .map_err(fail(EX_USAGE))?;
+        let chain = ChainKey::load(&source).map_err(audit_failure)?;
+        let pan = match (&self.pan, self.pan_stdin) {
+            (Some(p), _) => Some(p.clone()),
+            (None, true) => {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| fail(EX_NOINPUT)(e.into()))?;
+                Some(line.trim().to_string())
+            }
+            (None, false) => None,
+        };
+        if let Some(pan) = pan {
+            if pan.is_empty() || pan.len() > 19 || !pan.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(fail(EX_USAGE)(anyhow!("--pan: expected 1 to 19 digits")));
+            }
+            let source = match (&k.pan_key_file, &k.pan_key_env, k.demo_keys) {
+                // The demo warning was printed for the chain key already.
+                (None, None, true) if demo_chain => KeySource::Demo,
+                (file, env, _) => {
+                    let demo = k.demo_keys && file.is_none() && env.is_none();
+                    key_source(file, env, demo, "pan").map_err(fail(EX_USAGE))?
+                }
+            };
+            let key = PanKey::load(&source).map_err(audit_failure)?;
+            filter.pan_hash = Some(key.hash(pan.as_bytes()));
+        }
+        let on_damage = if self.allow_damaged {
+            OnDamage::Skip
+        } else {
+            OnDamage::Stop
+        };
+        Ok((filter, chain, on_damage))
+    }
+}
+
+/// A write to standard output: one that found it closed (`| head`) ends the command
+/// quietly, as Unix tools do.
+fn written(result: std::io::Result<()>) -> CmdResult {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| fail(EX_IOERR)(e.into())),
+    }
+}
+
+/// List on standard error what a `--allow-damaged` read skipped.
+fn warn_skipped(read: &VerifyReport) {
+    for skipped in &read.skipped {
+        eprintln!("switchyard: DAMAGED LOG, skipped: {skipped}");
+    }
+    if !read.skipped.is_empty() {
+        eprintln!("switchyard: {}", damaged_note(read));
+    }
+}
+
+fn damaged_note(read: &VerifyReport) -> String {
+    format!(
+        "WARNING: the log is damaged: {} place(s) skipped, {} records read; these results are incomplete",
+        read.skipped.len(),
+        read.records
+    )
 }
 
 const QUERY_COLUMNS: [&str; 14] = [
@@ -297,11 +364,20 @@ fn query_row(seq: u64, r: &PairRecord) -> [String; 14] {
     ]
 }
 
-fn query(dir: &Path, filter: &Filter, format: Format) -> CmdResult {
+fn query(
+    dir: &Path,
+    key: &ChainKey,
+    on_damage: OnDamage,
+    filter: &Filter,
+    format: Format,
+) -> CmdResult {
     let mut rows = Vec::new();
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
-    let matched = switchyard_audit::query(dir, filter, |seq, r| {
+    let queried = switchyard_audit::query(dir, key, on_damage, filter, |seq, r| {
+        if write_error.is_some() {
+            return;
+        }
         let result = match format {
             Format::Jsonl => serde_json::to_value(&r)
                 .map(|mut v| {
@@ -320,17 +396,23 @@ fn query(dir: &Path, filter: &Filter, format: Format) -> CmdResult {
         }
     })
     .map_err(audit_failure)?;
+    warn_skipped(&queried.read);
     if let Some(e) = write_error {
-        return Err(fail(EX_IOERR)(e.into()));
+        return written(Err(e));
     }
     let header = QUERY_COLUMNS.map(String::from);
     let printed = match format {
         Format::Csv => write_csv(&mut out, &header, &rows),
-        Format::Table => write_table(&mut out, &header, &rows)
-            .and_then(|_| writeln!(out, "{matched} matching records")),
+        Format::Table => write_table(&mut out, &header, &rows).and_then(|_| {
+            writeln!(out, "{} matching records", queried.matched)?;
+            if queried.read.skipped.is_empty() {
+                return Ok(());
+            }
+            writeln!(out, "{}", damaged_note(&queried.read))
+        }),
         Format::Jsonl => Ok(()),
     };
-    printed.map_err(|e| fail(EX_IOERR)(e.into()))
+    written(printed)
 }
 
 fn print_report(rows: &[ReportRow], format: Format) -> std::io::Result<()> {

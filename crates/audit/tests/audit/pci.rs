@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use switchyard_audit::{query, report, Filter, Outcome, PairRecord, RecordKind};
+use switchyard_audit::{query, report, Filter, OnDamage, Outcome, PairRecord, RecordKind};
 use switchyard_iso8583::{shipped, tlv, MessageBuilder, MessageView, Mti};
 
 use crate::{keys, open, small};
@@ -128,7 +128,11 @@ async fn canary_card_data_never_appears_in_any_segment_byte() {
         pan_hash: Some(keys.pan_hash(PAN.as_bytes())),
         ..Filter::default()
     };
-    assert_eq!(query(dir.path(), &filter, |_, r| found.push(r)).unwrap(), 1);
+    let stop = OnDamage::Stop;
+    let queried = query(dir.path(), keys.chain(), stop, &filter, |_, r| {
+        found.push(r)
+    });
+    assert_eq!(queried.unwrap().matched, 1);
     let r = &found[0];
     assert_eq!(r.pan.as_ref().unwrap().masked, "400005******5556");
     assert_eq!(r.request.fields.get(2).unwrap(), "400005******5556");
@@ -152,7 +156,9 @@ async fn canary_card_data_never_appears_in_any_segment_byte() {
         (Some(1234), Some("432100000042"), Some("TERM0001"))
     );
 
-    let rows = report(dir.path(), &Filter::default()).unwrap();
+    let rows = report(dir.path(), keys.chain(), stop, &Filter::default())
+        .unwrap()
+        .rows;
     let day = rows.iter().find(|r| r.dimension == "day").unwrap();
     assert_eq!(
         (day.key.as_str(), day.currency.as_str()),
@@ -163,5 +169,6 @@ async fn canary_card_data_never_appears_in_any_segment_byte() {
         pan_hash: Some(keys.pan_hash(b"4000056655665557")),
         ..Filter::default()
     };
-    assert_eq!(query(dir.path(), &other_pan, |_, _| {}).unwrap(), 0);
+    let queried = query(dir.path(), keys.chain(), stop, &other_pan, |_, _| {});
+    assert_eq!(queried.unwrap().matched, 0);
 }

@@ -96,7 +96,7 @@ mod tests {
     use super::*;
     use crate::stages::testing::{request, Fixture, Options};
     use crate::stages::IssuerAnswer;
-    use switchyard_audit::{query, Filter};
+    use switchyard_audit::{query, Filter, OnDamage};
 
     #[tokio::test]
     async fn records_the_pair_with_its_answer_and_outcome() {
@@ -108,10 +108,12 @@ mod tests {
         let _ = RecordPair.run(&f.switch, &mut tx).await;
         assert!(tx.recorded);
         let mut found = Vec::new();
-        query(f.switch.audit.dir(), &Filter::default(), |_, r| {
-            found.push(r)
-        })
-        .unwrap();
+        let (dir, chain, filter) = (
+            f.switch.audit.dir(),
+            f.switch.keys.chain(),
+            Filter::default(),
+        );
+        query(dir, chain, OnDamage::Stop, &filter, |_, r| found.push(r)).unwrap();
         assert_eq!(found.len(), 1, "durable before the answer");
         let r = &found[0];
         assert_eq!(r.outcome, Some(Outcome::Approved));
