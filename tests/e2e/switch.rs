@@ -703,6 +703,25 @@ fn sighup_changes_a_route_without_dropping_the_terminal() {
         Some("00")
     );
     assert_eq!(sims[1].ledger.approved.load(Ordering::Relaxed), 2);
+
+    // A link endpoint changed: routes reload, the link waits for a restart, and the
+    // reload is counted as needing one (not as ok).
+    let moved = original.replacen(&sims[1].addr.to_string(), "127.0.0.1:1", 1);
+    assert_ne!(moved, original);
+    std::fs::write(&switch.config, moved).unwrap();
+    switch.signal("-HUP");
+    let restart = [("result", "restart_required")];
+    while switch.metric("switchyard_config_reloads_total", &restart) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "restart-required reload not seen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        switch.metric("switchyard_config_reloads_total", &[("result", "ok")]),
+        1.0
+    );
 }
 
 #[test]
@@ -714,6 +733,16 @@ fn check_config_lists_every_problem_and_run_refuses_before_binding() {
         "[audit]\ndir = \"x\"\n[[listeners]]\nname = \"a\"\nlisten = \"nope\"\nspec = \"nospec\"\n[[routes]]\nname = \"r\"\nbins = [\"4\"]\nlink = \"missing\"\n",
     )
     .unwrap();
+    // A file that is not there is unreadable input (66), not a bad configuration.
+    let absent = dir.path().join("absent.toml");
+    for args in [
+        vec!["check-config", absent.to_str().unwrap()],
+        vec!["run", "--config", absent.to_str().unwrap()],
+    ] {
+        let out = switchyard(&args, b"");
+        assert_eq!(out.status.code(), Some(66), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("absent.toml"));
+    }
     let out = switchyard(&["check-config", bad.to_str().unwrap()], b"");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78));
@@ -745,14 +774,18 @@ fn check_config_lists_every_problem_and_run_refuses_before_binding() {
 #[test]
 fn the_embedded_default_runs_and_the_simulated_terminal_gets_approvals() {
     let dir = tempfile::tempdir().unwrap();
+    // Free ports in place of the default 8583/9583: the suite passes while the README's
+    // `switchyard run` holds those.
+    let (terminals, admin) = (free_port(), free_port());
+    let terminals = format!("127.0.0.1:{terminals}");
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("run")
+        .args(["run", "--listen", &terminals, "--admin", &admin.to_string()])
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let admin: SocketAddr = "127.0.0.1:9583".parse().unwrap();
     let deadline = Instant::now() + WAIT;
     while http_get(admin, "/readyz").0 != 200 {
         assert!(Instant::now() < deadline, "default switch not ready");
@@ -763,7 +796,7 @@ fn the_embedded_default_runs_and_the_simulated_terminal_gets_approvals() {
             "sim",
             "terminal",
             "--target",
-            "127.0.0.1:8583",
+            &terminals,
             "--connections",
             "4",
             "--count",

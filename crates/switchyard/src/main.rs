@@ -40,6 +40,12 @@ enum Command {
         /// Log format: text or json (overrides the file's log.format).
         #[arg(long, value_parser = ["text", "json"])]
         log_format: Option<String>,
+        /// The terminals' listen address, in place of the configuration's (one listener).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// The admin endpoint's address, in place of the configuration's.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
     },
     /// Check a configuration file: every problem at once, exit 78 if any.
     CheckConfig {
@@ -113,7 +119,12 @@ fn main() -> ExitCode {
             input,
         } => codec_cmd::decode(&spec, reveal, raw, pretty, input.as_deref()),
         Command::Encode { spec, raw, input } => codec_cmd::encode(&spec, raw, input.as_deref()),
-        Command::Run { config, log_format } => run::run(config, log_format),
+        Command::Run {
+            config,
+            log_format,
+            listen,
+            admin,
+        } => run::run(config, log_format, run::Overrides { listen, admin }),
         Command::CheckConfig { file } => run::check_config(&file),
         Command::Sim { command } => sim_cmd::run(*command),
         Command::Saf { command } => saf_cmd::run(command),

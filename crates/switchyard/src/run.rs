@@ -20,7 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::codec_cmd::{fail, CmdResult, EX_CONFIG, EX_IOERR};
+use crate::codec_cmd::{fail, CmdResult, EX_CONFIG, EX_IOERR, EX_NOINPUT, EX_USAGE};
 use crate::config;
 use crate::notify;
 use crate::telemetry::{init_logging, Sources, Telemetry};
@@ -109,6 +109,7 @@ fn bind_terminals(addr: &str) -> std::io::Result<TcpListener> {
 
 /// `switchyard check-config FILE`.
 pub fn check_config(path: &Path) -> CmdResult {
+    readable(path)?;
     match config::load(Some(path)) {
         Ok(plan) => {
             println!(
@@ -134,8 +135,46 @@ pub fn check_config(path: &Path) -> CmdResult {
 }
 
 /// `switchyard run [--config FILE]`.
-pub fn run(path: Option<PathBuf>, log_format: Option<String>) -> CmdResult {
-    let plan = match config::load(path.as_deref()) {
+/// A configuration file that cannot be read is unreadable input (66), not a bad
+/// configuration (78).
+fn readable(path: &Path) -> CmdResult {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| fail(EX_NOINPUT)(anyhow!("{}: {e}", path.display())))
+}
+
+/// Addresses given on the command line in place of the configuration's.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// The terminals' listener (the configuration must have exactly one).
+    pub listen: Option<String>,
+    /// The admin endpoint.
+    pub admin: Option<String>,
+}
+
+impl Overrides {
+    fn apply(&self, plan: &mut config::Plan) -> CmdResult {
+        if let Some(addr) = &self.listen {
+            let [(section, _, _)] = plan.listeners.as_mut_slice() else {
+                return Err(fail(EX_USAGE)(anyhow!(
+                    "--listen: the configuration has {} listeners; set their addresses in the file",
+                    plan.listeners.len()
+                )));
+            };
+            section.listen = addr.clone();
+        }
+        if let Some(addr) = &self.admin {
+            plan.config.admin.listen = addr.clone();
+        }
+        Ok(())
+    }
+}
+
+pub fn run(path: Option<PathBuf>, log_format: Option<String>, overrides: Overrides) -> CmdResult {
+    if let Some(p) = &path {
+        readable(p)?;
+    }
+    let mut plan = match config::load(path.as_deref()) {
         Ok(p) => p,
         Err(problems) => {
             for p in &problems {
@@ -148,6 +187,7 @@ pub fn run(path: Option<PathBuf>, log_format: Option<String>) -> CmdResult {
             )));
         }
     };
+    overrides.apply(&mut plan)?;
     let json = log_format.as_deref().or(plan.config.log.format.as_deref()) == Some("json");
     init_logging(json, plan.config.log.level.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -155,10 +195,10 @@ pub fn run(path: Option<PathBuf>, log_format: Option<String>) -> CmdResult {
         .thread_name("switchyard")
         .build()
         .map_err(|e| fail(EX_IOERR)(e.into()))?;
-    runtime.block_on(serve(plan, path))
+    runtime.block_on(serve(plan, path, overrides))
 }
 
-async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
+async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrides) -> CmdResult {
     let keys = Arc::new(
         AuditKeys::load(&plan.chain_key, &plan.pan_key).map_err(|e| fail(EX_CONFIG)(e.into()))?,
     );
@@ -328,7 +368,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 notify::reloading();
-                reload(path.as_deref(), &plan, &router, &server_tls, &client_tls, &switch);
+                reload(path.as_deref(), &overrides, &plan, &router, &server_tls, &client_tls, &switch);
                 notify::notify("READY=1");
             }
         }
@@ -374,6 +414,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>) -> CmdResult {
 /// on any error keep everything as it is and say why.
 fn reload(
     path: Option<&Path>,
+    overrides: &Overrides,
     running: &config::Plan,
     router: &Router<IssuerLink>,
     server_tls: &[Arc<ServerTls>],
@@ -385,7 +426,10 @@ fn reload(
         return;
     };
     let result = (|| -> Result<Vec<String>, Vec<String>> {
-        let plan = config::load(Some(path))?;
+        let mut plan = config::load(Some(path))?;
+        overrides
+            .apply(&mut plan)
+            .map_err(|f| vec![format!("{:#}", f.error)])?;
         let mut not_applied = Vec::new();
         let shape = |p: &config::Plan| {
             (
@@ -418,7 +462,13 @@ fn reload(
     })();
     match result {
         Ok(not_applied) => {
-            switch.telemetry.reloads.with_label_values(&["ok"]).inc();
+            // A change that waits for a restart is its own result, for the alert to see.
+            let result = if not_applied.is_empty() {
+                "ok"
+            } else {
+                "restart_required"
+            };
+            switch.telemetry.reloads.with_label_values(&[result]).inc();
             tracing::info!(config = %path.display(), "SIGHUP: routes and certificates reloaded");
             for n in not_applied {
                 tracing::warn!("SIGHUP: {n}");

@@ -222,7 +222,7 @@ impl Telemetry {
         r.register(Box::new(t.saf_attempts.clone()))?;
         r.register(Box::new(t.ready.clone()))?;
         r.register(Box::new(t.reloads.clone()))?;
-        for result in ["ok", "error"] {
+        for result in ["ok", "restart_required", "error"] {
             t.reloads.with_label_values(&[result]);
         }
         Ok(t)
