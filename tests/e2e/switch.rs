@@ -743,6 +743,20 @@ fn check_config_lists_every_problem_and_run_refuses_before_binding() {
         assert_eq!(out.status.code(), Some(66), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("absent.toml"));
     }
+    // Both keys named by variables that are not set: both reported, in one run.
+    let keyless = dir.path().join("keyless.toml");
+    std::fs::write(
+        &keyless,
+        "[audit]\ndir = \"x\"\nchain_key_env = \"SWITCHYARD_TEST_UNSET_CHAIN\"\npan_key_env = \"SWITCHYARD_TEST_UNSET_PAN\"\n",
+    )
+    .unwrap();
+    let out = switchyard(&["check-config", keyless.to_str().unwrap()], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("key chain") && stderr.contains("key pan"),
+        "every missing key at once: {stderr}"
+    );
     let out = switchyard(&["check-config", bad.to_str().unwrap()], b"");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78));

@@ -687,6 +687,7 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
     if let Some(mib) = a.segment_mib {
         audit.segment_bytes = mib << 20;
     }
+    let before_keys = problems.len();
     let chain_key = key_source(
         "audit.chain_key",
         &a.chain_key_file,
@@ -701,9 +702,17 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
         a.demo_keys,
         &mut problems,
     );
-    if problems.is_empty() {
-        if let Err(e) = switchyard_audit::AuditKeys::load(&chain_key, &pan_key) {
-            problems.push(format!("audit: {e}"));
+    if problems.len() == before_keys {
+        // Each key on its own first, so that every missing one is reported at once.
+        let chain = switchyard_audit::ChainKey::load(&chain_key).map_err(|e| format!("audit: {e}"));
+        let pan = switchyard_audit::PanKey::load(&pan_key).map_err(|e| format!("audit: {e}"));
+        match (chain, pan) {
+            (Ok(_), Ok(_)) => {
+                if let Err(e) = switchyard_audit::AuditKeys::load(&chain_key, &pan_key) {
+                    problems.push(format!("audit: {e}"));
+                }
+            }
+            (chain, pan) => problems.extend(chain.err().into_iter().chain(pan.err())),
         }
     }
     if config.admin.listen.parse::<std::net::SocketAddr>().is_err() {
