@@ -168,6 +168,82 @@ fn reversals_wait_for_an_issuer_that_went_quiet_and_drain_in_order_when_it_is_ba
         }
     }
     assert_eq!(arrived, expected);
+
+    // Each reversal's fate is visible: in the audit tools and the journal's whole history.
+    let audit = switch.audit_dir();
+    let d = audit.to_str().unwrap();
+    let out = crate::support::switchyard(
+        &[
+            "audit",
+            "query",
+            "--dir",
+            d,
+            "--demo-keys",
+            "--format",
+            "jsonl",
+        ],
+        b"",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    for line in &lines {
+        assert_eq!(line["reversal"]["state"], "delivered", "{line}");
+        assert_eq!(line["reversal"]["last_result"], "00", "{line}");
+    }
+    let first = &lines[0]["reversal"];
+    assert!(
+        first["attempts"].as_u64().unwrap() >= 1,
+        "retried while quiet: {first}"
+    );
+    let out = crate::support::switchyard(
+        &[
+            "audit",
+            "report",
+            "--dir",
+            d,
+            "--demo-keys",
+            "--format",
+            "csv",
+        ],
+        b"",
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    let terminal = report
+        .lines()
+        .find(|l| l.starts_with("terminal,TERMQUIE,"))
+        .unwrap();
+    // count 5; approved 0; declined 0; reversed 5 (500); timed out 0.
+    assert_eq!(
+        terminal, "terminal,TERMQUIE,978,5,0,0,0,0,5,500,0,0,0",
+        "{report}"
+    );
+    let saf = switch.dir.path().join("saf");
+    let out = crate::support::switchyard(
+        &[
+            "saf",
+            "list",
+            "--dir",
+            saf.to_str().unwrap(),
+            "--all",
+            "--json",
+        ],
+        b"",
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|l| l.contains("\"delivered\""))
+            .count(),
+        5,
+        "{listed}"
+    );
+    let out = crate::support::switchyard(&["saf", "list", "--dir", saf.to_str().unwrap()], b"");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 entries"));
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Searching pair records and totalling them for reconciliation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Serialize;
@@ -125,7 +125,9 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, r: &PairRecord) {
+    /// Count `r`; `reversed` when its reversal has been acknowledged since (the
+    /// store-and-forward journal knows), which makes it reversed whatever it was.
+    fn add(&mut self, r: &PairRecord, reversed: bool) {
         let amount = r.amount.unwrap_or(0);
         let approved = r
             .response_code
@@ -134,6 +136,10 @@ impl Totals {
         self.count += 1;
         let is_reversal = r.request_mti.get(1..2) == Some("4");
         match r.outcome {
+            _ if reversed => {
+                (self.reversed, self.reversed_amount) =
+                    (self.reversed + 1, self.reversed_amount + amount)
+            }
             Some(Outcome::Reversed) => {
                 (self.reversed, self.reversed_amount) =
                     (self.reversed + 1, self.reversed_amount + amount)
@@ -183,13 +189,23 @@ pub struct Report {
 }
 
 /// Totals per day, issuer, merchant and terminal (each per currency) over the pair records
-/// that match `filter`, read as [`query`] reads them.
-pub fn report(dir: &Path, key: &ChainKey, on_damage: OnDamage, filter: &Filter) -> Result<Report> {
+/// that match `filter`, read as [`query`] reads them. A record whose reversal id is in
+/// `delivered_reversals` counts as reversed.
+pub fn report(
+    dir: &Path,
+    key: &ChainKey,
+    on_damage: OnDamage,
+    filter: &Filter,
+    delivered_reversals: &BTreeSet<u64>,
+) -> Result<Report> {
     let mut groups: BTreeMap<(usize, String, String), Totals> = BTreeMap::new();
     const DIMENSIONS: [&str; 4] = ["day", "issuer", "merchant", "terminal"];
     let queried = query(dir, key, on_damage, filter, |_, r| {
         let day = Civil::from_unix(r.received_us.div_euclid(1_000_000)).date_string();
         let currency = r.currency.as_deref().unwrap_or("-").to_string();
+        let reversed = r
+            .reversal_id
+            .is_some_and(|id| delivered_reversals.contains(&id));
         let keys = [
             Some(day),
             r.issuer.as_deref().map(str::to_string),
@@ -201,7 +217,7 @@ pub fn report(dir: &Path, key: &ChainKey, on_damage: OnDamage, filter: &Filter) 
             groups
                 .entry((i, key, currency.clone()))
                 .or_default()
-                .add(&r);
+                .add(&r, reversed);
         }
     })?;
     let rows = groups

@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchyard_audit::{AuditLog, FieldTexts, RecordKind, ShortText};
+use switchyard_audit::{
+    AuditLog, ChainKey, FieldTexts, OnDamage, RecordKind, RecordRef, ShortText,
+};
 use switchyard_iso8583::{MessageBuilder, MessageView, Mti, Spec};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -146,6 +148,10 @@ pub enum EntryState {
     Pending,
     /// Out of attempts.
     Dead,
+    /// Acknowledged by the issuer (kept only by [`history`]).
+    Delivered,
+    /// Removed by an operator (kept only by [`history`]).
+    Dropped,
 }
 
 /// One queued reversal.
@@ -190,11 +196,29 @@ impl Default for SafConfig {
 
 /// Replay a journal into its entries (pending and dead); done and dropped ones are gone.
 pub fn replay(dir: &Path) -> switchyard_audit::Result<BTreeMap<u64, SafEntry>> {
+    replay_events(dir, None, false)
+}
+
+/// Every entry a journal ever held, settled ones too (delivered, dropped): each reversal's
+/// and advice's fate, for operators and the audit tools. With `chain`, every journal record
+/// is verified as it is read and damage stops the read.
+pub fn history(
+    dir: &Path,
+    chain: Option<&ChainKey>,
+) -> switchyard_audit::Result<BTreeMap<u64, SafEntry>> {
+    replay_events(dir, chain, true)
+}
+
+fn replay_events(
+    dir: &Path,
+    chain: Option<&ChainKey>,
+    keep_settled: bool,
+) -> switchyard_audit::Result<BTreeMap<u64, SafEntry>> {
     let mut entries = BTreeMap::new();
     if !dir.exists() {
         return Ok(entries);
     }
-    switchyard_audit::for_each(dir, |r| {
+    let each = |r: RecordRef<'_>| {
         if r.kind != Some(RecordKind::Saf) {
             return Ok(());
         }
@@ -204,13 +228,17 @@ pub fn replay(dir: &Path) -> switchyard_audit::Result<BTreeMap<u64, SafEntry>> {
                 reason: e.to_string(),
             }
         })?;
-        apply(&mut entries, event);
+        apply(&mut entries, event, keep_settled);
         Ok(())
-    })?;
+    };
+    match chain {
+        Some(key) => switchyard_audit::read_checked(dir, key, OnDamage::Stop, each).map(drop)?,
+        None => switchyard_audit::for_each(dir, each).map(drop)?,
+    }
     Ok(entries)
 }
 
-fn apply(entries: &mut BTreeMap<u64, SafEntry>, event: SafEvent) {
+fn apply(entries: &mut BTreeMap<u64, SafEntry>, event: SafEvent, keep_settled: bool) {
     match event {
         SafEvent::Enqueue {
             id,
@@ -245,6 +273,18 @@ fn apply(entries: &mut BTreeMap<u64, SafEntry>, event: SafEvent) {
             if let Some(e) = entries.get_mut(&id) {
                 e.attempts = attempt;
                 e.last_result = Some(result);
+            }
+        }
+        SafEvent::Done { id, response_code } if keep_settled => {
+            if let Some(e) = entries.get_mut(&id) {
+                e.state = EntryState::Delivered;
+                e.last_result = Some(response_code);
+            }
+        }
+        SafEvent::Drop { id, operator } if keep_settled => {
+            if let Some(e) = entries.get_mut(&id) {
+                e.state = EntryState::Dropped;
+                e.last_result = Some(format!("dropped by {operator}"));
             }
         }
         SafEvent::Done { id, .. } | SafEvent::Drop { id, .. } => {
@@ -349,7 +389,7 @@ impl SafQueue {
             first_mti,
         };
         self.record(&event).await?;
-        apply(&mut self.lock(), event);
+        apply(&mut self.lock(), event, false);
         self.wake.notify_waiters();
         tracing::info!(id, link, reason, "reversal queued");
         Ok(id)
@@ -395,12 +435,11 @@ impl SafQueue {
                 id,
                 operator: operator.into(),
             },
-            (Some(EntryState::Pending), false) => {
-                return Err(format!("entry {id} is not a dead letter"))
-            }
+            // The live queue holds pending and dead entries only.
+            (Some(_), false) => return Err(format!("entry {id} is not a dead letter")),
         };
         self.record(&event).await.map_err(|e| e.to_string())?;
-        apply(&mut self.lock(), event);
+        apply(&mut self.lock(), event, false);
         self.wake.notify_waiters();
         Ok(())
     }
@@ -535,7 +574,7 @@ impl SafQueue {
             tracing::error!(id, error = %e, "store-and-forward journal failed: delivery stops");
             return recorded;
         }
-        apply(&mut self.lock(), event);
+        apply(&mut self.lock(), event, false);
         Ok(())
     }
 }

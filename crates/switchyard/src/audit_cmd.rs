@@ -5,6 +5,7 @@
 //! a usage error, never a silent default. A PAN given to `query` is hashed with the PAN key
 //! and never printed.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ use switchyard_audit::{
     VerifyReport,
 };
 use switchyard_iso8583::datetime::Civil;
+use switchyard_router::saf::{EntryState, SafEntry};
 
 use crate::codec_cmd::{fail, CmdResult, EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_USAGE};
 
@@ -61,6 +63,10 @@ pub struct ReadArgs {
     /// is listed on standard error and the output says the log is damaged.
     #[arg(long)]
     allow_damaged: bool,
+    /// The store-and-forward journal, for each transaction's reversal or advice (default:
+    /// `saf` beside --dir, when there is one).
+    #[arg(long, value_name = "DIR")]
+    saf_dir: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -237,11 +243,18 @@ pub fn run(command: AuditCommand) -> CmdResult {
         }
         AuditCommand::Query { read } => {
             let (filter, key, on_damage) = read.open()?;
-            query(&read.dir, &key, on_damage, &filter, read.format)
+            let reversals = read.reversals(&key)?;
+            query(&read.dir, &key, on_damage, &filter, &reversals, read.format)
         }
         AuditCommand::Report { read } => {
             let (filter, key, on_damage) = read.open()?;
-            let report = switchyard_audit::report(&read.dir, &key, on_damage, &filter)
+            let delivered = read
+                .reversals(&key)?
+                .into_values()
+                .filter(|e| e.state == EntryState::Delivered)
+                .map(|e| e.id)
+                .collect();
+            let report = switchyard_audit::report(&read.dir, &key, on_damage, &filter, &delivered)
                 .map_err(audit_failure)?;
             warn_skipped(&report.read);
             written(print_report(&report.rows, read.format))?;
@@ -301,6 +314,40 @@ impl ReadArgs {
         };
         Ok((filter, chain, on_damage))
     }
+
+    /// Every reversal and advice the journal ever held, by id, each journal record
+    /// verified under the chain key (the journal is written with the audit keys).
+    fn reversals(&self, chain: &ChainKey) -> Result<Reversals, crate::codec_cmd::Failure> {
+        let dir = match &self.saf_dir {
+            Some(d) => d.clone(),
+            None => match self.dir.parent() {
+                Some(parent) if parent.join("saf").is_dir() => parent.join("saf"),
+                _ => return Ok(Reversals::new()),
+            },
+        };
+        switchyard_router::saf::history(&dir, Some(chain)).map_err(audit_failure)
+    }
+}
+
+/// Reversals and advices by id.
+type Reversals = BTreeMap<u64, SafEntry>;
+
+/// A reversal's fate in a cell: id, state and the last result.
+fn reversal_text(r: &PairRecord, reversals: &Reversals) -> String {
+    let Some(id) = r.reversal_id else {
+        return String::new();
+    };
+    match reversals.get(&id) {
+        Some(e) => {
+            let state = serde_json::to_value(e.state).ok();
+            let state = state.as_ref().and_then(|s| s.as_str()).unwrap_or("?");
+            match &e.last_result {
+                Some(last) => format!("{id} {state} ({last})"),
+                None => format!("{id} {state}"),
+            }
+        }
+        None => format!("{id} not in the journal"),
+    }
 }
 
 /// A write to standard output: one that found it closed (`| head`) ends the command
@@ -330,9 +377,9 @@ fn damaged_note(read: &VerifyReport) -> String {
     )
 }
 
-const QUERY_COLUMNS: [&str; 14] = [
+const QUERY_COLUMNS: [&str; 15] = [
     "seq", "received", "terminal", "merchant", "mti", "stan", "rrn", "amount", "currency",
-    "response", "outcome", "issuer", "route", "pan",
+    "response", "outcome", "issuer", "route", "pan", "reversal",
 ];
 
 fn time_text(us: i64) -> String {
@@ -344,7 +391,7 @@ fn time_text(us: i64) -> String {
     )
 }
 
-fn query_row(seq: u64, r: &PairRecord) -> [String; 14] {
+fn query_row(seq: u64, r: &PairRecord, reversals: &Reversals) -> [String; 15] {
     let opt = |v: Option<&str>| v.unwrap_or_default().to_string();
     [
         seq.to_string(),
@@ -361,6 +408,7 @@ fn query_row(seq: u64, r: &PairRecord) -> [String; 14] {
         opt(r.issuer.as_deref()),
         opt(r.route.as_deref()),
         r.pan.as_ref().map(|p| p.masked.clone()).unwrap_or_default(),
+        reversal_text(r, reversals),
     ]
 }
 
@@ -369,6 +417,7 @@ fn query(
     key: &ChainKey,
     on_damage: OnDamage,
     filter: &Filter,
+    reversals: &Reversals,
     format: Format,
 ) -> CmdResult {
     let mut rows = Vec::new();
@@ -382,12 +431,16 @@ fn query(
             Format::Jsonl => serde_json::to_value(&r)
                 .map(|mut v| {
                     v["seq"] = seq.into();
+                    // The reversal's or advice's fate, from the journal.
+                    if let Some(e) = r.reversal_id.and_then(|id| reversals.get(&id)) {
+                        v["reversal"] = serde_json::to_value(e).unwrap_or_default();
+                    }
                     v
                 })
                 .map_err(std::io::Error::other)
                 .and_then(|v| writeln!(out, "{v}")),
             Format::Csv | Format::Table => {
-                rows.push(query_row(seq, &r));
+                rows.push(query_row(seq, &r, reversals));
                 Ok(())
             }
         };

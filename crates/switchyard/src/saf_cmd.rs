@@ -28,6 +28,9 @@ pub enum SafCommand {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Every entry the journal ever held: delivered and dropped ones too (with --dir).
+        #[arg(long, requires = "dir")]
+        all: bool,
     },
     /// Put a dead letter back in the queue.
     Retry(Action),
@@ -70,11 +73,20 @@ fn admin_request(addr: &str, method: &str, path: &str) -> anyhow::Result<(u16, S
 
 pub fn run(command: SafCommand) -> CmdResult {
     match command {
-        SafCommand::List { dir, admin, json } => {
+        SafCommand::List {
+            dir,
+            admin,
+            json,
+            all,
+        } => {
             let entries: Vec<serde_json::Value> = match (dir, admin) {
                 (Some(dir), _) => {
-                    let entries = switchyard_router::saf::replay(&dir)
-                        .map_err(|e| fail(EX_DATAERR)(e.into()))?;
+                    let entries = if all {
+                        switchyard_router::saf::history(&dir, None)
+                    } else {
+                        switchyard_router::saf::replay(&dir)
+                    }
+                    .map_err(|e| fail(EX_DATAERR)(e.into()))?;
                     entries
                         .values()
                         .filter_map(|e| serde_json::to_value(e).ok())

@@ -156,9 +156,15 @@ async fn canary_card_data_never_appears_in_any_segment_byte() {
         (Some(1234), Some("432100000042"), Some("TERM0001"))
     );
 
-    let rows = report(dir.path(), keys.chain(), stop, &Filter::default())
-        .unwrap()
-        .rows;
+    let rows = report(
+        dir.path(),
+        keys.chain(),
+        stop,
+        &Filter::default(),
+        &Default::default(),
+    )
+    .unwrap()
+    .rows;
     let day = rows.iter().find(|r| r.dimension == "day").unwrap();
     assert_eq!(
         (day.key.as_str(), day.currency.as_str()),
