@@ -805,6 +805,16 @@ fn the_embedded_default_runs_and_the_simulated_terminal_gets_approvals() {
         assert!(Instant::now() < deadline, "default switch not ready");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Known label sets are there at zero before their first event.
+    let (_, metrics) = http_get(admin, "/metrics");
+    for series in [
+        "switchyard_decode_errors_total{listener=\"terminals\",reason=\"bad_bitmap\"} 0",
+        "switchyard_registry_refusals_total{reason=\"unknown_terminal\"} 0",
+        "switchyard_rule_hits_total{action=\"block\",rule=\"card_velocity\"} 0",
+        "switchyard_config_reloads_total{result=\"restart_required\"} 0",
+    ] {
+        assert!(metrics.contains(series), "{series} missing");
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args([
             "sim",

@@ -1215,6 +1215,11 @@ async fn supervise(shared: Arc<Shared>, slot: usize, shutdown: CancellationToken
     let seed = shared.epoch.elapsed().as_nanos() as u64
         ^ (slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max, seed);
+    // Failing to connect is a warning; staying down past the echo budget (the time a
+    // connection may go unanswered before it is dropped) is an error, said once per outage.
+    let budget =
+        cfg.echo_interval.unwrap_or(Duration::from_secs(30)) * cfg.max_missed_echoes.max(1);
+    let mut down_since: Option<(Instant, bool)> = None;
     while !shutdown.is_cancelled() {
         for (index, endpoint) in cfg.endpoints.iter().enumerate() {
             shared.set_state(slot, ConnectionState::Connecting);
@@ -1230,11 +1235,11 @@ async fn supervise(shared: Arc<Shared>, slot: usize, shutdown: CancellationToken
                     Some(run_connection(&shared, slot, index, *s, &shutdown).await)
                 }
                 Ok(Err(e)) => {
-                    tracing::info!(link = %cfg.name, endpoint = %endpoint.addr, error = %e, "connect failed");
+                    tracing::warn!(link = %cfg.name, endpoint = %endpoint.addr, error = %e, "connect failed");
                     None
                 }
                 Err(_) => {
-                    tracing::info!(link = %cfg.name, endpoint = %endpoint.addr, "connect timed out");
+                    tracing::warn!(link = %cfg.name, endpoint = %endpoint.addr, "connect timed out");
                     None
                 }
             };
@@ -1244,8 +1249,14 @@ async fn supervise(shared: Arc<Shared>, slot: usize, shutdown: CancellationToken
                         .stats
                         .connect_failures
                         .fetch_add(1, Ordering::Relaxed);
+                    let (since, said) = down_since.get_or_insert((Instant::now(), false));
+                    if !*said && since.elapsed() >= budget {
+                        *said = true;
+                        tracing::error!(link = %cfg.name, down_s = since.elapsed().as_secs(), "link connection still down past its echo budget");
+                    }
                 }
                 Some(lasted) => {
+                    down_since = None;
                     // Only a connection that worked for a while resets the backoff: an
                     // issuer that accepts and drops at once is still retried ever more slowly.
                     if lasted >= cfg.reconnect_max {
@@ -1413,12 +1424,12 @@ where
             _ = shutdown.cancelled() => break "shutdown",
             r = &mut reader => break match r {
                 Ok(ReadEnd::Eof) => "closed by issuer",
-                Ok(ReadEnd::Error(e)) => { tracing::info!(link = %cfg.name, error = %e, "read failed"); "read failed" }
+                Ok(ReadEnd::Error(e)) => { tracing::warn!(link = %cfg.name, error = %e, "read failed"); "read failed" }
                 _ => "reader ended",
             },
             r = &mut writer => {
                 if let Ok(Err(e)) = r {
-                    tracing::info!(link = %cfg.name, error = %e, "write failed");
+                    tracing::warn!(link = %cfg.name, error = %e, "write failed");
                 }
                 break "write failed";
             }
@@ -1447,7 +1458,11 @@ where
             }
         }
     };
-    tracing::info!(link = %cfg.name, reason = end, "connection down");
+    if end == "echo tests unanswered" {
+        tracing::error!(link = %cfg.name, reason = end, "connection down");
+    } else {
+        tracing::warn!(link = %cfg.name, reason = end, "connection down");
+    }
     shared.set_state(slot, ConnectionState::Down);
     shared.stats.disconnects.fetch_add(1, Ordering::Relaxed);
     shared.close_connection(slot, conn_id);

@@ -162,6 +162,11 @@ impl<P: IssuerPort> Router<P> {
         Ok(())
     }
 
+    /// The router's metrics.
+    pub fn metrics(&self) -> &RouterMetrics {
+        &self.switch.metrics
+    }
+
     /// The issuer links.
     pub fn links(&self) -> &HashMap<String, Arc<P>> {
         &self.switch.links

@@ -12,6 +12,7 @@ use switchyard_audit::Outcome;
 use switchyard_iso8583::{MessageView, Mti};
 
 use crate::error::RouterError;
+use crate::registry::Refusal;
 
 /// Latency buckets in seconds: 100 µs to 30 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -61,6 +62,29 @@ pub fn decode_reason(error: &switchyard_iso8583::Error) -> &'static str {
         _ => "other",
     }
 }
+
+/// Every value [`decode_reason`] gives.
+const DECODE_REASONS: [&str; 11] = [
+    "truncated",
+    "bad_mti",
+    "bad_bitmap",
+    "unknown_field",
+    "bad_length_prefix",
+    "bad_length",
+    "invalid_character",
+    "bad_padding",
+    "trailing_bytes",
+    "too_long",
+    "other",
+];
+
+/// The abnormal-activity rules (the `rule` label).
+const RULES: [&str; 4] = [
+    "terminal_velocity",
+    "card_velocity",
+    "decline_burst",
+    "merchant_amount_limit",
+];
 
 /// The router's metrics.
 #[derive(Debug, Clone)]
@@ -143,6 +167,7 @@ impl RouterMetrics {
                 &["rule", "action"],
             )?,
         };
+        m.start_at_zero();
         registry.register(Box::new(m.refused.clone()))?;
         registry.register(Box::new(m.rule_hits.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
@@ -182,6 +207,26 @@ impl RouterMetrics {
         self.issuer_duration
             .with_label_values(&[link])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Every known label set starts at zero, so that a rate or an alert over them sees the
+    /// series before its first event (prometheus.io: "avoid missing metrics").
+    fn start_at_zero(&self) {
+        for refusal in Refusal::ALL {
+            self.refused.with_label_values(&[refusal.name()]);
+        }
+        for rule in RULES {
+            for action in ["flag", "block"] {
+                self.rule_hits.with_label_values(&[rule, action]);
+            }
+        }
+    }
+
+    /// Start `listener`'s decode-error series at zero, one per reason.
+    pub fn listener(&self, listener: &str) {
+        for reason in DECODE_REASONS {
+            self.decode_errors.with_label_values(&[listener, reason]);
+        }
     }
 
     pub(crate) fn decode_error(&self, listener: &str, error: &switchyard_iso8583::Error) {

@@ -140,6 +140,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal.
+    pub const ALL: [Refusal; 9] = [
+        Refusal::UnknownTerminal,
+        Refusal::SuspendedTerminal,
+        Refusal::UnknownMerchant,
+        Refusal::SuspendedMerchant,
+        Refusal::MerchantMismatch,
+        Refusal::MccMismatch,
+        Refusal::TransactionType,
+        Refusal::Currency,
+        Refusal::Certificate,
+    ];
+
     /// Label value.
     pub fn name(self) -> &'static str {
         match self {

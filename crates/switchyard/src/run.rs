@@ -325,6 +325,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
     let mut server_tls: Vec<Arc<ServerTls>> = Vec::new();
     let mut certificates = Vec::new();
     for (section, acceptor_config, tls, listener) in bound {
+        router.metrics().listener(&section.name);
         let handler = Arc::new(TerminalHandler {
             router: router.clone(),
             listener: section.name.clone().into(),
