@@ -190,3 +190,46 @@ fn encode_errors_never_echo_values() {
         assert!(!err.contains(PAN), "{err}");
     }
 }
+
+#[test]
+fn sim_terminal_fails_with_the_reason_against_a_closed_port() {
+    // A port nothing listens on: bound, read and released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let out = switchyard(
+        &[
+            "sim",
+            "terminal",
+            "--target",
+            &target,
+            "--count",
+            "2",
+            "--connections",
+            "2",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("failures: connection refused: 2"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("2 connections failed: connection refused: 2"),
+        "{}",
+        stderr(&out)
+    );
+    let bad = switchyard(
+        &[
+            "sim", "terminal", "--target", &target, "--count", "1", "--mti", "0400",
+        ],
+        b"",
+    );
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(stderr(&bad).contains("the simulator sends 0100 or 0200"));
+}

@@ -831,6 +831,20 @@ fn the_embedded_default_runs_and_the_simulated_terminal_gets_approvals() {
         ])
         .output()
         .unwrap();
+    // The wrong dialect: noticed at once, with the reason, not after the timeout.
+    let started = Instant::now();
+    let wrong = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["sim", "terminal", "--target", &terminals, "--count", "1"])
+        .args(["--spec", "iso8583-1987-bcd", "--timeout-ms", "8000"])
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(69), "{why}");
+    assert!(why.contains("1 of 1 requests unanswered"), "{why}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "waited for the timeout: {why}"
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

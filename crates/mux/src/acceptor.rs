@@ -358,10 +358,15 @@ impl<H: Handler> Acceptor<H> {
         // Set when the terminal closed or broke the connection: answers still coming are
         // undeliverable (ISO 8583 terminals do not half-close), so they go to `undelivered`.
         let gone = Arc::new(AtomicBool::new(false));
+        // Cancelled when a frame could not be decoded far enough to answer (no MTI or
+        // STAN): the terminal would wait its whole timeout for an answer that cannot come,
+        // so the connection is closed and it knows at once.
+        let unanswerable = CancellationToken::new();
         loop {
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => None,
+                _ = unanswerable.cancelled() => break,
                 next = reader.next(cfg.frame_timeout, Some(cfg.idle_timeout)) => Some(next),
             };
             let frame = match next {
@@ -399,19 +404,27 @@ impl<H: Handler> Acceptor<H> {
                 self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(listener = %cfg.name, peer = %conn.peer, %error, "undecodable request");
             }
-            let (handler, conn, tx, stats, spec, gone) = (
+            let (handler, conn, tx, stats, spec, gone, unanswerable) = (
                 self.handler.clone(),
                 conn.clone(),
                 tx.clone(),
                 self.stats.clone(),
                 cfg.spec,
                 gone.clone(),
+                unanswerable.clone(),
             );
             // Each request is its own task: answers go back in whatever order they are ready.
             tokio::spawn(async move {
                 let answer = match decoded {
                     Ok(view) => handler.request(&conn, view).await,
-                    Err(error) => handler.malformed(&conn, spec, frame.message, error).await,
+                    Err(error) => {
+                        let answer = handler.malformed(&conn, spec, frame.message, error).await;
+                        if answer.is_none() {
+                            tracing::warn!(peer = %conn.peer, "undecodable request with no MTI or STAN to answer: closing the connection");
+                            unanswerable.cancel();
+                        }
+                        answer
+                    }
                 };
                 if let Some(response) = answer {
                     let frame = Frame::with_header(reply_header, response);

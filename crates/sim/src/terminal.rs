@@ -99,6 +99,10 @@ pub struct LoadReport {
     pub unanswered: u64,
     /// Connections that could not be opened.
     pub connect_errors: u64,
+    /// Why requests went unanswered or connections failed, with how many each
+    /// (connection refused, connect timed out, closed by the peer, timed out, undecodable
+    /// answer, ...).
+    pub failures: BTreeMap<String, u64>,
     /// Answers by response code.
     pub codes: BTreeMap<String, u64>,
     /// Latency in microseconds.
@@ -144,7 +148,25 @@ impl LoadReport {
         }
         let codes: Vec<String> = self.codes.iter().map(|(c, n)| format!("{c}:{n}")).collect();
         let _ = writeln!(out, "response codes: {}", codes.join(" "));
+        if !self.failures.is_empty() {
+            let _ = writeln!(out, "failures: {}", self.failure_text());
+        }
         out
+    }
+
+    /// Whether every request was sent and answered.
+    pub fn all_answered(&self) -> bool {
+        self.failures.is_empty() && self.unanswered == 0 && self.connect_errors == 0
+    }
+
+    /// The failures on one line: `reason: count, ...`.
+    pub fn failure_text(&self) -> String {
+        let parts: Vec<String> = self
+            .failures
+            .iter()
+            .map(|(reason, n)| format!("{reason}: {n}"))
+            .collect();
+        parts.join(", ")
     }
 }
 
@@ -159,6 +181,7 @@ struct Totals {
 struct Shared {
     config: TerminalSimConfig,
     totals: Totals,
+    failures: Mutex<BTreeMap<String, u64>>,
     codes: Mutex<BTreeMap<String, u64>>,
     latency: Mutex<Histogram<u64>>,
     deadline: Option<Instant>,
@@ -186,6 +209,7 @@ pub async fn run(config: TerminalSimConfig) -> Result<LoadReport, SimError> {
         deadline: config.duration.map(|d| started + d),
         config,
         totals: Totals::default(),
+        failures: Mutex::new(BTreeMap::new()),
         codes: Mutex::new(BTreeMap::new()),
         latency: Mutex::new(latency),
     });
@@ -234,15 +258,40 @@ pub async fn run(config: TerminalSimConfig) -> Result<LoadReport, SimError> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let failures = shared
+        .failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Ok(LoadReport {
         sent: t.sent.load(Ordering::Relaxed),
         answered: t.answered.load(Ordering::Relaxed),
         unanswered: t.unanswered.load(Ordering::Relaxed),
         connect_errors: t.connect_errors.load(Ordering::Relaxed),
+        failures,
         codes,
         latency,
         elapsed,
     })
+}
+
+impl Shared {
+    /// Count `n` failures for `reason`.
+    fn failed(&self, reason: String, n: u64) {
+        if n > 0 {
+            *self
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(reason)
+                .or_default() += n;
+        }
+    }
+
+    fn connect_failed(&self, reason: String) {
+        self.totals.connect_errors.fetch_add(1, Ordering::Relaxed);
+        self.failed(reason, 1);
+    }
 }
 
 async fn connection(shared: Arc<Shared>, index: usize, count: Option<u64>) {
@@ -252,10 +301,11 @@ async fn connection(shared: Arc<Shared>, index: usize, count: Option<u64>) {
     let cfg = &shared.config;
     let tcp = match tokio::time::timeout(cfg.timeout, TcpStream::connect(&cfg.target)).await {
         Ok(Ok(s)) => s,
-        _ => {
-            shared.totals.connect_errors.fetch_add(1, Ordering::Relaxed);
-            return;
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return shared.connect_failed("connection refused".into());
         }
+        Ok(Err(e)) => return shared.connect_failed(format!("connect failed: {e}")),
+        Err(_) => return shared.connect_failed("connect timed out".into()),
     };
     let _ = tcp.set_nodelay(true);
     match &cfg.tls {
@@ -265,9 +315,8 @@ async fn connection(shared: Arc<Shared>, index: usize, count: Option<u64>) {
                 .await
             {
                 Ok(Ok(stream)) => drive(shared.clone(), index, count, stream).await,
-                _ => {
-                    shared.totals.connect_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(Err(e)) => shared.connect_failed(format!("TLS handshake failed: {e}")),
+                Err(_) => shared.connect_failed("TLS handshake timed out".into()),
             }
         }
     }
@@ -302,10 +351,16 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(
         tokio::spawn(async move {
             let mut codec = FrameCodec::new(framing);
             let mut buf = BytesMut::with_capacity(8192);
-            loop {
-                while let Ok(Some(frame)) = codec.decode(&mut buf) {
+            // Why the answers stopped; closing the window stops the sender at once.
+            let end = 'read: loop {
+                loop {
+                    let frame = match codec.decode(&mut buf) {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break,
+                        Err(_) => break 'read "unframeable answer (another framing?)",
+                    };
                     let Ok(answer) = MessageView::decode(spec, frame.message) else {
-                        continue;
+                        break 'read "undecodable answer (another dialect?)";
                     };
                     let Some(stan) = answer.field(11).and_then(|f| f.as_u64()) else {
                         continue;
@@ -337,10 +392,13 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(
                     window.add_permits(1);
                 }
                 match input.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) => break "closed by the peer",
+                    Err(_) => break "connection reset",
                     Ok(_) => {}
                 }
-            }
+            };
+            window.close();
+            end
         })
     };
     let mut rng = Rng::new(0xC0FFEE ^ index as u64);
@@ -399,9 +457,15 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(
     {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    reader.abort();
+    let reason = if reader.is_finished() {
+        reader.await.unwrap_or("reader failed")
+    } else {
+        reader.abort();
+        "timed out"
+    };
     let left = pending.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
     shared.totals.unanswered.fetch_add(left, Ordering::Relaxed);
+    shared.failed(reason.to_string(), left);
     let _ = output.shutdown().await;
 }
 

@@ -25,6 +25,8 @@ pub const EX_DATAERR: u8 = 65;
 pub const EX_NOINPUT: u8 = 66;
 /// sysexits: output could not be written.
 pub const EX_IOERR: u8 = 74;
+/// The service did not answer (sysexits `EX_UNAVAILABLE`).
+pub const EX_UNAVAILABLE: u8 = 69;
 /// sysexits: configuration (here: a spec file) is wrong.
 pub const EX_CONFIG: u8 = 78;
 

@@ -10,7 +10,7 @@ use switchyard_iso8583::Mti;
 use switchyard_mux::{ClientTls, ClientTlsFiles, Framing, LengthPrefix};
 use switchyard_sim::{IssuerSim, IssuerSimConfig, TerminalSimConfig};
 
-use crate::codec_cmd::{fail, resolve_spec, CmdResult, EX_IOERR, EX_USAGE};
+use crate::codec_cmd::{fail, resolve_spec, CmdResult, EX_IOERR, EX_UNAVAILABLE, EX_USAGE};
 
 #[derive(Subcommand, Debug)]
 pub enum SimCommand {
@@ -104,8 +104,9 @@ pub struct TerminalArgs {
     /// Request MTI: 0100 or 0200.
     #[arg(long, default_value = "0200")]
     mti: String,
-    /// Milliseconds to wait for each answer.
-    #[arg(long, default_value_t = 10_000)]
+    /// Milliseconds to wait for each answer (longer than the switch's default issuer
+    /// timeout of 10 s, so that its 91 answers arrive as answers).
+    #[arg(long, default_value_t = 15_000)]
     timeout_ms: u64,
     /// Number of the first terminal id (T0000001, ...).
     #[arg(long, default_value_t = 1)]
@@ -207,11 +208,13 @@ fn issuer(args: IssuerArgs) -> CmdResult {
 
 fn terminal(args: TerminalArgs) -> CmdResult {
     let (spec, framing) = args.wire.resolve().map_err(fail(EX_USAGE))?;
+    // The simulator builds authorisations and financials; anything else would go out
+    // without the fields its MTI needs.
     let mti = Mti::parse(&args.mti)
-        .filter(|m| m.is_request())
+        .filter(|m| matches!(m.as_str(), "0100" | "0200"))
         .ok_or_else(|| {
             fail(EX_USAGE)(anyhow!(
-                "--mti {:?}: expected a request MTI such as 0200",
+                "--mti {:?}: the simulator sends 0100 or 0200",
                 args.mti
             ))
         })?;
@@ -268,6 +271,7 @@ fn terminal(args: TerminalArgs) -> CmdResult {
             "answered": report.answered,
             "unanswered": report.unanswered,
             "connect_errors": report.connect_errors,
+            "failures": report.failures,
             "elapsed_s": report.elapsed.as_secs_f64(),
             "throughput": report.throughput(),
             "latency_ms": {
@@ -281,5 +285,14 @@ fn terminal(args: TerminalArgs) -> CmdResult {
     } else {
         print!("{}", report.render());
     }
-    Ok(())
+    if report.all_answered() {
+        return Ok(());
+    }
+    Err(fail(EX_UNAVAILABLE)(anyhow!(
+        "{} of {} requests unanswered, {} connections failed: {}",
+        report.unanswered,
+        report.sent,
+        report.connect_errors,
+        report.failure_text()
+    )))
 }

@@ -94,7 +94,7 @@ async fn every_framing_variant_carries_requests_and_tpdu_replies_are_swapped() {
 }
 
 #[tokio::test]
-async fn a_malformed_framed_message_gets_30_and_the_connection_carries_on() {
+async fn a_malformed_message_gets_30_and_one_with_nothing_to_answer_closes_its_connection() {
     let server = start(config(), Approver::default(), None).await;
     let mut bystander = Peer::connect(server.addr, Framing::default()).await;
     let mut terminal = Peer::connect(server.addr, Framing::default()).await;
@@ -110,12 +110,21 @@ async fn a_malformed_framed_message_gets_30_and_the_connection_carries_on() {
     assert_eq!(answer.str(11), Some("000777"), "matchable by the terminal");
     assert_eq!(answer.str(41), Some("TERM0002"));
 
-    // Unreadable even as far as the MTI: no answer can be formed, the connection stays.
+    // Still served after a format error.
+    assert_eq!(terminal.call(good.clone()).await.str(39), Some("00"));
+
+    // Unreadable even as far as the MTI: no answer can be formed, so the connection is
+    // closed (the terminal learns at once instead of waiting for its timeout).
     terminal
         .send_message(Bytes::from_static(b"\x00\x01garbage"))
         .await;
-    let next = terminal.call(good).await;
-    assert_eq!(next.str(39), Some("00"), "same connection still served");
+    assert!(terminal.recv().await.is_none(), "closed, not left waiting");
+    let mut again = Peer::connect(server.addr, Framing::default()).await;
+    assert_eq!(
+        again.call(good).await.str(39),
+        Some("00"),
+        "a new connection is served"
+    );
     assert_eq!(
         bystander.call(request(1, "TERM0003", 5)).await.str(39),
         Some("00")
