@@ -831,6 +831,33 @@ fn the_embedded_default_runs_and_the_simulated_terminal_gets_approvals() {
         ])
         .output()
         .unwrap();
+    // One test transaction, the card read from standard input and never printed.
+    let sent = switchyard(
+        &[
+            "send",
+            "--target",
+            &terminals,
+            "--pan-stdin",
+            "--amount",
+            "1234",
+        ],
+        b"4000056655665556\n",
+    );
+    let shown = String::from_utf8_lossy(&sent.stdout);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let answer = shown.split("answer\n").nth(1).unwrap_or_default();
+    assert!(answer.contains("39 Response code"), "{shown}");
+    assert!(
+        answer
+            .lines()
+            .any(|l| l.contains("Response code") && l.trim_end().ends_with("00")),
+        "{shown}"
+    );
+    assert!(answer.contains("400005******5556") && !shown.contains("4000056655665556"));
     // The wrong dialect: noticed at once, with the reason, not after the timeout.
     let started = Instant::now();
     let wrong = Command::new(env!("CARGO_BIN_EXE_switchyard"))

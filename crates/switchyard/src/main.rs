@@ -11,6 +11,7 @@ mod config;
 mod notify;
 mod run;
 mod saf_cmd;
+mod send_cmd;
 mod sim_cmd;
 mod telemetry;
 
@@ -101,6 +102,8 @@ enum Command {
     },
     /// List the shipped specs.
     Specs,
+    /// Send one transaction and print the answer, decoded and masked, with field names.
+    Send(Box<send_cmd::SendArgs>),
     /// The audit log: verify its chain, query it, total it for reconciliation.
     Audit {
         #[command(subcommand)]
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         Command::Saf { command } => saf_cmd::run(command),
         Command::Health { admin, path } => saf_cmd::health(&admin, &path),
         Command::Specs => codec_cmd::specs(),
+        Command::Send(args) => send_cmd::send(*args),
         Command::Audit { command } => audit_cmd::run(*command),
     };
     match result {

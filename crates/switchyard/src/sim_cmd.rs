@@ -31,7 +31,7 @@ pub struct Wire {
 }
 
 impl Wire {
-    fn resolve(&self) -> anyhow::Result<(&'static switchyard_iso8583::Spec, Framing)> {
+    pub(crate) fn resolve(&self) -> anyhow::Result<(&'static switchyard_iso8583::Spec, Framing)> {
         let spec = resolve_spec(&self.spec)?;
         let prefix = LengthPrefix::from_name(&self.framing).ok_or_else(|| {
             anyhow!(
