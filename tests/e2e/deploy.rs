@@ -234,3 +234,66 @@ fn readiness_and_draining_are_reported_to_systemd() {
         crate::support::switchyard(&["health", "--admin", &format!("127.0.0.1:{admin}")], b"");
     assert!(!down.status.success(), "a stopped switch is not healthy");
 }
+
+#[test]
+fn the_simulated_terminal_is_approved_under_the_example_registry() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let spec = shipped("iso8583-1987-ascii").unwrap();
+    let issuer = rt
+        .block_on(IssuerSim::start(
+            "127.0.0.1:0",
+            IssuerSimConfig::approving(spec),
+        ))
+        .unwrap();
+    let registry = root().join("deploy/config/registry.toml");
+    let body = format!(
+        "[registry]\nfile = \"{}\"\n[[links]]\nname = \"issuer\"\nendpoints = [\"{}\"]\n[routing]\ndefault = \"issuer\"\n",
+        registry.display(),
+        issuer.addr
+    );
+    let switch = Switch::start(&body);
+    let target = switch.terminals.to_string();
+    // The defaults (T0000001 with MERCHANT0000001), and the flags naming them outright.
+    for extra in [
+        &[][..],
+        &[
+            "--terminal",
+            "T0000001",
+            "--merchant",
+            "MERCHANT0000001",
+            "--mcc",
+            "5411",
+        ][..],
+    ] {
+        // Each run numbers its STANs from 1: a new second (field 7) keeps the switch from
+        // answering them as duplicates of the run before.
+        std::thread::sleep(Duration::from_millis(1100));
+        let mut args = vec![
+            "sim", "terminal", "--target", &target, "--count", "5", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = crate::support::switchyard(&args, b"");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // Registered and matching: approved, or over the example merchant's amount limit
+        // (61; the simulator's amounts go up to 999.00); never refused as unknown (58, 03).
+        let codes = report["codes"].as_object().unwrap();
+        assert!(
+            codes.keys().all(|c| c == "00" || c == "61"),
+            "{extra:?}: {report}"
+        );
+        assert_eq!(report["answered"], 5, "{report}");
+        assert!(out.status.success());
+    }
+    // Another merchant's MCC is refused, and the simulator says the requests were answered.
+    std::thread::sleep(Duration::from_millis(1100));
+    let args = [
+        "sim", "terminal", "--target", &target, "--count", "1", "--mcc", "7995", "--json",
+    ];
+    let out = crate::support::switchyard(&args, b"");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["codes"]["03"], 1, "{report}");
+}

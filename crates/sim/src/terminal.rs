@@ -62,8 +62,15 @@ pub struct TerminalSimConfig {
     pub timeout: Duration,
     /// Print a progress line every second (to standard error).
     pub progress: bool,
-    /// Number of the first terminal (terminal ids are `T` and seven digits).
+    /// Number of the first terminal (terminal ids are `T` and seven digits; connection i's
+    /// merchant is `MERCHANT` and the same seven digits, as in the example registry).
     pub first_terminal: u32,
+    /// One terminal id for the (single) connection, in place of the numbered ones.
+    pub terminal: Option<String>,
+    /// One merchant id (field 42) for every connection.
+    pub merchant: Option<String>,
+    /// Field 18 (merchant category code), when given.
+    pub mcc: Option<String>,
 }
 
 impl TerminalSimConfig {
@@ -84,6 +91,9 @@ impl TerminalSimConfig {
             timeout: Duration::from_secs(10),
             progress: false,
             first_terminal: 1,
+            terminal: None,
+            merchant: None,
+            mcc: None,
         }
     }
 }
@@ -197,6 +207,13 @@ pub async fn run(config: TerminalSimConfig) -> Result<LoadReport, SimError> {
     if config.count.is_none() && config.duration.is_none() {
         return Err(SimError::Config(
             "give a count or a duration: every run is bounded".into(),
+        ));
+    }
+    if config.terminal.is_some() && config.connections != 1 {
+        // Connections number their STANs alike: one terminal id on several would be
+        // duplicates of each other.
+        return Err(SimError::Config(
+            "one terminal id takes one connection".into(),
         ));
     }
     if config.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
@@ -331,7 +348,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(
 ) {
     let cfg = shared.config.clone();
     let (mut input, mut output) = tokio::io::split(stream);
-    let terminal = format!("T{:07}", u64::from(cfg.first_terminal) + index as u64);
+    let number = u64::from(cfg.first_terminal) + index as u64;
+    let terminal = cfg
+        .terminal
+        .clone()
+        .unwrap_or_else(|| format!("T{number:07}"));
     // STAN -> when the request was sent (or scheduled, in open loop).
     let pending: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
     // Closed loop: permits are the window. Open loop: a generous bound on what may wait.
@@ -507,8 +528,14 @@ fn request(
         }
     }
     if spec.field(42).is_some() {
-        b.set(42, format!("MERCHANT{:07}", index % 10_000_000))
-            .ok()?;
+        let number = (u64::from(cfg.first_terminal) + index as u64) % 10_000_000;
+        match &cfg.merchant {
+            Some(m) => b.set(42, m).ok()?,
+            None => b.set(42, format!("MERCHANT{number:07}")).ok()?,
+        };
+    }
+    if let Some(mcc) = cfg.mcc.as_ref().filter(|_| spec.field(18).is_some()) {
+        b.set(18, mcc).ok()?;
     }
     Some(b.encode())
 }

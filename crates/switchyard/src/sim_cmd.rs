@@ -108,9 +108,19 @@ pub struct TerminalArgs {
     /// timeout of 10 s, so that its 91 answers arrive as answers).
     #[arg(long, default_value_t = 15_000)]
     timeout_ms: u64,
-    /// Number of the first terminal id (T0000001, ...).
+    /// Number of the first terminal id (T0000001, ...; each with merchant MERCHANT0000001,
+    /// ..., as in deploy/config/registry.toml).
     #[arg(long, default_value_t = 1)]
     first_terminal: u32,
+    /// One terminal id (field 41) instead of the numbered ones (one connection).
+    #[arg(long)]
+    terminal: Option<String>,
+    /// One merchant id (field 42) for every connection.
+    #[arg(long)]
+    merchant: Option<String>,
+    /// Merchant category code (field 18).
+    #[arg(long)]
+    mcc: Option<String>,
     /// CA certificate of the switch: connect with TLS.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
@@ -255,6 +265,9 @@ fn terminal(args: TerminalArgs) -> CmdResult {
         timeout: Duration::from_millis(args.timeout_ms),
         progress: duration.is_some_and(|d| d > Duration::from_secs(2)) && !args.json,
         first_terminal: args.first_terminal,
+        terminal: args.terminal.clone(),
+        merchant: args.merchant.clone(),
+        mcc: args.mcc.clone(),
         ..TerminalSimConfig::new(&args.target, spec)
     };
     let report = runtime()?
