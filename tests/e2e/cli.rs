@@ -233,3 +233,50 @@ fn sim_terminal_fails_with_the_reason_against_a_closed_port() {
     assert_eq!(bad.status.code(), Some(64));
     assert!(stderr(&bad).contains("the simulator sends 0100 or 0200"));
 }
+
+#[test]
+fn decode_names_fields_and_says_why_a_decode_or_encode_failed() {
+    let spec = "iso8583-1987-ascii";
+    let hex = golden_hex(spec, "0200");
+    let out = switchyard(&["decode", "--spec", spec, "--names"], hex.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("Primary account number (PAN)") && l.contains("476173******0119")),
+        "{text}"
+    );
+    assert!(!text.contains(PAN));
+
+    // The same message with its 2-byte length prefix still on.
+    let bytes = hex.trim().len() / 2;
+    let framed = format!("{bytes:04X}{}", hex.trim());
+    let out = switchyard(&["decode", "--spec", spec], framed.as_bytes());
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        stderr(&out).contains("this looks like a length prefix"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Masked output fed back to encode.
+    let masked = r#"{"mti":"0200","fields":{"2":"476173******0119","3":"000000"}}"#;
+    let out = switchyard(&["encode", "--spec", spec], masked.as_bytes());
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        stderr(&out).contains("this looks like masked output"),
+        "{}",
+        stderr(&out)
+    );
+
+    // --pad: numeric fixed fields left-padded with zeros.
+    let short = r#"{"mti":"0200","fields":{"3":"0","4":"1000","11":"42"}}"#;
+    let out = switchyard(&["encode", "--spec", spec], short.as_bytes());
+    assert_eq!(out.status.code(), Some(65), "too short without --pad");
+    let out = switchyard(&["encode", "--spec", spec, "--pad"], short.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let back = switchyard(&["decode", "--spec", spec], stdout(&out).as_bytes());
+    let json: serde_json::Value = serde_json::from_str(&stdout(&back)).unwrap();
+    assert_eq!(json["fields"]["4"], "000000001000");
+    assert_eq!(json["fields"]["11"], "000042");
+}

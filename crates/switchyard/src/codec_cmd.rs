@@ -9,6 +9,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
+use switchyard_iso8583::spec::{DataClass, LengthKind};
 use switchyard_iso8583::{shipped, wire, MessageBuilder, MessageView, Mti, Spec};
 
 /// A command failure with its exit code.
@@ -106,6 +107,7 @@ pub fn decode(
     reveal: bool,
     raw: bool,
     pretty: bool,
+    names: bool,
     input: Option<&Path>,
 ) -> CmdResult {
     let spec = resolve_spec(spec).map_err(fail(EX_CONFIG))?;
@@ -115,9 +117,13 @@ pub fn decode(
     } else {
         parse_hex_input(&data).map_err(fail(EX_DATAERR))?
     };
-    let view =
-        MessageView::decode(spec, Bytes::from(frame)).map_err(|e| fail(EX_DATAERR)(e.into()))?;
+    let view = MessageView::decode(spec, Bytes::from(frame.clone()))
+        .map_err(|e| fail(EX_DATAERR)(anyhow!("{e}{}", decode_hint(&frame))))?;
     let rendered = view.render(reveal);
+    if names {
+        // One line per field: number, the spec's name for it, value.
+        return write_out(rendered.to_string().as_bytes());
+    }
     let json = if pretty {
         serde_json::to_string_pretty(&rendered)
     } else {
@@ -128,11 +134,39 @@ pub fn decode(
     write_out(json.as_bytes())
 }
 
+/// What a failed decode's input looks like, when that is likely why it failed.
+fn decode_hint(frame: &[u8]) -> String {
+    let len = frame.len();
+    let binary2 = frame
+        .get(..2)
+        .map(|p| usize::from(u16::from_be_bytes([p[0], p[1]])));
+    let ascii4 = frame
+        .get(..4)
+        .filter(|p| p.iter().all(u8::is_ascii_digit))
+        .and_then(|p| std::str::from_utf8(p).ok()?.parse::<usize>().ok());
+    if binary2 == Some(len.wrapping_sub(2)) || ascii4 == Some(len.wrapping_sub(4)) {
+        "; this looks like a length prefix: decode the message without it".into()
+    } else if frame.contains(&b'*') {
+        "; this looks like masked output (a masked PAN does not decode): decode the original bytes"
+            .into()
+    } else {
+        String::new()
+    }
+}
+
 /// `switchyard encode`.
-pub fn encode(spec: &str, raw: bool, input: Option<&Path>) -> CmdResult {
+pub fn encode(spec: &str, raw: bool, pad: bool, input: Option<&Path>) -> CmdResult {
     let spec = resolve_spec(spec).map_err(fail(EX_CONFIG))?;
     let data = read_input(input).map_err(fail(EX_NOINPUT))?;
-    let builder = build_from_json(spec, &data).map_err(fail(EX_DATAERR))?;
+    let builder = build_from_json(spec, &data, pad).map_err(|e| {
+        let masked = data.contains(&b'*');
+        let hint = if masked {
+            "; this looks like masked output (decode with --reveal for input to encode)"
+        } else {
+            ""
+        };
+        fail(EX_DATAERR)(anyhow!("{e:#}{hint}"))
+    })?;
     let encoded = builder.encode();
     if raw {
         write_out(&encoded)
@@ -143,8 +177,13 @@ pub fn encode(spec: &str, raw: bool, input: Option<&Path>) -> CmdResult {
     }
 }
 
-/// Build a message from the JSON form `decode` prints.
-pub fn build_from_json<'s>(spec: &'s Spec, json: &[u8]) -> anyhow::Result<MessageBuilder<'s>> {
+/// Build a message from the JSON form `decode` prints; with `pad`, numeric fixed-length
+/// fields shorter than their length are left-padded with zeros.
+pub(crate) fn build_from_json<'s>(
+    spec: &'s Spec,
+    json: &[u8],
+    pad: bool,
+) -> anyhow::Result<MessageBuilder<'s>> {
     // Parse generically first: serde's typed errors would quote values.
     let value: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| anyhow!("input: not JSON (line {}, column {})", e.line(), e.column()))?;
@@ -180,6 +219,13 @@ pub fn build_from_json<'s>(spec: &'s Spec, json: &[u8]) -> anyhow::Result<Messag
             let bytes = wire::from_hex(text.as_bytes())
                 .map_err(|at| anyhow!("field {n}: not valid hex at character {at}"))?;
             builder.set(n, bytes)?;
+        } else if pad
+            && definition.class == DataClass::N
+            && definition.length == LengthKind::Fixed
+            && text.len() < usize::from(definition.max)
+        {
+            let padded = format!("{text:0>width$}", width = usize::from(definition.max));
+            builder.set(n, padded.as_str())?;
         } else {
             builder.set(n, text)?;
         }

@@ -86,6 +86,9 @@ enum Command {
         /// Pretty-print the JSON.
         #[arg(long)]
         pretty: bool,
+        /// One line per field with the spec's name for it, instead of JSON.
+        #[arg(long, conflicts_with = "pretty")]
+        names: bool,
         /// Input file; `-` or nothing for standard input.
         input: Option<PathBuf>,
     },
@@ -97,6 +100,9 @@ enum Command {
         /// Write raw bytes rather than hex.
         #[arg(long)]
         raw: bool,
+        /// Left-pad numeric fixed-length fields with zeros ("4": "1000" for 000000001000).
+        #[arg(long)]
+        pad: bool,
         /// Input file; `-` or nothing for standard input.
         input: Option<PathBuf>,
     },
@@ -119,9 +125,15 @@ fn main() -> ExitCode {
             reveal,
             raw,
             pretty,
+            names,
             input,
-        } => codec_cmd::decode(&spec, reveal, raw, pretty, input.as_deref()),
-        Command::Encode { spec, raw, input } => codec_cmd::encode(&spec, raw, input.as_deref()),
+        } => codec_cmd::decode(&spec, reveal, raw, pretty, names, input.as_deref()),
+        Command::Encode {
+            spec,
+            raw,
+            pad,
+            input,
+        } => codec_cmd::encode(&spec, raw, pad, input.as_deref()),
         Command::Run {
             config,
             log_format,
