@@ -15,7 +15,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -177,6 +177,46 @@ pub struct Acceptor<H> {
     per_source: Arc<DashMap<IpAddr, usize>>,
     next_id: AtomicU64,
     tracker: TaskTracker,
+    log_limit: LogLimiter,
+}
+
+/// Repeated log lines of one event on one listener: the first in each window is logged,
+/// the rest only counted (the metrics count every one), and how many were not logged is
+/// said with the next line that is. A flood of refused connections cannot fill the logs.
+#[derive(Debug)]
+pub(crate) struct LogLimiter {
+    window: Duration,
+    events: std::sync::Mutex<std::collections::HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl LogLimiter {
+    pub(crate) fn new(window: Duration) -> LogLimiter {
+        LogLimiter {
+            window,
+            events: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether to log `event` now: `Some(lines not logged since the last that was)`.
+    pub(crate) fn allow(&self, event: &'static str) -> Option<u64> {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match events.get_mut(event) {
+            Some((since, suppressed)) if now.duration_since(*since) < self.window => {
+                *suppressed += 1;
+                None
+            }
+            Some((since, suppressed)) => {
+                let not_logged = *suppressed;
+                (*since, *suppressed) = (now, 0);
+                Some(not_logged)
+            }
+            None => {
+                events.insert(event, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 /// Releases a source address's connection slot when the connection ends.
@@ -206,6 +246,7 @@ impl<H: Handler> Acceptor<H> {
             per_source: Arc::default(),
             next_id: AtomicU64::new(1),
             tracker: TaskTracker::new(),
+            log_limit: LogLimiter::new(Duration::from_secs(10)),
         }
     }
 
@@ -242,7 +283,9 @@ impl<H: Handler> Acceptor<H> {
             self.stats
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(listener = %self.config.name, %peer, "connection limit reached");
+            if let Some(suppressed) = self.log_limit.allow("connection limit") {
+                tracing::warn!(listener = %self.config.name, %peer, suppressed, "connection limit reached");
+            }
             return;
         };
         let ip = peer.ip();
@@ -258,7 +301,9 @@ impl<H: Handler> Acceptor<H> {
             self.stats
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(listener = %self.config.name, %peer, "per-source connection limit reached");
+            if let Some(suppressed) = self.log_limit.allow("per-source limit") {
+                tracing::warn!(listener = %self.config.name, %peer, suppressed, "per-source connection limit reached");
+            }
             return;
         }
         let slot = SourceSlot {
@@ -302,14 +347,18 @@ impl<H: Handler> Acceptor<H> {
                 self.stats
                     .tls_handshake_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(listener = %self.config.name, %peer, error = %e, "TLS handshake failed");
+                if let Some(suppressed) = self.log_limit.allow("TLS handshake failed") {
+                    tracing::info!(listener = %self.config.name, %peer, error = %e, suppressed, "TLS handshake failed");
+                }
                 return;
             }
             Err(_) => {
                 self.stats
                     .tls_handshake_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(listener = %self.config.name, %peer, "TLS handshake timed out");
+                if let Some(suppressed) = self.log_limit.allow("TLS handshake timed out") {
+                    tracing::info!(listener = %self.config.name, %peer, suppressed, "TLS handshake timed out");
+                }
                 return;
             }
         };
@@ -402,7 +451,9 @@ impl<H: Handler> Acceptor<H> {
             let decoded = MessageView::decode(cfg.spec, frame.message.clone());
             if let Err(error) = &decoded {
                 self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(listener = %cfg.name, peer = %conn.peer, %error, "undecodable request");
+                if let Some(suppressed) = self.log_limit.allow("undecodable request") {
+                    tracing::info!(listener = %cfg.name, peer = %conn.peer, %error, suppressed, "undecodable request");
+                }
             }
             let (handler, conn, tx, stats, spec, gone, unanswerable) = (
                 self.handler.clone(),
@@ -482,5 +533,32 @@ impl<H: Handler> Acceptor<H> {
                 tracing::info!(listener = %name, %peer, error = %e, "closing connection");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_log_lines_are_counted_and_said_with_the_next_one_logged() {
+        let limiter = LogLimiter::new(Duration::from_secs(3600));
+        assert_eq!(limiter.allow("refused"), Some(0), "the first is logged");
+        assert_eq!(limiter.allow("refused"), None);
+        assert_eq!(limiter.allow("refused"), None);
+        assert_eq!(limiter.allow("other"), Some(0), "events are limited apart");
+        let after_window = LogLimiter::new(Duration::ZERO);
+        assert_eq!(after_window.allow("refused"), Some(0));
+        {
+            // Two suppressed lines, then the window has passed.
+            let mut events = after_window.events.lock().unwrap();
+            events.insert("refused", (Instant::now(), 2));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(
+            after_window.allow("refused"),
+            Some(2),
+            "the count comes with it"
+        );
     }
 }
