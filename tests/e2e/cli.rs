@@ -247,6 +247,8 @@ fn decode_names_fields_and_says_why_a_decode_or_encode_failed() {
         "{text}"
     );
     assert!(!text.contains(PAN));
+    // Field 55 broken into its EMV tags, one a line.
+    assert!(text.contains("       9F26     C2C12B098F3DA6E3"), "{text}");
 
     // The same message with its 2-byte length prefix still on.
     let bytes = hex.trim().len() / 2;

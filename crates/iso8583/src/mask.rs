@@ -141,9 +141,48 @@ impl fmt::Display for Rendered<'_, '_> {
                 name,
                 field.display_text(self.reveal)
             )?;
+            if field.spec.sensitivity == Sensitivity::Emv {
+                write_emv_tags(f, &field.value(), self.reveal, 1)?;
+            }
         }
         Ok(())
     }
+}
+
+/// EMV data one tag a line under its field, card tags masked unless `reveal` (nothing
+/// more is said of data that is not BER-TLV: its field's line says so).
+fn write_emv_tags(
+    f: &mut fmt::Formatter<'_>,
+    data: &[u8],
+    reveal: bool,
+    depth: usize,
+) -> fmt::Result {
+    if tlv::iter(data).any(|t| t.is_err()) {
+        return Ok(());
+    }
+    for t in tlv::iter(data).flatten() {
+        let indent = 5 + 2 * depth;
+        let tag = format!("{:X}", t.tag);
+        if t.constructed {
+            writeln!(
+                f,
+                "{:indent$}{tag:<8} constructed, {} bytes",
+                "",
+                t.value.len()
+            )?;
+            write_emv_tags(f, t.value, reveal, depth + 1)?;
+        } else if t.is_sensitive() && !reveal {
+            writeln!(
+                f,
+                "{:indent$}{tag:<8} {REDACTED} ({} bytes)",
+                "",
+                t.value.len()
+            )?;
+        } else {
+            writeln!(f, "{:indent$}{tag:<8} {}", "", wire::to_hex(t.value))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -156,6 +195,25 @@ mod tests {
         assert_eq!(mask_pan(b"4761739001010"), "476173***1010");
         assert_eq!(mask_pan(b"476173900101"), REDACTED);
         assert_eq!(mask_pan(b"47617390010101191=2"), REDACTED);
+    }
+
+    #[test]
+    fn the_named_form_lists_emv_tags_with_card_tags_masked() {
+        let spec = crate::shipped("iso8583-1987-ascii").unwrap();
+        let mut data = Vec::new();
+        tlv::push(&mut data, 0x9F26, &[0xAA; 2]);
+        tlv::push(&mut data, 0x5A, &[0x47, 0x61, 0x73, 0x90]);
+        let mut b = crate::MessageBuilder::new(spec, crate::Mti::parse("0200").unwrap());
+        b.set(3, "000000")
+            .unwrap()
+            .set(55, data.as_slice())
+            .unwrap();
+        let view = crate::MessageView::decode(spec, b.encode()).unwrap();
+        let text = view.masked().to_string();
+        assert!(text.contains("9F26     AAAA"), "{text}");
+        assert!(text.contains("5A       [REDACTED] (4 bytes)"), "{text}");
+        assert!(!text.contains("47617390"), "{text}");
+        assert!(view.render(true).to_string().contains("5A       47617390"));
     }
 
     #[test]
