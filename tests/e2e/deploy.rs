@@ -39,20 +39,27 @@ fn request(tid: &str, stan: u32, mcc: &str, amount: u64) -> Bytes {
     )
 }
 
-#[test]
-fn alerts_and_dashboard_use_only_metrics_the_switch_exports() {
+/// A simulated issuer approving everything, and the runtime it runs on.
+fn approving_issuer() -> (tokio::runtime::Runtime, IssuerSim) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let spec = shipped("iso8583-1987-ascii").unwrap();
-    let approving = rt
+    let issuer = rt
         .block_on(IssuerSim::start(
             "127.0.0.1:0",
             IssuerSimConfig::approving(spec),
         ))
         .unwrap();
+    (rt, issuer)
+}
+
+#[test]
+fn alerts_and_dashboard_use_only_metrics_the_switch_exports() {
+    let (rt, approving) = approving_issuer();
+    let spec = shipped("iso8583-1987-ascii").unwrap();
     let mut quiet = IssuerSimConfig::approving(spec);
     quiet.silence_rate = 1.0;
     let silent = rt.block_on(IssuerSim::start("127.0.0.1:0", quiet)).unwrap();
@@ -237,18 +244,7 @@ fn readiness_and_draining_are_reported_to_systemd() {
 
 #[test]
 fn the_simulated_terminal_is_approved_under_the_example_registry() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let spec = shipped("iso8583-1987-ascii").unwrap();
-    let issuer = rt
-        .block_on(IssuerSim::start(
-            "127.0.0.1:0",
-            IssuerSimConfig::approving(spec),
-        ))
-        .unwrap();
+    let (_rt, issuer) = approving_issuer();
     let registry = root().join("deploy/config/registry.toml");
     let body = format!(
         "[registry]\nfile = \"{}\"\n[[links]]\nname = \"issuer\"\nendpoints = [\"{}\"]\n[routing]\ndefault = \"issuer\"\n",

@@ -3,16 +3,15 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchyard_audit::{query, Filter, OnDamage, Outcome, PairRecord};
+use switchyard_audit::{Outcome, PairRecord};
 use switchyard_iso8583::{shipped, Spec};
 use switchyard_sim::{IssuerSim, IssuerSimConfig};
 
-use crate::switch::{http_get, Switch, Terminal};
+use crate::switch::{http_get, records, Switch, Terminal};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -56,20 +55,6 @@ fn drained(admin: SocketAddr) {
         assert!(Instant::now() < deadline, "reversals not drained: {body}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn pairs(dir: &Path) -> Vec<PairRecord> {
-    let mut all = Vec::new();
-    let keys = switchyard_audit::AuditKeys::demo();
-    query(
-        dir,
-        keys.chain(),
-        OnDamage::Stop,
-        &Filter::default(),
-        |_, r| all.push(r),
-    )
-    .unwrap();
-    all
 }
 
 #[test]
@@ -119,7 +104,7 @@ fn approvals_the_terminals_never_saw_are_reversed_so_the_ledger_matches_them() {
         "the issuer holds exactly the approvals the terminals saw"
     );
     assert_eq!(ledger.standing_amount(), seen_amount);
-    let records = pairs(&switch.audit_dir());
+    let records = records(&switch.audit_dir());
     let timeouts = records
         .iter()
         .filter(|r| r.outcome == Some(Outcome::Timeout))
@@ -157,7 +142,7 @@ fn reversals_wait_for_an_issuer_that_went_quiet_and_drain_in_order_when_it_is_ba
     sim.set_silence_rate(0.0);
     drained(switch.admin);
     // In the order the requests were made: the STANs the issuer saw, as the audit log has them.
-    let expected: Vec<String> = pairs(&switch.audit_dir())
+    let expected: Vec<String> = records(&switch.audit_dir())
         .into_iter()
         .filter_map(|r| r.issuer_stan.map(|s| s.to_string()))
         .collect();
@@ -425,7 +410,7 @@ fn a_switch_killed_under_load_leaves_no_orphaned_approval() {
         switch = switch.restart();
     }
     drained(switch.admin);
-    let records = pairs(&switch.audit_dir());
+    let records = records(&switch.audit_dir());
     let approved: HashMap<String, &PairRecord> = records
         .iter()
         .filter(|r| r.outcome == Some(Outcome::Approved))

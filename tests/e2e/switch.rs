@@ -282,7 +282,8 @@ pub fn request(pan: &str, stan: u32, amount: u64) -> Bytes {
     )
 }
 
-fn records(dir: &Path) -> Vec<PairRecord> {
+/// Every pair record of the (demo-keyed) log in `dir`, each verified as it is read.
+pub fn records(dir: &Path) -> Vec<PairRecord> {
     let mut all = Vec::new();
     let keys = switchyard_audit::AuditKeys::demo();
     query(
