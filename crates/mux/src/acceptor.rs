@@ -7,9 +7,10 @@
 //! the idle time, and requests in flight per connection (past it the connection is not read
 //! until an answer goes out, so a terminal cannot queue unbounded work).
 //!
-//! A frame that does not decode is answered with response code 30 when its MTI, STAN and
-//! terminal id were readable, and the connection stays open ([`Handler::malformed`]); a
-//! stream that cannot be framed closes that connection only.
+//! A frame that does not decode is answered with response code 30 when its MTI and STAN
+//! (and terminal id, when it can be read) were readable, and the connection stays open
+//! ([`Handler::malformed`]); a frame with nothing to answer from, or a stream that cannot be
+//! framed, closes that connection only.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

@@ -154,6 +154,18 @@ pub enum EntryState {
     Dropped,
 }
 
+impl EntryState {
+    /// The state as `saf list` and the audit tools show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryState::Pending => "pending",
+            EntryState::Dead => "dead",
+            EntryState::Delivered => "delivered",
+            EntryState::Dropped => "dropped",
+        }
+    }
+}
+
 /// One queued reversal.
 #[derive(Debug, Clone, Serialize)]
 pub struct SafEntry {
@@ -582,6 +594,18 @@ impl SafQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_state_names_are_their_json_names() {
+        for state in [
+            EntryState::Pending,
+            EntryState::Dead,
+            EntryState::Delivered,
+            EntryState::Dropped,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.name());
+        }
+    }
 
     #[test]
     fn journal_events_read_back_and_reversals_quote_the_original() {

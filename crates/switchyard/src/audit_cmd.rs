@@ -339,8 +339,7 @@ fn reversal_text(r: &PairRecord, reversals: &Reversals) -> String {
     };
     match reversals.get(&id) {
         Some(e) => {
-            let state = serde_json::to_value(e.state).ok();
-            let state = state.as_ref().and_then(|s| s.as_str()).unwrap_or("?");
+            let state = e.state.name();
             match &e.last_result {
                 Some(last) => format!("{id} {state} ({last})"),
                 None => format!("{id} {state}"),
