@@ -26,6 +26,8 @@ pub struct Options {
     pub smoke: bool,
     /// Repetitions of each measurement (medians are reported).
     pub repetitions: usize,
+    /// Only the scenarios whose name contains this (all when `None`).
+    pub only: Option<String>,
 }
 
 impl Options {
@@ -59,8 +61,8 @@ impl Shape {
     pub fn name(self) -> &'static str {
         match self {
             Shape::Direct => "1 direct to issuer",
-            Shape::Durable => "2 switch, durable audit",
-            Shape::FireAndForget => "3 switch, fire-and-forget audit",
+            Shape::Durable => "2 switch, durable audit, integrity on",
+            Shape::FireAndForget => "3 switch, fire-and-forget audit, integrity off",
             Shape::Tls => "4 switch, durable, TLS both sides",
         }
     }
@@ -87,9 +89,25 @@ pub struct Row {
     pub p999_ms: f64,
     pub switch_cpu_s: f64,
     pub switch_rss_mib: f64,
+    /// The switch's CPU per answer, µs (0 for direct).
+    pub switch_cpu_us: f64,
+    /// The issuer simulator's CPU per answer in the same measurement, µs: the reference.
+    pub issuer_cpu_us: f64,
     /// CPU of the simulators (the issuer process and this load generator) per answer, µs.
     pub sims_cpu_us: f64,
     pub errors: u64,
+}
+
+impl Row {
+    /// Switch CPU per transaction over the issuer simulator's, measured together.
+    /// 0 when the simulator's CPU was too small to read (whole clock ticks of 10 ms).
+    pub fn cpu_ratio(&self) -> f64 {
+        if self.issuer_cpu_us > 0.0 {
+            self.switch_cpu_us / self.issuer_cpu_us
+        } else {
+            0.0
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -259,9 +277,10 @@ fn setup(opts: &Options, shape: Shape, dir: &Path, certs: &Certs) -> Result<Setu
     } else {
         "durable"
     };
+    let integrity = shape != Shape::FireAndForget;
     let mut config = format!(
         "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"warn\"\n[audit]\ndir = \"{}\"\ndurability = \"{durability}\"\ndemo_keys = true\n\
-         [integrity]\nsaf_dir = \"{}\"\n\
+         [integrity]\nenabled = {integrity}\nsaf_dir = \"{}\"\n\
          [[listeners]]\nname = \"terminals\"\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 20000\nmax_connections_per_source = 20000\nidle_timeout_ms = 600000\n",
         data.join("audit").display(),
         data.join("saf").display()
@@ -337,11 +356,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// One measurement: the load report, the switch's CPU seconds and RSS (MiB), and the
-/// simulators' CPU per answer (µs).
-type Measured = (LoadReport, f64, f64, f64);
+/// One measurement: the load report, the switch's CPU seconds and RSS (MiB), the issuer
+/// simulator's CPU seconds, and the simulators' CPU per answer (µs).
+struct Measured {
+    report: LoadReport,
+    switch_cpu_s: f64,
+    switch_rss_mib: f64,
+    issuer_cpu_s: f64,
+    sims_cpu_us: f64,
+}
 
-/// The scenarios of a run.
+/// The scenarios of a run: one request in flight (latency), the two pipelined shapes the
+/// CPU goals are set on (10 x 8 and 100 x 1), and an open loop.
 pub fn scenarios(smoke: bool) -> Vec<Scenario> {
     vec![
         Scenario {
@@ -351,15 +377,15 @@ pub fn scenarios(smoke: bool) -> Vec<Scenario> {
             rate: None,
         },
         Scenario {
-            name: "100 conns x 1 in flight",
-            connections: if smoke { 10 } else { 100 },
-            window: 1,
+            name: "10 conns x 8 in flight",
+            connections: 10,
+            window: if smoke { 2 } else { 8 },
             rate: None,
         },
         Scenario {
-            name: "10 conns x 64 in flight",
-            connections: 10,
-            window: if smoke { 8 } else { 64 },
+            name: "100 conns x 1 in flight",
+            connections: if smoke { 10 } else { 100 },
+            window: 1,
             rate: None,
         },
         Scenario {
@@ -371,7 +397,37 @@ pub fn scenarios(smoke: bool) -> Vec<Scenario> {
     ]
 }
 
-/// Run every shape and scenario; the rows and a rendered report.
+/// Write and `fdatasync` of one 4 KiB page, `n` times, in `dir` (the disk the audit logs
+/// of the run are on): (p50, p99) in ms.
+fn fdatasync_latency(dir: &Path, n: usize) -> Result<(f64, f64), String> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("fdatasync-probe");
+    let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+    let page = [0x5au8; 4096];
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        file.write_all_at(&page, (i % 256 * 4096) as u64)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| e.to_string())?;
+        took.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = std::fs::remove_file(&path);
+    took.sort_by(f64::total_cmp);
+    let at = |q: f64| took.get(((took.len() as f64 - 1.0) * q) as usize).copied();
+    Ok((at(0.5).unwrap_or(0.0), at(0.99).unwrap_or(0.0)))
+}
+
+/// What a run measured: the rows, the disk's fdatasync p50 and p99 (ms), the idle
+/// connections' figures.
+struct Measurements<'a> {
+    rows: &'a [Row],
+    fdatasync_ms: (f64, f64),
+    idle: (usize, f64, f64),
+}
+
+/// Run every shape and scenario (those whose name contains `opts.only`, when set); the rows
+/// and a rendered report.
 pub fn run(opts: &Options) -> Result<(Vec<Row>, String), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -379,51 +435,98 @@ pub fn run(opts: &Options) -> Result<(Vec<Row>, String), String> {
         .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let certs = certs(dir.path())?;
-    let seconds = opts.seconds();
+    let syncs = if opts.smoke { 50 } else { 500 };
+    let mut sync_ms = vec![fdatasync_latency(dir.path(), syncs)?];
     let mut rows = Vec::new();
-    for scenario in scenarios(opts.smoke) {
+    let chosen = scenarios(opts.smoke).into_iter().filter(|s| {
+        opts.only
+            .as_ref()
+            .is_none_or(|o| s.name.contains(o.as_str()))
+    });
+    for scenario in chosen {
         let mut per_shape: Vec<(Shape, Vec<Measured>)> =
             Shape::ALL.iter().map(|s| (*s, Vec::new())).collect();
         // Repetitions interleave the shapes, so drift on a noisy machine hits all alike.
         for _ in 0..opts.repetitions {
             for (shape, results) in &mut per_shape {
-                let s = setup(opts, *shape, dir.path(), &certs)?;
-                let pid = s.switch.as_ref().map(|p| p.0.id());
-                let sims = [s.issuer.0.id(), std::process::id()];
-                let sims_cpu = || sims.iter().map(|&p| usage(p).0).sum::<f64>();
-                let (before, sims_before) = (pid.map(usage).unwrap_or_default(), sims_cpu());
-                let report = load(&rt, s.target, s.tls.clone(), scenario, seconds)?;
-                let (after, sims_after) = (pid.map(usage).unwrap_or_default(), sims_cpu());
-                let sims_us = (sims_after - sims_before) * 1e6 / report.answered.max(1) as f64;
-                results.push((report, after.0 - before.0, after.1, sims_us));
+                results.push(measure(opts, &rt, *shape, scenario, dir.path(), &certs)?);
             }
         }
         for (shape, results) in per_shape {
             let m = |f: &dyn Fn(&Measured) -> f64| median(results.iter().map(f).collect());
+            let per_tx = |cpu: f64, r: &Measured| cpu * 1e6 / r.report.answered.max(1) as f64;
             rows.push(Row {
                 shape,
                 scenario: scenario.name,
-                tps: m(&|r| r.0.throughput()),
-                p50_ms: m(&|r| r.0.latency_ms(0.5)),
-                p99_ms: m(&|r| r.0.latency_ms(0.99)),
-                p999_ms: m(&|r| r.0.latency_ms(0.999)),
-                switch_cpu_s: m(&|r| r.1),
-                switch_rss_mib: m(&|r| r.2),
-                sims_cpu_us: m(&|r| r.3),
+                tps: m(&|r| r.report.throughput()),
+                p50_ms: m(&|r| r.report.latency_ms(0.5)),
+                p99_ms: m(&|r| r.report.latency_ms(0.99)),
+                p999_ms: m(&|r| r.report.latency_ms(0.999)),
+                switch_cpu_s: m(&|r| r.switch_cpu_s),
+                switch_rss_mib: m(&|r| r.switch_rss_mib),
+                switch_cpu_us: m(&|r| per_tx(r.switch_cpu_s, r)),
+                issuer_cpu_us: m(&|r| per_tx(r.issuer_cpu_s, r)),
+                sims_cpu_us: m(&|r| r.sims_cpu_us),
                 errors: results
                     .iter()
-                    .map(|r| r.0.unanswered + r.0.connect_errors)
+                    .map(|r| r.report.unanswered + r.report.connect_errors)
                     .sum(),
             });
         }
     }
+    sync_ms.push(fdatasync_latency(dir.path(), syncs)?);
     let idle = idle_connections(
         opts,
         dir.path(),
         &certs,
         if opts.smoke { 200 } else { 10_000 },
     )?;
-    Ok((rows.clone(), render(&rows, opts, idle)))
+    let measured = Measurements {
+        rows: &rows,
+        fdatasync_ms: (
+            median(sync_ms.iter().map(|s| s.0).collect()),
+            median(sync_ms.iter().map(|s| s.1).collect()),
+        ),
+        idle,
+    };
+    let report = render(&measured, opts);
+    Ok((rows, report))
+}
+
+/// One shape under one scenario: a warm-up (the switch's indexes and buffers grow at first,
+/// as they do after any restart), then the measured window.
+fn measure(
+    opts: &Options,
+    rt: &tokio::runtime::Runtime,
+    shape: Shape,
+    scenario: Scenario,
+    dir: &Path,
+    certs: &Certs,
+) -> Result<Measured, String> {
+    let s = setup(opts, shape, dir, certs)?;
+    load(rt, s.target, s.tls.clone(), scenario, opts.seconds() / 5.0)?;
+    let pid = s.switch.as_ref().map(|p| p.0.id());
+    let issuer = s.issuer.0.id();
+    let sims_cpu = || usage(issuer).0 + usage(std::process::id()).0;
+    let (before, issuer_before, sims_before) = (
+        pid.map(usage).unwrap_or_default(),
+        usage(issuer).0,
+        sims_cpu(),
+    );
+    let report = load(rt, s.target, s.tls.clone(), scenario, opts.seconds())?;
+    let (after, issuer_after, sims_after) = (
+        pid.map(usage).unwrap_or_default(),
+        usage(issuer).0,
+        sims_cpu(),
+    );
+    let sims_cpu_us = (sims_after - sims_before) * 1e6 / report.answered.max(1) as f64;
+    Ok(Measured {
+        report,
+        switch_cpu_s: after.0 - before.0,
+        switch_rss_mib: after.1,
+        issuer_cpu_s: issuer_after - issuer_before,
+        sims_cpu_us,
+    })
 }
 
 /// Open `n` idle terminal connections to a switch: (connections per second, switch RSS MiB).
@@ -455,26 +558,35 @@ fn idle_connections(
     Ok((n, rate, rss))
 }
 
-fn render(rows: &[Row], opts: &Options, idle: (usize, f64, f64)) -> String {
+fn render(m: &Measurements<'_>, opts: &Options) -> String {
+    let (rows, idle) = (m.rows, m.idle);
     let mut out = String::new();
-    let seconds = opts.seconds();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
         out,
-        "load benchmark: {cores} cores, {} repetitions (medians), {} s per measurement, terminals + switch + issuer on one machine",
+        "load benchmark: {cores} cores, {} repetitions (medians), {} s per measurement after a warm-up, terminals + switch + issuer on one machine",
         opts.repetitions,
-        seconds
+        opts.seconds()
     );
-    let _ = writeln!(out, "| scenario | shape | tx/s | vs direct | p50 ms | p99 ms | p99.9 ms | switch CPU s | switch RSS MiB | errors |");
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "| scenario | shape | tx/s | vs direct | p50 ms | p99 ms | p99.9 ms | switch CPU µs/tx | issuer sim CPU µs/tx | switch / issuer | switch RSS MiB | errors |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let find = |scenario: &str, shape: Shape| {
+        rows.iter()
+            .find(|d| d.scenario == scenario && d.shape == shape)
+    };
     for r in rows {
-        let direct = rows
-            .iter()
-            .find(|d| d.scenario == r.scenario && d.shape == Shape::Direct);
-        let ratio = direct.map_or(0.0, |d| r.tps / d.tps.max(1e-9));
+        let ratio = find(r.scenario, Shape::Direct).map_or(0.0, |d| r.tps / d.tps.max(1e-9));
+        let (cpu, per) = if r.shape == Shape::Direct || r.cpu_ratio() == 0.0 {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (
+                format!("{:.1}", r.switch_cpu_us),
+                format!("{:.2}", r.cpu_ratio()),
+            )
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} | {:.1} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.3} | {:.3} | {:.3} | {cpu} | {:.1} | {per} | {:.1} | {} |",
             r.scenario,
             r.shape.name(),
             r.tps,
@@ -482,42 +594,82 @@ fn render(rows: &[Row], opts: &Options, idle: (usize, f64, f64)) -> String {
             r.p50_ms,
             r.p99_ms,
             r.p999_ms,
-            r.switch_cpu_s,
+            r.issuer_cpu_us,
             r.switch_rss_mib,
             r.errors
         );
     }
+    let (sync50, sync99) = m.fdatasync_ms;
     let _ = writeln!(
         out,
-        "idle: {} terminal connections opened at {:.0}/s; switch RSS {:.1} MiB",
-        idle.0, idle.1, idle.2
+        "fdatasync of a 4 KiB page on the audit log's disk: p50 {sync50:.3} ms, p99 {sync99:.3} ms"
     );
-    // What 0.6x of direct leaves the switch in the pipelined scenarios (the direct shape
-    // fills the cores there): the simulators share the cores with it, so at that rate they
-    // take their CPU per transaction first (the direct run's figure), and the switch has the
-    // rest of all cores at the most.
-    let pipelined = |name: &str| {
-        scenarios(opts.smoke)
-            .iter()
-            .any(|s| s.name == name && s.rate.is_none() && s.connections * s.window > 1)
-    };
-    for direct in rows
-        .iter()
-        .filter(|r| r.shape == Shape::Direct && pipelined(r.scenario))
-    {
-        let Some(durable) = rows
-            .iter()
-            .find(|r| r.scenario == direct.scenario && r.shape == Shape::Durable)
-        else {
+    let _ = writeln!(
+        out,
+        "idle: {} terminal connections opened at {:.0}/s; switch RSS {:.1} MiB (goal 150 MiB: {})",
+        idle.0,
+        idle.1,
+        idle.2,
+        verdict(idle.2 <= 150.0)
+    );
+    // The goals of the hot-path issue, each from rows of this run.
+    for (scenario, least) in [("10 conns x 8", 0.45), ("100 conns x 1", 0.6)] {
+        let of = |shape| {
+            rows.iter()
+                .find(|r| r.scenario.starts_with(scenario) && r.shape == shape)
+        };
+        let (Some(direct), Some(durable)) = (of(Shape::Direct), of(Shape::Durable)) else {
             continue;
         };
-        let budget = cores as f64 * 1e6 / (0.6 * direct.tps.max(1e-9)) - direct.sims_cpu_us;
-        let used = durable.switch_cpu_s * 1e6 / (durable.tps * seconds).max(1e-9);
+        let vs = durable.tps / direct.tps.max(1e-9);
+        let small = if durable.issuer_cpu_us > 7.0 {
+            "not applicable, the simulator needed more"
+        } else {
+            verdict(durable.switch_cpu_us <= 25.0)
+        };
         let _ = writeln!(
             out,
-            "cpu per transaction, {}: simulators {:.1} µs direct; switch {:.1} µs durable; at 0.6x of direct the switch could use {:.1} µs at most",
-            direct.scenario, direct.sims_cpu_us, used, budget
+            "goal {scenario}, durable: switch CPU {:.1} µs/tx = {:.2}x the issuer simulator's (at most 3.5x: {}; at most 25 µs where the simulator needs 7 µs or less: {}); {vs:.2}x direct throughput (at least {least}x: {})",
+            durable.switch_cpu_us,
+            durable.cpu_ratio(),
+            verdict(durable.cpu_ratio() <= 3.5),
+            small,
+            verdict(vs >= least)
+        );
+        if let Some(lean) = of(Shape::FireAndForget) {
+            let _ = writeln!(
+                out,
+                "goal {scenario}, fire-and-forget and integrity off: switch CPU {:.1} µs/tx = {:.2}x the issuer simulator's (at most 2.5x: {})",
+                lean.switch_cpu_us,
+                lean.cpu_ratio(),
+                verdict(lean.cpu_ratio() <= 2.5)
+            );
+        }
+    }
+    if let (Some(direct), Some(durable)) = (
+        find("1 conn x 1 in flight", Shape::Direct),
+        find("1 conn x 1 in flight", Shape::Durable),
+    ) {
+        let (p50, p99) = (
+            direct.p50_ms + 2.0 * sync50 + 0.1,
+            direct.p99_ms + 2.0 * sync99 + 0.1,
+        );
+        let _ = writeln!(
+            out,
+            "goal one request in flight, durable: p50 {:.3} ms (at most direct + two fdatasync p50 + 0.1 = {p50:.3}: {}), p99 {:.3} ms (at most {p99:.3}: {})",
+            durable.p50_ms,
+            verdict(durable.p50_ms <= p50),
+            durable.p99_ms,
+            verdict(durable.p99_ms <= p99)
         );
     }
     out
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
 }
