@@ -70,7 +70,7 @@ fn pair(
     );
     let mut answer = MessageBuilder::new(spec, request.mti());
     answer.respond_to(&request, code.as_bytes()).unwrap();
-    r.set_response(&MessageView::decode(spec, answer.encode()).unwrap(), keys);
+    r.set_response(&MessageView::decode(spec, answer.encode()).unwrap());
     r.outcome = Some(if code == "00" {
         Outcome::Approved
     } else {
@@ -96,7 +96,7 @@ fn write_log(dir: &Path, keys: &Arc<AuditKeys>) {
             (PAN, "TERM0003", 9, 50, "00", day1 + 1),
         ] {
             let r = pair(keys, pan, tid, stan, amount, code, day);
-            log.append_json(RecordKind::Pair, &r).await.unwrap();
+            log.append_record(RecordKind::Pair, &r).await.unwrap();
         }
     });
     log.close().unwrap();
@@ -507,7 +507,7 @@ fn a_closed_standard_output_ends_a_query_quietly() {
         // Far more than a pipe holds, so the command writes into the closed pipe.
         for stan in 1..=2000 {
             let r = pair(&k.keys, PAN, "TERM0001", stan, 100, "00", 20_780);
-            log.append_json(RecordKind::Pair, &r).await.unwrap();
+            log.append_record(RecordKind::Pair, &r).await.unwrap();
         }
     });
     log.close().unwrap();

@@ -572,7 +572,8 @@ fn dead_letters_are_listed_retried_and_dropped_by_operators_and_the_registry_app
     let mut operators = Vec::new();
     switchyard_audit::for_each(&switch.audit_dir(), |r| {
         if r.kind == Some(switchyard_audit::RecordKind::Operator) {
-            operators.push(String::from_utf8_lossy(r.payload).to_string());
+            let action: serde_json::Value = switchyard_audit::payload::decode(r.seq, r.payload)?;
+            operators.push(action.to_string());
         }
         Ok(())
     })

@@ -62,7 +62,7 @@ pub enum AuditError {
         /// What is wrong (never the key itself).
         reason: String,
     },
-    /// A record's payload is not the JSON this version writes.
+    /// A record's payload does not read as the record its kind says.
     #[error("record {seq}: payload does not parse: {reason}")]
     Payload {
         /// The record's sequence number.

@@ -21,7 +21,7 @@
 //! | 4..8 | CRC32C of bytes 8..49+n |
 //! | 8..16 | sequence number (u64 LE), one more than the previous record's |
 //! | 16 | record kind |
-//! | 17..17+n | payload (JSON) |
+//! | 17..17+n | payload ([`crate::payload`]: MessagePack; JSON in logs written before) |
 //! | 17+n..49+n | chain value: HMAC-SHA256(chain key, previous chain value ‖ seq ‖ kind ‖ SHA-256(payload)) |
 //!
 //! The CRC finds torn writes and bit rot; the keyed chain finds any edit, deletion,

@@ -11,6 +11,7 @@
 //! - [`log`]: [`AuditLog`]: recovery on open, the group-commit writer, the failed state.
 //! - [`reader`]: reading every record, checked ([`read_checked`], [`verify`]) or not.
 //! - [`record`]: [`PairRecord`] and the protected form of a message.
+//! - [`payload`]: how records are written into payloads (MessagePack; JSON in older logs).
 //! - [`query`]: filters and reconciliation totals.
 //! - [`keys`]: the chain and PAN keys.
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod format;
 pub mod keys;
 pub mod log;
+pub mod payload;
 pub mod query;
 pub mod reader;
 pub mod record;

@@ -326,13 +326,14 @@ impl AuditLog {
         sender.send(command).map_err(|_| AuditError::Closed)
     }
 
-    /// Append a JSON-serialisable record and wait until it is durable.
-    pub async fn append_json<T: serde::Serialize>(
+    /// Append a record (its [`payload`](crate::payload) encoding) and wait until it is
+    /// durable.
+    pub async fn append_record<T: serde::Serialize>(
         &self,
         kind: RecordKind,
         record: &T,
     ) -> Result<u64> {
-        let payload = to_json(record)?;
+        let payload = crate::payload::encode(record)?;
         self.append(kind, payload).await
     }
 
@@ -377,14 +378,6 @@ impl Drop for AuditLog {
     fn drop(&mut self) {
         let _ = self.close();
     }
-}
-
-/// A record as JSON, in a buffer sized for a pair record (about 1 KiB): one allocation, where
-/// growing from serde_json's default took five.
-pub fn to_json<T: serde::Serialize>(record: &T) -> Result<Vec<u8>> {
-    let mut payload = Vec::with_capacity(1536);
-    serde_json::to_writer(&mut payload, record).map_err(|e| AuditError::Config(e.to_string()))?;
-    Ok(payload)
 }
 
 fn now_ms() -> u128 {

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 use switchyard_iso8583::datetime::Civil;
 
-use crate::error::{AuditError, Result};
+use crate::error::Result;
 use crate::format::RecordKind;
 use crate::keys::ChainKey;
 use crate::reader::{read_checked, OnDamage, VerifyReport};
@@ -85,11 +85,7 @@ pub fn query(
         if r.kind != Some(RecordKind::Pair) {
             return Ok(());
         }
-        let pair: PairRecord =
-            serde_json::from_slice(r.payload).map_err(|e| AuditError::Payload {
-                seq: r.seq,
-                reason: e.to_string(),
-            })?;
+        let pair: PairRecord = crate::payload::decode(r.seq, r.payload)?;
         if filter.matches(&pair) {
             matched += 1;
             each(r.seq, pair);

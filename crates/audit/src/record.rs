@@ -424,6 +424,15 @@ pub fn protect(
     view: &MessageView<'_>,
     keys: &AuditKeys,
 ) -> (ProtectedMessage, Option<ProtectedPan>) {
+    protect_keyed(view, Some(keys))
+}
+
+/// [`protect`], with the PAN's keyed hash only when there are `keys` to make it (the
+/// answer's PAN is the request's, hashed once).
+fn protect_keyed(
+    view: &MessageView<'_>,
+    keys: Option<&AuditKeys>,
+) -> (ProtectedMessage, Option<ProtectedPan>) {
     let present = view.bitmaps().iter().map(|w| w.count_ones() as usize).sum();
     // Text is at most twice the frame (binary fields as hex).
     let fields = FieldTexts::with_capacity(present, 2 * view.buffer().len());
@@ -447,7 +456,7 @@ pub fn protect(
             let value = field.value();
             let masked = mask_pan(&value);
             message.fields.insert(n, &masked);
-            if n == 2 || pan.is_none() {
+            if let (Some(keys), true) = (keys, n == 2 || pan.is_none()) {
                 pan = Some(ProtectedPan {
                     masked,
                     hash: keys.pan_hash(&value),
@@ -590,9 +599,9 @@ impl PairRecord {
         }
     }
 
-    /// Add the answer the terminal got.
-    pub fn set_response(&mut self, response: &MessageView<'_>, keys: &AuditKeys) {
-        let (message, _) = protect(response, keys);
+    /// Add the answer the terminal got (its PAN, masked, is the request's: not hashed again).
+    pub fn set_response(&mut self, response: &MessageView<'_>) {
+        let (message, _) = protect_keyed(response, None);
         self.response_mti = Some(message.mti.clone());
         self.response_code = response.field(39).map(|f| ShortText::of_field(&f, false));
         self.response = Some(message);

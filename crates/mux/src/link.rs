@@ -499,15 +499,19 @@ struct Slot {
     last_rx_ms: AtomicU64,
 }
 
+/// The match maps' hasher: their keys come from the network, so randomly seeded; foldhash
+/// rather than SipHash, which took several per cent of the switch's CPU on these short keys.
+type KeyHasher = foldhash::fast::RandomState;
+
 struct Shared {
     cfg: LinkConfig,
     stan_field: Option<FieldSpec>,
     /// The match fields plus field 41: what identifies a terminal's request.
     terminal_fields: Vec<u8>,
-    pending: DashMap<MatchKey, Pending>,
+    pending: DashMap<MatchKey, Pending, KeyHasher>,
     /// Terminal keys in flight, when STANs are remapped (duplicates are refused by these).
-    originals: DashMap<MatchKey, ()>,
-    timed_out: DashMap<MatchKey, TimedOut>,
+    originals: DashMap<MatchKey, (), KeyHasher>,
+    timed_out: DashMap<MatchKey, TimedOut, KeyHasher>,
     in_flight: AtomicUsize,
     next_stan: AtomicU32,
     slots: Vec<Slot>,
@@ -603,9 +607,9 @@ impl IssuerLink {
             terminal_fields,
             stan_field: stan_field(config.spec),
             cfg: config,
-            pending: DashMap::new(),
-            originals: DashMap::new(),
-            timed_out: DashMap::new(),
+            pending: DashMap::default(),
+            originals: DashMap::default(),
+            timed_out: DashMap::default(),
             in_flight: AtomicUsize::new(0),
             // Start somewhere arbitrary so that a restart does not reuse the last STANs.
             next_stan: AtomicU32::new(seed % 999_999),
@@ -1560,9 +1564,9 @@ mod tests {
             terminal_fields: vec![11, 41],
             stan_field: stan_field(ascii),
             cfg: link,
-            pending: DashMap::new(),
-            originals: DashMap::new(),
-            timed_out: DashMap::new(),
+            pending: DashMap::default(),
+            originals: DashMap::default(),
+            timed_out: DashMap::default(),
             in_flight: AtomicUsize::new(0),
             next_stan: AtomicU32::new(999_998),
             slots: Vec::new(),

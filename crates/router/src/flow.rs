@@ -257,7 +257,7 @@ impl<P: IssuerPort> Router<P> {
             .and_then(|b| MessageView::decode(spec, b).ok());
         let mut pair = pair;
         if let Some(a) = &answer {
-            pair.set_response(a, &self.switch.keys);
+            pair.set_response(a);
         }
         let recorded = append_pair(&self.switch, &mut pair, Outcome::FormatError, started).await;
         let answer = match recorded {

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use switchyard_audit::{AuditLog, Outcome, PairRecord, ProtectedMessage, RecordKind, ShortText};
+use switchyard_audit::{
+    payload, AuditLog, Outcome, PairRecord, ProtectedMessage, RecordKind, ShortText,
+};
 use switchyard_iso8583::{wire, MessageBuilder, MessageView, Mti, Spec};
 
 use crate::flow::now_us;
@@ -132,7 +134,7 @@ struct Approval {
 /// walks an insertion-order queue, so each insert costs O(1) amortised (a full scan on every
 /// insert once the map is full would cost the whole map per request).
 struct BoundedMap<K, V> {
-    map: HashMap<K, (V, Instant)>,
+    map: HashMap<K, (V, Instant), foldhash::fast::RandomState>,
     order: VecDeque<(K, Instant)>,
     cap: usize,
     ttl: Duration,
@@ -141,7 +143,7 @@ struct BoundedMap<K, V> {
 impl<K: std::hash::Hash + Eq + Clone, V> BoundedMap<K, V> {
     fn new(cap: usize, ttl: Duration) -> Self {
         BoundedMap {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             cap,
             ttl,
@@ -188,7 +190,7 @@ impl<K: std::hash::Hash + Eq + Clone, V> BoundedMap<K, V> {
 /// fall in it wait.
 struct Sharded<K, V> {
     shards: Box<[Mutex<BoundedMap<K, V>>]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 const SHARDS: usize = 16;
@@ -201,7 +203,7 @@ impl<K: std::hash::Hash + Eq + Clone, V> Sharded<K, V> {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(BoundedMap::new(per_shard, ttl)))
                 .collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
@@ -409,7 +411,7 @@ impl Integrity {
             if r.kind != Some(RecordKind::Pair) {
                 return Ok(());
             }
-            let Ok(pair) = serde_json::from_slice::<PairRecord>(r.payload) else {
+            let Ok(pair) = payload::decode::<PairRecord>(r.seq, r.payload) else {
                 return Ok(());
             };
             if pair.received_us < since {
@@ -481,12 +483,12 @@ pub async fn recover(
     switchyard_audit::for_each_recent(audit_dir, 2, |r| {
         match r.kind {
             Some(RecordKind::InFlight) => {
-                if let Ok(record) = serde_json::from_slice::<InFlightRecord>(r.payload) {
+                if let Ok(record) = payload::decode::<InFlightRecord>(r.seq, r.payload) {
                     in_flight.insert(r.seq, record);
                 }
             }
             Some(RecordKind::Pair) => {
-                if let Ok(pair) = serde_json::from_slice::<PairRecord>(r.payload) {
+                if let Ok(pair) = payload::decode::<PairRecord>(r.seq, r.payload) {
                     paired.extend(pair.inflight_seq);
                 }
             }
@@ -516,7 +518,7 @@ pub async fn recover(
         pair.inflight_seq = Some(seq);
         pair.reversal_id = Some(id);
         pair.answered_us = None;
-        audit.append_json(RecordKind::Pair, &pair).await?;
+        audit.append_record(RecordKind::Pair, &pair).await?;
         tracing::warn!(seq, link = %record.link, "request in flight at the last stop: reversal queued");
     }
     Ok(found)
@@ -543,13 +545,13 @@ mod tests {
         let keys = switchyard_audit::AuditKeys::demo();
         let pair = PairRecord::from_request("terminals", &request, &keys, 1);
         let basis = ReversalBasis::of(&request, Some(4242));
-        let written = serde_json::to_vec(&InFlightRecordRef {
+        let written = payload::encode(&InFlightRecordRef {
             link: "issuer",
             basis: &basis,
             pair: &pair,
         })
         .unwrap();
-        let read: InFlightRecord = serde_json::from_slice(&written).unwrap();
+        let read: InFlightRecord = payload::decode(1, &written).unwrap();
         assert_eq!(read.link, "issuer");
         assert_eq!(read.basis, basis);
         assert_eq!(

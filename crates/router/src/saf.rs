@@ -234,12 +234,7 @@ fn replay_events(
         if r.kind != Some(RecordKind::Saf) {
             return Ok(());
         }
-        let event: SafEvent = serde_json::from_slice(r.payload).map_err(|e| {
-            switchyard_audit::AuditError::Payload {
-                seq: r.seq,
-                reason: e.to_string(),
-            }
-        })?;
+        let event: SafEvent = switchyard_audit::payload::decode(r.seq, r.payload)?;
         apply(&mut entries, event, keep_settled);
         Ok(())
     };
@@ -364,7 +359,7 @@ impl SafQueue {
 
     async fn record(&self, event: &SafEvent) -> switchyard_audit::Result<()> {
         self.journal
-            .append_json(RecordKind::Saf, event)
+            .append_record(RecordKind::Saf, event)
             .await
             .map(|_| ())
     }

@@ -62,7 +62,7 @@ impl AdminState for Switch {
         // The operator's action goes to the audit log as well as the queue's journal.
         self.router
             .audit()
-            .append_json(RecordKind::Operator, &action)
+            .append_record(RecordKind::Operator, &action)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())

@@ -96,10 +96,10 @@ async fn canary_card_data_never_appears_in_any_segment_byte() {
     let keys = keys();
     let req = request();
     let mut pair = PairRecord::from_request("terminals", &req, &keys, 1_795_499_071_000_000);
-    pair.set_response(&response(&req), &keys);
+    pair.set_response(&response(&req));
     pair.outcome = Some(Outcome::Approved);
     pair.issuer = Some("issuer-a".into());
-    log.append_json(RecordKind::Pair, &pair).await.unwrap();
+    log.append_record(RecordKind::Pair, &pair).await.unwrap();
     log.close().unwrap();
 
     let pan_bcd = [0x40u8, 0x00, 0x05, 0x66, 0x55, 0x66, 0x55, 0x56];
@@ -177,4 +177,33 @@ async fn canary_card_data_never_appears_in_any_segment_byte() {
     };
     let queried = query(dir.path(), keys.chain(), stop, &other_pan, |_, _| {});
     assert_eq!(queried.unwrap().matched, 0);
+}
+
+#[tokio::test]
+async fn a_log_whose_payloads_are_json_as_older_versions_wrote_them_queries_the_same() {
+    let dir = crate::disk_dir();
+    let (log, _) = open(small(dir.path()));
+    let keys = keys();
+    let req = request();
+    let mut pair = PairRecord::from_request("terminals", &req, &keys, 1_795_499_071_000_000);
+    pair.set_response(&response(&req));
+    pair.outcome = Some(Outcome::Approved);
+    // One record as this version writes it, one as JSON (the payload format before).
+    log.append_record(RecordKind::Pair, &pair).await.unwrap();
+    let json = serde_json::to_vec(&pair).unwrap();
+    log.append(RecordKind::Pair, json).await.unwrap();
+    log.close().unwrap();
+    let mut found = Vec::new();
+    let queried = query(
+        dir.path(),
+        keys.chain(),
+        OnDamage::Stop,
+        &Filter::default(),
+        |seq, r| found.push((seq, r)),
+    );
+    assert_eq!(queried.unwrap().matched, 2);
+    assert_eq!(found[0].1, pair);
+    assert_eq!(found[1].1, pair);
+    let verified = switchyard_audit::verify(dir.path(), keys.chain()).unwrap();
+    assert_eq!(verified.records, 2);
 }

@@ -76,7 +76,7 @@ async fn forward_recorded<P: IssuerPort>(
                 basis: &basis,
                 pair,
             };
-            match audit.append_json(RecordKind::InFlight, &record).await {
+            match audit.append_record(RecordKind::InFlight, &record).await {
                 Ok(seq) => {
                     *recorded_ref.lock().unwrap_or_else(|p| p.into_inner()) = Some((seq, basis));
                     true
@@ -125,7 +125,7 @@ mod tests {
         let mut found = None;
         switchyard_audit::for_each_recent(f.switch.audit.dir(), 1, |r| {
             if r.seq == seq {
-                found = serde_json::from_slice::<InFlightRecord>(r.payload).ok();
+                found = switchyard_audit::payload::decode::<InFlightRecord>(r.seq, r.payload).ok();
             }
             Ok(())
         })

@@ -21,7 +21,7 @@ impl<P: IssuerPort> Stage<P> for RecordPair {
             return Step::Continue(());
         };
         if let Some(response) = &answer.response {
-            tx.pair.set_response(response, &switch.keys);
+            tx.pair.set_response(response);
         }
         tx.recorded = append_pair(switch, &mut tx.pair, answer.outcome, tx.started).await;
         if tx.recorded {
@@ -63,7 +63,7 @@ pub(crate) async fn append_pair<P>(
     pair.answered_us = Some(now_us());
     pair.latency_us = Some(started.elapsed().as_micros() as u64);
     pair.outcome = Some(outcome);
-    let payload = match switchyard_audit::log::to_json(pair) {
+    let payload = match switchyard_audit::payload::encode(pair) {
         Ok(p) => p,
         Err(error) => {
             tracing::error!(%error, "audit record does not serialise");
