@@ -103,7 +103,11 @@ fn request(spec: &'static Spec, stan: u64) -> MessageView<'static> {
         .unwrap()
         .set(49, "826")
         .unwrap();
-    MessageView::decode(spec, b.encode()).unwrap()
+    // As the terminal reader hands a frame over: a slice split off its read buffer (its
+    // clones share that buffer; a `Bytes` made from a `Vec` would allocate at its first
+    // clone, which the switch's frames never do).
+    let mut read = bytes::BytesMut::from(&b.encode()[..]);
+    MessageView::decode(spec, read.split().freeze()).unwrap()
 }
 
 fn main() -> std::process::ExitCode {

@@ -128,9 +128,82 @@ impl PanKey {
         Ok(PanKey(hmac::Key::new(hmac::HMAC_SHA256, &key)))
     }
 
-    /// The keyed hash of a PAN, as 64 lower-case hex characters.
-    pub fn hash(&self, pan: &[u8]) -> String {
-        hex(hmac::sign(&self.0, pan).as_ref())
+    /// The keyed hash of a PAN.
+    pub fn hash(&self, pan: &[u8]) -> PanHash {
+        PanHash::of(hmac::sign(&self.0, pan).as_ref())
+    }
+}
+
+/// A PAN's keyed hash (HMAC-SHA256 under the PAN key) as 64 lower-case hex characters,
+/// inline: every pair record with a card has one, and as a `String` it was an allocation per
+/// transaction. Written and read as a string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PanHash([u8; 64]);
+
+impl PanHash {
+    fn of(digest: &[u8]) -> PanHash {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [b'0'; 64];
+        for (pair, &b) in text.chunks_exact_mut(2).zip(digest) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 15)];
+        }
+        PanHash(text)
+    }
+
+    /// A hash from its text: 64 hex digits (either case, kept lower-case).
+    pub fn parse(text: &str) -> Option<PanHash> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        let mut hash = [0u8; 64];
+        hash.copy_from_slice(bytes);
+        hash.make_ascii_lowercase();
+        Some(PanHash(hash))
+    }
+
+    /// The 64 hex digits.
+    pub fn as_str(&self) -> &str {
+        // Hex digits only, by construction.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for PanHash {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for PanHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for PanHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PanHash({})", self.as_str())
+    }
+}
+
+impl serde::Serialize for PanHash {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PanHash {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        PanHash::parse(&text).ok_or_else(|| serde::de::Error::custom("a PAN hash is 64 hex digits"))
     }
 }
 
@@ -174,8 +247,8 @@ impl AuditKeys {
         self.demo
     }
 
-    /// The keyed hash of a PAN, as 64 lower-case hex characters.
-    pub fn pan_hash(&self, pan: &[u8]) -> String {
+    /// The keyed hash of a PAN.
+    pub fn pan_hash(&self, pan: &[u8]) -> PanHash {
         self.pan.hash(pan)
     }
 
@@ -237,6 +310,21 @@ mod tests {
         let same = AuditKeys::load(&KeySource::File(chain.clone()), &KeySource::File(chain));
         assert!(same.is_err(), "chain and PAN keys must differ");
         assert!(AuditKeys::demo().is_demo());
+    }
+
+    #[test]
+    fn pan_hashes_are_64_hex_digits_written_and_read_as_text() {
+        let hash = AuditKeys::demo().pan_hash(b"4761739001010119");
+        assert_eq!(hash.len(), 64);
+        assert!(hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_eq!(PanHash::parse(&hash.to_ascii_uppercase()), Some(hash));
+        assert_eq!(PanHash::parse(&hash[..63]), None);
+        let json = serde_json::to_string(&hash).unwrap();
+        assert_eq!(json, format!("\"{hash}\""));
+        assert_eq!(serde_json::from_str::<PanHash>(&json).unwrap(), hash);
+        assert!(serde_json::from_str::<PanHash>("\"not a hash\"").is_err());
     }
 
     #[test]

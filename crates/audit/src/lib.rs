@@ -28,7 +28,7 @@ pub mod record;
 
 pub use error::{AuditError, Result};
 pub use format::RecordKind;
-pub use keys::{AuditKeys, ChainKey, KeySource, PanKey, DEMO_WARNING};
+pub use keys::{AuditKeys, ChainKey, KeySource, PanHash, PanKey, DEMO_WARNING};
 pub use log::{AuditConfig, AuditLog, AuditStats, BatchObserver, Recovery};
 pub use query::{query, report, Filter, QueryReport, Report, ReportRow, Totals};
 pub use reader::{

@@ -172,6 +172,38 @@ struct Shared {
     failed: AtomicBool,
     failure: Mutex<Option<String>>,
     stats: AuditStats,
+    payloads: Arc<PayloadPool>,
+}
+
+/// Payload buffers written and given back for the next records: every transaction writes
+/// two payloads, and a buffer allocated by a runtime thread and freed by the writer or the
+/// acker was two allocations per transaction, each freed on another thread than it was
+/// made on. Bounded in count and in the size of a buffer it keeps.
+#[derive(Default)]
+struct PayloadPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers the pool keeps at most (about a queue's worth of pair records), and the largest
+/// one it keeps.
+const POOLED_PAYLOADS: usize = 4096;
+const POOLED_PAYLOAD_BYTES: usize = 4 * crate::payload::PAYLOAD_CAPACITY;
+
+impl PayloadPool {
+    fn take(&self) -> Vec<u8> {
+        let free = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        free.unwrap_or_else(|| Vec::with_capacity(crate::payload::PAYLOAD_CAPACITY))
+    }
+
+    fn give(&self, spent: &mut Vec<Vec<u8>>) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        for mut payload in spent.drain(..) {
+            if free.len() < POOLED_PAYLOADS && payload.capacity() <= POOLED_PAYLOAD_BYTES {
+                payload.clear();
+                free.push(payload);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -238,6 +270,7 @@ impl AuditLog {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             stats: AuditStats::default(),
+            payloads: Arc::default(),
         });
         shared
             .stats
@@ -326,6 +359,14 @@ impl AuditLog {
         sender.send(command).map_err(|_| AuditError::Closed)
     }
 
+    /// The [`payload`](crate::payload) of `record`, in a buffer the log gives back for
+    /// another record once this one is written.
+    pub fn encode<T: serde::Serialize + ?Sized>(&self, record: &T) -> Result<Vec<u8>> {
+        let mut payload = self.shared.payloads.take();
+        crate::payload::encode_into(record, &mut payload)?;
+        Ok(payload)
+    }
+
     /// Append a record (its [`payload`](crate::payload) encoding) and wait until it is
     /// durable.
     pub async fn append_record<T: serde::Serialize>(
@@ -333,7 +374,7 @@ impl AuditLog {
         kind: RecordKind,
         record: &T,
     ) -> Result<u64> {
-        let payload = crate::payload::encode(record)?;
+        let payload = self.encode(record)?;
         self.append(kind, payload).await
     }
 
@@ -507,7 +548,7 @@ pub(crate) const SPARE_NAME: &str = "audit-next.seg.tmp";
 /// wake).
 const ACK_HANDOFF: usize = 8;
 
-/// A durable batch handed to the acker: its waiters, and its payloads to free.
+/// A durable batch handed to the acker: its waiters, and its payloads to give back.
 struct Handoff {
     acks: Vec<(Ack, u64)>,
     spent: Vec<Vec<u8>>,
@@ -522,16 +563,16 @@ struct Acker {
 }
 
 impl Acker {
-    fn start() -> Option<Acker> {
+    fn start(payloads: Arc<PayloadPool>) -> Option<Acker> {
         let (tx, rx) = mpsc::channel::<Handoff>();
         let thread = std::thread::Builder::new()
             .name("audit-acker".into())
             .spawn(move || {
-                for handoff in rx {
+                for mut handoff in rx {
                     for (done, seq) in handoff.acks {
                         let _ = done.send(Ok(seq));
                     }
-                    drop(handoff.spent);
+                    payloads.give(&mut handoff.spent);
                 }
             })
             .ok()?;
@@ -642,8 +683,10 @@ struct Writer {
     buf: Vec<u8>,
     records_at: usize,
     direct: DirectWrites,
-    /// The waiters of the batch being committed.
+    /// The waiters of the batch being committed, and its payloads (kept, like their
+    /// capacity, from batch to batch).
     acks: Vec<(Ack, u64)>,
+    spent: Vec<Vec<u8>>,
     /// Answers large batches (started with the first one).
     acker: Option<Acker>,
     /// Running totals for the stats.
@@ -820,6 +863,7 @@ impl Writer {
             records_at: 0,
             direct,
             acks: Vec::new(),
+            spent: Vec::new(),
             acker: None,
             config,
             keys,
@@ -945,9 +989,9 @@ impl Writer {
         let mut acks = std::mem::take(&mut self.acks);
         let handoff = batch.len() > ACK_HANDOFF;
         if handoff && self.acker.is_none() {
-            self.acker = Acker::start();
+            self.acker = Acker::start(shared.payloads.clone());
         }
-        let mut spent = Vec::with_capacity(if handoff { batch.len() } else { 0 });
+        let mut spent = std::mem::take(&mut self.spent);
         let mut records = 0u64;
         let mut result = Ok(());
         for command in batch.drain(..) {
@@ -966,9 +1010,7 @@ impl Writer {
                     if let Some(done) = done {
                         acks.push((done, self.next_seq - 1));
                     }
-                    if handoff {
-                        spent.push(payload);
-                    }
+                    spent.push(payload);
                 }
                 Command::Flush(done) => acks.push((done, self.next_seq - 1)),
             }
@@ -996,13 +1038,15 @@ impl Writer {
                         .tx
                         .send(Handoff { acks, spent })
                         .err()
-                        .map(|mpsc::SendError(h)| h.acks),
-                    _ => Some(acks),
+                        .map(|mpsc::SendError(h)| (h.acks, h.spent)),
+                    _ => Some((acks, spent)),
                 };
-                if let Some(mut acks) = unsent {
+                if let Some((mut acks, mut spent)) = unsent {
                     for (done, seq) in acks.drain(..) {
                         let _ = done.send(Ok(seq));
                     }
+                    shared.payloads.give(&mut spent);
+                    self.spent = spent;
                     // Kept for the next batch: its capacity is one allocation less per batch.
                     self.acks = acks;
                 }

@@ -12,16 +12,22 @@ use serde::{Deserialize, Serialize};
 use crate::error::{AuditError, Result};
 
 /// Room for a pair record (a few hundred bytes of protected texts and identifiers): one
-/// allocation per payload.
-const PAYLOAD_CAPACITY: usize = 1024;
+/// allocation per payload, none when the buffer is a recycled one (see
+/// [`crate::AuditLog::encode`]).
+pub(crate) const PAYLOAD_CAPACITY: usize = 1024;
 
 /// The payload of `record`.
 pub fn encode<T: Serialize + ?Sized>(record: &T) -> Result<Vec<u8>> {
     let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
-    record
-        .serialize(&mut rmp_serde::Serializer::new(&mut payload).with_struct_map())
-        .map_err(|e| AuditError::Config(format!("record does not serialise: {e}")))?;
+    encode_into(record, &mut payload)?;
     Ok(payload)
+}
+
+/// The payload of `record`, appended to `payload`.
+pub fn encode_into<T: Serialize + ?Sized>(record: &T, payload: &mut Vec<u8>) -> Result<()> {
+    record
+        .serialize(&mut rmp_serde::Serializer::new(payload).with_struct_map())
+        .map_err(|e| AuditError::Config(format!("record does not serialise: {e}")))
 }
 
 /// The record in payload `payload` of record `seq`, MessagePack or (older logs) JSON.

@@ -32,7 +32,7 @@ pub struct Filter {
     /// Received before.
     pub to_us: Option<i64>,
     /// The PAN's keyed hash (see [`crate::AuditKeys::pan_hash`]).
-    pub pan_hash: Option<String>,
+    pub pan_hash: Option<crate::keys::PanHash>,
 }
 
 impl Filter {

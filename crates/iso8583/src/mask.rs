@@ -19,14 +19,20 @@ pub const REDACTED: &str = "[REDACTED]";
 /// Mask a PAN as first 6 + last 4. A PAN shorter than 13 digits (or not all digits) is
 /// hidden entirely: 6 + 4 of it would show too much.
 pub fn mask_pan(pan: &[u8]) -> String {
+    let mut out = String::with_capacity(pan.len().max(REDACTED.len()));
+    push_masked_pan(&mut out, pan);
+    out
+}
+
+/// [`mask_pan`], appended to `out` (the audit log masks into a message's one text buffer).
+pub fn push_masked_pan(out: &mut String, pan: &[u8]) {
     if pan.len() < 13 || !pan.iter().all(u8::is_ascii_digit) {
-        return REDACTED.to_string();
+        out.push_str(REDACTED);
+        return;
     }
-    let mut out = String::with_capacity(pan.len());
     out.extend(pan[..6].iter().map(|&b| char::from(b)));
     out.extend(std::iter::repeat_n('*', pan.len() - 10));
     out.extend(pan[pan.len() - 4..].iter().map(|&b| char::from(b)));
-    out
 }
 
 /// EMV data as hex with the values of [`tlv::SENSITIVE_TAGS`] starred out, recursing into

@@ -116,7 +116,8 @@ pub enum SafEvent {
         link: String,
         reason: String,
         created_us: i64,
-        basis: ReversalBasis,
+        /// Boxed: a basis keeps its fields' ends inline, several times the other events' size.
+        basis: Box<ReversalBasis>,
         /// The audit record of the request in flight this reverses, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         inflight_seq: Option<u64>,
@@ -266,7 +267,7 @@ fn apply(entries: &mut BTreeMap<u64, SafEntry>, event: SafEvent, keep_settled: b
                     attempts: 0,
                     state: EntryState::Pending,
                     last_result: None,
-                    basis,
+                    basis: *basis,
                     inflight_seq,
                     first_mti,
                 },
@@ -391,7 +392,7 @@ impl SafQueue {
             link: link.to_string(),
             reason: reason.to_string(),
             created_us: now_us(),
-            basis,
+            basis: Box::new(basis),
             inflight_seq,
             first_mti,
         };
@@ -628,7 +629,7 @@ mod tests {
             link: "issuer".into(),
             reason: "timeout".into(),
             created_us: 1,
-            basis: basis.clone(),
+            basis: Box::new(basis.clone()),
             inflight_seq: Some(3),
             first_mti: None,
         };

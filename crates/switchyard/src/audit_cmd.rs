@@ -406,7 +406,10 @@ fn query_row(seq: u64, r: &PairRecord, reversals: &Reversals) -> [String; 15] {
         r.outcome.map(|o| o.name().to_string()).unwrap_or_default(),
         opt(r.issuer.as_deref()),
         opt(r.route.as_deref()),
-        r.pan.as_ref().map(|p| p.masked.clone()).unwrap_or_default(),
+        r.pan
+            .as_ref()
+            .map(|p| p.masked.to_string())
+            .unwrap_or_default(),
         reversal_text(r, reversals),
     ]
 }

@@ -207,3 +207,31 @@ async fn a_log_whose_payloads_are_json_as_older_versions_wrote_them_queries_the_
     let verified = switchyard_audit::verify(dir.path(), keys.chain()).unwrap();
     assert_eq!(verified.records, 2);
 }
+
+#[tokio::test]
+async fn records_written_from_recycled_payload_buffers_read_back_whole() {
+    let dir = crate::disk_dir();
+    let (log, _) = open(small(dir.path()));
+    let keys = keys();
+    let req = request();
+    let mut written = Vec::new();
+    for i in 0..50u64 {
+        let mut pair = PairRecord::from_request("terminals", &req, &keys, 1_795_499_071_000_000);
+        pair.amount = Some(i);
+        // Every fifth one long, so that buffers of several sizes go round.
+        if i % 5 == 0 {
+            pair.rules = vec!["r".repeat(3000)];
+        }
+        let payload = log.encode(&pair).unwrap();
+        log.append(RecordKind::Pair, payload).await.unwrap();
+        written.push(pair);
+    }
+    log.close().unwrap();
+    let mut read = Vec::new();
+    let filter = Filter::default();
+    query(dir.path(), keys.chain(), OnDamage::Stop, &filter, |_, r| {
+        read.push(r)
+    })
+    .unwrap();
+    assert_eq!(read, written);
+}

@@ -63,7 +63,7 @@ pub(crate) async fn append_pair<P>(
     pair.answered_us = Some(now_us());
     pair.latency_us = Some(started.elapsed().as_micros() as u64);
     pair.outcome = Some(outcome);
-    let payload = match switchyard_audit::payload::encode(pair) {
+    let payload = match switch.audit.encode(pair) {
         Ok(p) => p,
         Err(error) => {
             tracing::error!(%error, "audit record does not serialise");
