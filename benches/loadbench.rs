@@ -1,6 +1,7 @@
 //! The load benchmark: the same workloads against a simulated issuer directly (the floor)
-//! and through the switch (durable audit, fire-and-forget audit, TLS on both sides), side by
-//! side in one run on one machine, with the switch's CPU and memory.
+//! and through the switch (durable audit with integrity on, fire-and-forget audit with
+//! integrity off, durable with TLS on both sides), side by side in one run on one machine,
+//! with the switch's CPU per transaction against the issuer simulator's, and its memory.
 //!
 //! The issuer and the switch are real processes (`switchyard sim issuer`, `switchyard run`);
 //! the terminals are this process (`switchyard_sim`, latency in an HdrHistogram, open loop
