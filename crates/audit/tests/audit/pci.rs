@@ -89,15 +89,21 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// The canary request and its approval, as the switch records them.
+fn approved_pair(keys: &switchyard_audit::AuditKeys) -> PairRecord {
+    let req = request();
+    let mut pair = PairRecord::from_request("terminals", &req, keys, 1_795_499_071_000_000);
+    pair.set_response(&response(&req));
+    pair.outcome = Some(Outcome::Approved);
+    pair
+}
+
 #[tokio::test]
 async fn canary_card_data_never_appears_in_any_segment_byte() {
     let dir = crate::disk_dir();
     let (log, _) = open(small(dir.path()));
     let keys = keys();
-    let req = request();
-    let mut pair = PairRecord::from_request("terminals", &req, &keys, 1_795_499_071_000_000);
-    pair.set_response(&response(&req));
-    pair.outcome = Some(Outcome::Approved);
+    let mut pair = approved_pair(&keys);
     pair.issuer = Some("issuer-a".into());
     log.append_record(RecordKind::Pair, &pair).await.unwrap();
     log.close().unwrap();
@@ -184,10 +190,7 @@ async fn a_log_whose_payloads_are_json_as_older_versions_wrote_them_queries_the_
     let dir = crate::disk_dir();
     let (log, _) = open(small(dir.path()));
     let keys = keys();
-    let req = request();
-    let mut pair = PairRecord::from_request("terminals", &req, &keys, 1_795_499_071_000_000);
-    pair.set_response(&response(&req));
-    pair.outcome = Some(Outcome::Approved);
+    let pair = approved_pair(&keys);
     // One record as this version writes it, one as JSON (the payload format before).
     log.append_record(RecordKind::Pair, &pair).await.unwrap();
     let json = serde_json::to_vec(&pair).unwrap();
@@ -213,10 +216,9 @@ async fn records_written_from_recycled_payload_buffers_read_back_whole() {
     let dir = crate::disk_dir();
     let (log, _) = open(small(dir.path()));
     let keys = keys();
-    let req = request();
     let mut written = Vec::new();
     for i in 0..50u64 {
-        let mut pair = PairRecord::from_request("terminals", &req, &keys, 1_795_499_071_000_000);
+        let mut pair = approved_pair(&keys);
         pair.amount = Some(i);
         // Every fifth one long, so that buffers of several sizes go round.
         if i % 5 == 0 {
