@@ -25,6 +25,7 @@ pub mod payload;
 pub mod query;
 pub mod reader;
 pub mod record;
+mod waiter;
 
 pub use error::{AuditError, Result};
 pub use format::RecordKind;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::sync::mpsc;
 
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{AuditError, Result};
 use crate::format::{
@@ -155,7 +155,7 @@ impl AuditStats {
     }
 }
 
-type Ack = oneshot::Sender<Result<u64>>;
+use crate::waiter::{Ack, WaiterPool};
 
 enum Command {
     Append {
@@ -173,6 +173,7 @@ struct Shared {
     failure: Mutex<Option<String>>,
     stats: AuditStats,
     payloads: Arc<PayloadPool>,
+    waiters: Arc<WaiterPool>,
 }
 
 /// Payload buffers written and given back for the next records: every transaction writes
@@ -271,6 +272,7 @@ impl AuditLog {
             failure: Mutex::new(None),
             stats: AuditStats::default(),
             payloads: Arc::default(),
+            waiters: Arc::default(),
         });
         shared
             .stats
@@ -325,7 +327,7 @@ impl AuditLog {
             .acquire_owned()
             .await
             .map_err(|_| AuditError::Closed)?;
-        let (done, durable) = oneshot::channel();
+        let (done, durable) = self.shared.waiters.pair();
         let command = Command::Append {
             kind,
             digest: format::digest(&payload),
@@ -336,7 +338,7 @@ impl AuditLog {
         self.sender()?
             .send(command)
             .map_err(|_| AuditError::Closed)?;
-        durable.await.map_err(|_| AuditError::Closed)?
+        durable.await
     }
 
     /// Append a record without waiting for it (fire and forget). Fails at once when the log
@@ -380,11 +382,11 @@ impl AuditLog {
 
     /// Wait until every record queued before this call is durable; the last sequence number.
     pub async fn flush(&self) -> Result<u64> {
-        let (done, durable) = oneshot::channel();
+        let (done, durable) = self.shared.waiters.pair();
         self.sender()?
             .send(Command::Flush(done))
             .map_err(|_| AuditError::Closed)?;
-        durable.await.map_err(|_| AuditError::Closed)?
+        durable.await
     }
 
     /// Stop accepting records, write and sync what is queued, and stop the writer thread.
@@ -570,7 +572,7 @@ impl Acker {
             .spawn(move || {
                 for mut handoff in rx {
                     for (done, seq) in handoff.acks {
-                        let _ = done.send(Ok(seq));
+                        done.send(Ok(seq));
                     }
                     payloads.give(&mut handoff.spent);
                 }
@@ -1043,7 +1045,7 @@ impl Writer {
                 };
                 if let Some((mut acks, mut spent)) = unsent {
                     for (done, seq) in acks.drain(..) {
-                        let _ = done.send(Ok(seq));
+                        done.send(Ok(seq));
                     }
                     shared.payloads.give(&mut spent);
                     self.spent = spent;
@@ -1059,7 +1061,7 @@ impl Writer {
                 *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
                 shared.failed.store(true, Ordering::Release);
                 for (done, _) in acks {
-                    let _ = done.send(Err(AuditError::Failed(reason.clone())));
+                    done.send(Err(AuditError::Failed(reason.clone())));
                 }
                 return;
             }
@@ -1192,9 +1194,7 @@ fn reply(command: Command, result: Result<u64>) {
         Command::Append {
             done: Some(done), ..
         }
-        | Command::Flush(done) => {
-            let _ = done.send(result);
-        }
+        | Command::Flush(done) => done.send(result),
         Command::Append { done: None, .. } => {}
     }
 }
