@@ -1,0 +1,48 @@
+//! The security module's one error type. No variant carries a key, a PIN or a PIN block.
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HsmError {
+    /// A key of the wrong length for its algorithm.
+    #[error("{algorithm} key of {len} bytes (expected {expected})")]
+    KeyLength {
+        /// The algorithm.
+        algorithm: &'static str,
+        /// The length given.
+        len: usize,
+        /// The lengths it takes.
+        expected: &'static str,
+    },
+    /// Not hexadecimal, at this offset.
+    #[error("not hexadecimal at offset {at}")]
+    Hex {
+        /// Offset of the bad digit (or the length, when odd).
+        at: usize,
+    },
+    /// A PIN that is not 4 to 12 decimal digits.
+    #[error("PIN of {len} characters: 4 to 12 decimal digits")]
+    Pin {
+        /// Its length.
+        len: usize,
+    },
+    /// A PAN the PIN block format cannot use (it needs 13 to 19 digits).
+    #[error("PAN of {len} characters: 13 to 19 decimal digits")]
+    Pan {
+        /// Its length.
+        len: usize,
+    },
+    /// A decrypted PIN block that is not a valid block of its format.
+    #[error("PIN block is not a valid format {format} block: {reason}")]
+    PinBlock {
+        /// The ISO 9564-1 format expected.
+        format: u8,
+        /// What is wrong (never the block's digits).
+        reason: &'static str,
+    },
+    /// A key serial number of the wrong length or with an exhausted counter.
+    #[error("key serial number: {0}")]
+    Ksn(&'static str),
+}
+
+/// Results of this crate.
+pub type Result<T> = std::result::Result<T, HsmError>;
