@@ -1,7 +1,7 @@
 //! `switchyard-hsm`: the cryptography an acquirer switch needs for card security, as a
 //! software security module: TDES keys and their check values, ANSI X9.24-1 TDES DUKPT key
 //! derivation, ISO 9564-1 PIN blocks (formats 0, 1 and 3) and their translation from one key
-//! to another, and AES-CMAC. Primitives come from RustCrypto (`des`, `aes`, `cmac`); every
+//! to another, ISO 9797-1 MACs (algorithms 1 and 3) and AES-CMAC. Primitives come from RustCrypto (`des`, `aes`, `cmac`); every
 //! key and clear PIN buffer is zeroised when dropped (`zeroize`), and no key, PIN or PIN
 //! block is ever put in an error or a `Debug` output.
 //!
@@ -12,7 +12,7 @@
 //! - [`tdes`]: [`TdesKey`], block encryption, key check values.
 //! - [`dukpt`]: TDES DUKPT (initial key, transaction keys, the PIN variant).
 //! - [`pin`]: ISO 9564-1 PIN blocks and [`pin::translate`].
-//! - [`mac`]: AES-CMAC (RFC 4493).
+//! - [`mac`]: ISO 9797-1 algorithms 1 and 3 (X9.9, X9.19), AES-CMAC (RFC 4493).
 
 #![forbid(unsafe_code)]
 

@@ -78,10 +78,18 @@ impl std::fmt::Debug for TdesKey {
     }
 }
 
-/// Single-DES encryption of one block under an 8-byte key (DUKPT's key generation uses it).
+/// Single-DES encryption of one block under an 8-byte key (DUKPT's key generation and the
+/// retail MAC use it).
 pub(crate) fn des_encrypt(key: &[u8; 8], block: &mut [u8; 8]) {
     if let Ok(c) = Des::new_from_slice(key) {
         c.encrypt_block(GenericArray::from_mut_slice(block));
+    }
+}
+
+/// Single-DES decryption of one block under an 8-byte key.
+pub(crate) fn des_decrypt(key: &[u8; 8], block: &mut [u8; 8]) {
+    if let Ok(c) = Des::new_from_slice(key) {
+        c.decrypt_block(GenericArray::from_mut_slice(block));
     }
 }
 
