@@ -8,7 +8,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 use crate::error::{HsmError, Result};
 
 /// A TDES key: 16 bytes (K1 K2, two-key) or 24 (K1 K2 K3). Zeroised on drop; its `Debug`
-/// shows only its check value.
+/// shows only its check value. The ciphers are made from fixed-size slices of it, so that
+/// no length check can fail at use and leave a block unencrypted.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct TdesKey {
     bytes: [u8; 24],
@@ -42,12 +43,8 @@ impl TdesKey {
     pub fn encrypt_block(&self, block: &mut [u8; 8]) {
         let b = GenericArray::from_mut_slice(block);
         match self.len {
-            16 => TdesEde2::new_from_slice(self.bytes())
-                .map(|c| c.encrypt_block(b))
-                .unwrap_or(()),
-            _ => TdesEde3::new_from_slice(self.bytes())
-                .map(|c| c.encrypt_block(b))
-                .unwrap_or(()),
+            16 => TdesEde2::new(GenericArray::from_slice(&self.bytes[..16])).encrypt_block(b),
+            _ => TdesEde3::new(GenericArray::from_slice(&self.bytes)).encrypt_block(b),
         }
     }
 
@@ -55,12 +52,8 @@ impl TdesKey {
     pub fn decrypt_block(&self, block: &mut [u8; 8]) {
         let b = GenericArray::from_mut_slice(block);
         match self.len {
-            16 => TdesEde2::new_from_slice(self.bytes())
-                .map(|c| c.decrypt_block(b))
-                .unwrap_or(()),
-            _ => TdesEde3::new_from_slice(self.bytes())
-                .map(|c| c.decrypt_block(b))
-                .unwrap_or(()),
+            16 => TdesEde2::new(GenericArray::from_slice(&self.bytes[..16])).decrypt_block(b),
+            _ => TdesEde3::new(GenericArray::from_slice(&self.bytes)).decrypt_block(b),
         }
     }
 
@@ -81,16 +74,12 @@ impl std::fmt::Debug for TdesKey {
 /// Single-DES encryption of one block under an 8-byte key (DUKPT's key generation and the
 /// retail MAC use it).
 pub(crate) fn des_encrypt(key: &[u8; 8], block: &mut [u8; 8]) {
-    if let Ok(c) = Des::new_from_slice(key) {
-        c.encrypt_block(GenericArray::from_mut_slice(block));
-    }
+    Des::new(GenericArray::from_slice(key)).encrypt_block(GenericArray::from_mut_slice(block));
 }
 
 /// Single-DES decryption of one block under an 8-byte key.
 pub(crate) fn des_decrypt(key: &[u8; 8], block: &mut [u8; 8]) {
-    if let Ok(c) = Des::new_from_slice(key) {
-        c.decrypt_block(GenericArray::from_mut_slice(block));
-    }
+    Des::new(GenericArray::from_slice(key)).decrypt_block(GenericArray::from_mut_slice(block));
 }
 
 #[cfg(test)]
