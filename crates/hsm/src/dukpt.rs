@@ -15,6 +15,10 @@ const KEY_MASK: [u8; 16] = [
 ];
 /// The PIN encryption variant of a transaction key.
 const PIN_VARIANT: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF];
+/// The MAC variant for requests (the device generates, the host verifies).
+const MAC_REQUEST_VARIANT: [u8; 16] = [0, 0, 0, 0, 0, 0, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0];
+/// The MAC variant for responses (the host generates, the device verifies).
+const MAC_RESPONSE_VARIANT: [u8; 16] = [0, 0, 0, 0, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0, 0, 0];
 /// The transaction counter's bits in the key serial number's last 8 bytes.
 const COUNTER_BITS: u64 = 0x1F_FFFF;
 
@@ -85,11 +89,22 @@ pub fn transaction_key(ipek: &TdesKey, ksn: &[u8]) -> Result<TdesKey> {
 
 /// The PIN encryption key of a transaction key.
 pub fn pin_key(transaction_key: &TdesKey) -> Result<TdesKey> {
+    variant(transaction_key, PIN_VARIANT)
+}
+
+/// The request MAC key of a transaction key (the device's MAC on its requests).
+pub fn mac_request_key(transaction_key: &TdesKey) -> Result<TdesKey> {
+    variant(transaction_key, MAC_REQUEST_VARIANT)
+}
+
+/// The response MAC key of a transaction key (the host's MAC on its answers).
+pub fn mac_response_key(transaction_key: &TdesKey) -> Result<TdesKey> {
+    variant(transaction_key, MAC_RESPONSE_VARIANT)
+}
+
+fn variant(transaction_key: &TdesKey, mask: [u8; 16]) -> Result<TdesKey> {
     let mut key = [0u8; 16];
-    for (k, (t, v)) in key
-        .iter_mut()
-        .zip(transaction_key.bytes().iter().zip(PIN_VARIANT))
-    {
+    for (k, (t, v)) in key.iter_mut().zip(transaction_key.bytes().iter().zip(mask)) {
         *k = t ^ v;
     }
     let pin = TdesKey::new(&key);
@@ -181,6 +196,18 @@ mod tests {
             pin.encrypt_block(&mut block);
             assert_eq!(to_hex(&block), encrypted, "counter {counter}");
         }
+    }
+
+    /// The MAC variants of the first transaction key: its bytes with 0xFF in byte 6 and 14
+    /// (request) or 4 and 12 (response), X9.24-1 annex A.
+    #[test]
+    fn mac_variants_of_the_first_transaction_key() {
+        let ksn = from_hex("FFFF9876543210E00001").unwrap();
+        let key = transaction_key(&initial_key(&bdk(), &ksn).unwrap(), &ksn).unwrap();
+        let request = mac_request_key(&key).unwrap();
+        assert_eq!(to_hex(request.bytes()), "042666B4918430A368DE9628D03984C9");
+        let response = mac_response_key(&key).unwrap();
+        assert_eq!(to_hex(response.bytes()), "042666B46E84CFA368DE96282F397BC9");
     }
 
     #[test]

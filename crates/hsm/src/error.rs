@@ -39,6 +39,18 @@ pub enum HsmError {
         /// What is wrong (never the block's digits).
         reason: &'static str,
     },
+    /// A key of one algorithm where another is needed (a TDES key for PIN block format 4).
+    #[error("the {role} must be a {needs} key")]
+    WrongAlgorithm {
+        /// What the key was for.
+        role: &'static str,
+        /// The algorithm it needs.
+        needs: &'static str,
+    },
+    /// A key block or wrapped key that fails its check (MAC, length, header), or a check
+    /// value that does not match. Never the key.
+    #[error("key block: {0}")]
+    KeyBlock(String),
     /// A key serial number of the wrong length or with an exhausted counter.
     #[error("key serial number: {0}")]
     Ksn(&'static str),

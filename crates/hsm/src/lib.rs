@@ -16,13 +16,19 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aes_key;
 pub mod dukpt;
+pub mod dukpt_aes;
 pub mod error;
+pub mod key;
 pub mod mac;
 pub mod pin;
 pub mod tdes;
+pub mod wrap;
 
+pub use aes_key::AesKey;
 pub use error::{HsmError, Result};
+pub use key::{Algorithm, Key};
 pub use tdes::TdesKey;
 
 /// Hex digits of `text` as bytes (for keys and vectors given as hex).

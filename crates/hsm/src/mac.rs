@@ -100,6 +100,26 @@ pub fn same_mac(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
+/// The 8-byte TDES-CMAC (NIST SP 800-38B) of `message` under a 16- or 24-byte key (TR-31
+/// version B uses it for its key derivation and its MAC).
+pub fn tdes_cmac(key: &[u8], message: &[u8]) -> Result<[u8; 8]> {
+    fn run<M: Mac + cmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> Option<[u8; 8]> {
+        let mut mac = <M as cmac::digest::KeyInit>::new_from_slice(key).ok()?;
+        mac.update(message);
+        mac.finalize().into_bytes().as_slice().try_into().ok()
+    }
+    let tag = match key.len() {
+        16 => run::<Cmac<des::TdesEde2>>(key, message),
+        24 => run::<Cmac<des::TdesEde3>>(key, message),
+        _ => None,
+    };
+    tag.ok_or(HsmError::KeyLength {
+        algorithm: "TDES",
+        len: key.len(),
+        expected: "16 or 24",
+    })
+}
+
 /// The 16-byte AES-CMAC of `message` under `key`.
 pub fn aes_cmac(key: &[u8], message: &[u8]) -> Result<[u8; 16]> {
     fn run<M: Mac + cmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> Option<[u8; 16]> {
