@@ -51,6 +51,26 @@ pub enum HsmError {
     /// value that does not match. Never the key.
     #[error("key block: {0}")]
     KeyBlock(String),
+    /// No key of this id in the module.
+    #[error("no key {0:?} in the security module")]
+    UnknownKey(String),
+    /// A key used for what its usage does not allow (key separation).
+    #[error("key {id:?} is a {usage} key; this operation needs a {needs} key")]
+    Usage {
+        /// The key's id.
+        id: String,
+        /// Its usage.
+        usage: &'static str,
+        /// What the operation takes.
+        needs: &'static str,
+    },
+    /// The key store or master key could not be read or written (path, line and why; never
+    /// a key).
+    #[error("key store: {0}")]
+    Store(String),
+    /// A hardware module's client failed: connection, timeout or an error code.
+    #[error("security module: {0}")]
+    Module(String),
     /// A key serial number of the wrong length or with an exhausted counter.
     #[error("key serial number: {0}")]
     Ksn(&'static str),

@@ -1,18 +1,24 @@
-//! `switchyard-hsm`: the cryptography an acquirer switch needs for card security, as a
-//! software security module: TDES keys and their check values, ANSI X9.24-1 TDES DUKPT key
-//! derivation, ISO 9564-1 PIN blocks (formats 0, 1 and 3) and their translation from one key
-//! to another, ISO 9797-1 MACs (algorithms 1 and 3) and AES-CMAC. Primitives come from RustCrypto (`des`, `aes`, `cmac`); every
-//! key and clear PIN buffer is zeroised when dropped (`zeroize`), and no key, PIN or PIN
-//! block is ever put in an error or a `Debug` output.
+//! `switchyard-hsm`: the cryptography an acquirer switch needs for card security, and the
+//! security-module interface the switch calls it through. TDES and AES keys and their
+//! check values; TDES DUKPT (ANSI X9.24-1) and AES DUKPT (X9.24-3); ISO 9564-1 PIN blocks
+//! (formats 0, 1, 3 and 4) and their translation; ISO 9797-1 MACs (algorithms 1 and 3) and
+//! AES-CMAC; key import under a zone master key (X9.17, TR-31 versions B and D).
+//! Primitives come from RustCrypto (`des`, `aes`, `cmac`, `aes-gcm`); every key and clear
+//! PIN buffer is zeroised when dropped (`zeroize`), and no key, PIN or PIN block is ever
+//! put in an error or a `Debug` output. No tokio: the interface is async through boxed
+//! futures, so a hardware module's network client implements it elsewhere.
 //!
-//! This is not a PCI PIN certified device: it is for tests, labs and small pilots.
-//! Production runs the same operations in a hardware security module.
+//! The [`software`] module is not a PCI PIN certified device: it is for tests, labs and
+//! small pilots. Production runs the same operations in a hardware security module.
 //!
 //! # Layout
-//! - [`tdes`]: [`TdesKey`], block encryption, key check values.
-//! - [`dukpt`]: TDES DUKPT (initial key, transaction keys, the PIN variant).
+//! - [`tdes`], [`aes_key`], [`key`]: keys, block encryption, key check values.
+//! - [`dukpt`], [`dukpt_aes`]: DUKPT key derivation.
 //! - [`pin`]: ISO 9564-1 PIN blocks and [`pin::translate`].
 //! - [`mac`]: ISO 9797-1 algorithms 1 and 3 (X9.9, X9.19), AES-CMAC (RFC 4493).
+//! - [`wrap`]: X9.17 and TR-31 key import.
+//! - [`module`]: the [`module::SecurityModule`] interface; [`software`]: its software
+//!   implementation with an encrypted key store.
 
 #![forbid(unsafe_code)]
 
@@ -22,7 +28,9 @@ pub mod dukpt_aes;
 pub mod error;
 pub mod key;
 pub mod mac;
+pub mod module;
 pub mod pin;
+pub mod software;
 pub mod tdes;
 pub mod wrap;
 
