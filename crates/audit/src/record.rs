@@ -70,11 +70,14 @@ pub enum Outcome {
     StandInApproved,
     /// Internal error (39 = 96).
     SystemError,
+    /// Refused by card security: a PIN block or MAC the switch could not translate or
+    /// verify (39 = 63, or the dialect's code); never forwarded.
+    SecurityError,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Outcome; 18] = [
+    pub const ALL: [Outcome; 19] = [
         Outcome::Approved,
         Outcome::Declined,
         Outcome::Timeout,
@@ -93,6 +96,7 @@ impl Outcome {
         Outcome::Blocked,
         Outcome::StandInApproved,
         Outcome::SystemError,
+        Outcome::SecurityError,
     ];
 
     /// The kebab-case name used in JSON, metrics and the CLI.
@@ -116,6 +120,7 @@ impl Outcome {
             Outcome::Blocked => "blocked",
             Outcome::StandInApproved => "stand-in-approved",
             Outcome::SystemError => "system-error",
+            Outcome::SecurityError => "security-error",
         }
     }
 

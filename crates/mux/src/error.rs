@@ -154,6 +154,15 @@ pub enum MuxError {
         #[source]
         source: switchyard_iso8583::Error,
     },
+    /// The issuer's response decoded but was refused by the switch (its MAC did not verify):
+    /// outcome unknown, so the request is reversed.
+    #[error("issuer link {link}: response refused: {reason}")]
+    ResponseRefused {
+        /// The link's name.
+        link: Arc<str>,
+        /// Why (never a key or a MAC).
+        reason: &'static str,
+    },
     /// A message could not be built, decoded or patched (local data).
     #[error("{side} message: {source}")]
     Codec {
@@ -181,7 +190,8 @@ impl MuxError {
             | MuxError::LinkDown { .. }
             | MuxError::Timeout { .. }
             | MuxError::ConnectionLost { .. }
-            | MuxError::MalformedResponse { .. } => Side::Upstream,
+            | MuxError::MalformedResponse { .. }
+            | MuxError::ResponseRefused { .. } => Side::Upstream,
             MuxError::OutgoingTooLong { .. }
             | MuxError::TlsMaterial { .. }
             | MuxError::TlsConfig(_)
@@ -199,6 +209,7 @@ impl MuxError {
             MuxError::Timeout { .. }
                 | MuxError::ConnectionLost { .. }
                 | MuxError::MalformedResponse { .. }
+                | MuxError::ResponseRefused { .. }
         )
     }
 

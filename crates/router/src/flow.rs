@@ -24,6 +24,7 @@ use crate::integrity::Integrity;
 use crate::metrics::RouterMetrics;
 use crate::registry::{Registry, RuleState};
 use crate::routes::RouteTable;
+use crate::security::Security;
 use crate::stages::{self, record::append_pair, Switch};
 use crate::transaction::{own_answer_for_response, Transaction};
 
@@ -117,6 +118,7 @@ impl<P: IssuerPort> Router<P> {
                 metrics: RouterMetrics::new(registry)?,
                 integrity: None,
                 rule_state: RuleState::default(),
+                security: None,
             },
         })
     }
@@ -124,6 +126,17 @@ impl<P: IssuerPort> Router<P> {
     /// Use (or stop using, with `None`) a merchant and terminal registry; swapped whole.
     pub fn replace_registry(&self, registry: Option<Registry>) {
         *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry.map(Arc::new);
+    }
+
+    /// Turn on card security: PIN translation and MACs through its security module.
+    pub fn with_security(mut self, security: Arc<Security>) -> Self {
+        self.switch.security = Some(security);
+        self
+    }
+
+    /// The card security in use, if any.
+    pub fn security(&self) -> Option<&Arc<Security>> {
+        self.switch.security.as_ref()
     }
 
     /// Turn on reversals, in-flight records and duplicate detection.

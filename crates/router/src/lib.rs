@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod registry;
 pub mod routes;
 pub mod saf;
+pub mod security;
 mod stages;
 mod transaction;
 
@@ -44,3 +45,4 @@ pub use metrics::RouterMetrics;
 pub use registry::{Refusal, Registry, RuleState};
 pub use routes::{BinRange, Route, RouteRule, RouteTable, StandIn};
 pub use saf::{ReversalBasis, SafConfig, SafEntry, SafEvent, SafQueue};
+pub use security::{LinkSecurity, Security};

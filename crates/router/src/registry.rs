@@ -71,6 +71,22 @@ pub struct TerminalEntry {
     /// `active` or `suspended`.
     #[serde(default = "default_active")]
     pub state: String,
+    /// The id of its terminal PIN key in the security module (PIN blocks under a fixed key).
+    #[serde(default)]
+    pub tpk: Option<String>,
+    /// The id of its terminal MAC key.
+    #[serde(default)]
+    pub tak: Option<String>,
+    /// The id of the DUKPT base derivation key its PIN pad was injected from (PIN blocks and
+    /// MACs under DUKPT keys; the KSN comes with each request).
+    #[serde(default)]
+    pub bdk: Option<String>,
+    /// The ISO 9564-1 format of its PIN blocks: 0, 1, 3 or 4.
+    #[serde(default)]
+    pub pin_format: u8,
+    /// Its MAC algorithm: `x9.19` (default), `iso9797-1` or `aes-cmac`.
+    #[serde(default)]
+    pub mac_algorithm: Option<String>,
 }
 
 /// What a rule does when it fires.
@@ -265,6 +281,26 @@ impl Registry {
                     t.id, t.state
                 ));
             }
+            if switchyard_hsm::pin::Format::from_code(t.pin_format).is_none() {
+                problems.push(format!(
+                    "terminal {:?}: pin_format {} is not 0, 1, 3 or 4",
+                    t.id, t.pin_format
+                ));
+            }
+            if t.tpk.is_some() && t.bdk.is_some() {
+                problems.push(format!(
+                    "terminal {:?}: tpk and bdk both given (its PIN blocks are under one or the other)",
+                    t.id
+                ));
+            }
+            if let Some(name) = &t.mac_algorithm {
+                if switchyard_hsm::module::MacAlgorithm::from_name(name).is_none() {
+                    problems.push(format!(
+                        "terminal {:?}: mac_algorithm {name:?} is not x9.19, iso9797-1 or aes-cmac",
+                        t.id
+                    ));
+                }
+            }
             if let Some(fp) = &t.certificate_sha256 {
                 let fp = fp.to_ascii_lowercase().replace(':', "");
                 if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -309,6 +345,11 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// The terminal of this id (field 41, trailing spaces ignored).
+    pub fn terminal(&self, id: &str) -> Option<&TerminalEntry> {
+        self.terminals.get(id.trim_end())
     }
 
     /// Read a registry file.

@@ -22,6 +22,11 @@ impl<P: IssuerPort> Stage<P> for IssuerAnswer {
         };
         let response = match forwarded.result {
             Ok(response) => response,
+            Err(MuxError::ResponseRefused { reason, .. }) => {
+                let code = switch.security.as_ref().map_or(*b"63", |s| s.response_code);
+                tracing::warn!(link = route.link_name, reason, "issuer answer refused");
+                return tx.answer_code(&code, Outcome::SecurityError);
+            }
             Err(error) => {
                 let (code, outcome) = failure(&error);
                 tracing::info!(link = route.link_name, %error, "no issuer answer");

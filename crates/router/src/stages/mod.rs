@@ -16,6 +16,7 @@ use crate::flow::IssuerPort;
 use crate::integrity::Integrity;
 use crate::metrics::RouterMetrics;
 use crate::registry::RuleState;
+use crate::security::Security;
 use crate::transaction::{Step, Transaction};
 
 mod admission;
@@ -28,6 +29,7 @@ mod reply;
 mod reversals;
 mod routing;
 mod rules;
+mod security;
 mod stand_in;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -43,6 +45,7 @@ pub(crate) use reply::Reply;
 pub(crate) use reversals::Reversals;
 pub(crate) use routing::Routing;
 pub(crate) use rules::ActivityRules;
+pub(crate) use security::{IssuerMac, SecureRequest, TerminalMac};
 pub(crate) use stand_in::StandInPolicy;
 pub(crate) use translation::Translation;
 
@@ -57,6 +60,9 @@ pub struct Switch<P> {
     pub(crate) metrics: RouterMetrics,
     pub(crate) integrity: Option<Arc<Integrity>>,
     pub(crate) rule_state: RuleState,
+    /// Card security (PIN translation, MACs); none: requests with a PIN block or MAC are
+    /// refused.
+    pub(crate) security: Option<Arc<Security>>,
 }
 
 impl<P> std::fmt::Debug for Switch<P> {
@@ -89,7 +95,9 @@ pub(crate) async fn run<'a, P: IssuerPort>(switch: &'a Switch<P>, tx: &mut Trans
         ActivityRules.run(switch, tx).await?; // velocity, amount limits: flag or block
         Routing.run(switch, tx).await?; // BIN, MTI, processing code; a reversal's original
         Translation.run(switch, tx).await?; // into the issuer's dialect
+        SecureRequest.run(switch, tx).await?; // MAC verified, PIN block to the zone key: 63
         Forwarding.run(switch, tx).await?; // in-flight record, then the issuer link
+        IssuerMac.run(switch, tx).await?; // the issuer's MAC: a bad one, outcome unknown
         Reversals.run(switch, tx).await?; // unknown outcomes reversed, approvals remembered
         StandInPolicy.run(switch, tx).await?; // approve in the issuer's place, advise later
         IssuerAnswer.run(switch, tx).await // the issuer's answer, or why there is none
@@ -99,6 +107,7 @@ pub(crate) async fn run<'a, P: IssuerPort>(switch: &'a Switch<P>, tx: &mut Trans
         // Every path above answers; a stage list that does not is a bug, answered 96.
         let _ = tx.missing("flow", "an answer");
     }
+    let _ = TerminalMac.run(switch, tx).await; // the answer MACed with the terminal's key
     let _ = RecordPair.run(switch, tx).await; // the pair record, durable first
     let _ = Reply.run(switch, tx).await; // duplicate window, metrics
 }

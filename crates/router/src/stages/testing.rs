@@ -46,6 +46,8 @@ pub(crate) struct Options {
     pub audit_fails_after_syncs: Option<i64>,
     /// Pair records are not waited for.
     pub not_durable: bool,
+    /// Card security.
+    pub security: Option<Arc<crate::security::Security>>,
 }
 
 /// A switch for one stage test: the route `visa` (BINs starting with 4) to the link
@@ -104,6 +106,7 @@ impl Fixture {
             metrics: RouterMetrics::new(&metrics).unwrap(),
             integrity,
             rule_state: RuleState::default(),
+            security: options.security.clone(),
         };
         Fixture {
             registry: options

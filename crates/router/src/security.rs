@@ -1,0 +1,164 @@
+//! Card security as the flow uses it: which security module, which keys each issuer link
+//! has (its ZPK, ZAK and PIN block format), where a terminal's DUKPT key serial number
+//! arrives, and what a security failure is answered. A terminal's own keys are in the
+//! registry ([`crate::registry::TerminalEntry`]).
+//!
+//! # The MAC input
+//! The MAC field is the message's last field: 128 when the secondary bitmap is present,
+//! else 64. The MAC covers the message as it is on the wire (the dialect's encoding) from
+//! the first byte of the MTI to the byte before the MAC field's data, the bitmap bit of the
+//! MAC field set; the framing (length prefix, TPDU header) is not part of it. A message
+//! whose MAC field is not its last field is refused. On a response whose STAN the link
+//! remapped, the MAC is checked over the response as the issuer sent it (its own STAN).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use switchyard_hsm::module::{MacAlgorithm, SecurityModule};
+use switchyard_hsm::pin::Format;
+use switchyard_iso8583::{MessageBuilder, MessageView};
+
+use crate::error::RouterError;
+
+/// An issuer link's keys.
+#[derive(Debug, Clone)]
+pub struct LinkSecurity {
+    /// The zone PIN key PIN blocks are translated to.
+    pub zpk: Option<String>,
+    /// The PIN block format the issuer takes.
+    pub pin_format: Format,
+    /// The zone MAC key: when set, every request gets a MAC and every answer must carry one.
+    pub zak: Option<String>,
+    /// The MAC algorithm of the link.
+    pub mac_algorithm: MacAlgorithm,
+}
+
+/// Reasons of security failures, as metric labels (never a terminal, card or key id).
+pub const REASONS: [&str; 8] = [
+    "no-security-module",
+    "no-terminal-key",
+    "no-link-key",
+    "no-ksn",
+    "no-pan",
+    "bad-mac",
+    "pin-translation",
+    "module",
+];
+
+/// The switch's card security.
+pub struct Security {
+    /// The module that holds the keys.
+    pub module: Arc<dyn SecurityModule>,
+    /// The field a terminal's DUKPT key serial number arrives in (hex text).
+    pub ksn_field: u8,
+    /// The response code of a security failure (63 by default).
+    pub response_code: [u8; 2],
+    /// Each link's keys, by link name.
+    pub links: HashMap<String, LinkSecurity>,
+    pub(crate) errors: IntCounterVec,
+    operations: IntCounterVec,
+    latency: HistogramVec,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("module", &self.module.kind())
+            .field("ksn_field", &self.ksn_field)
+            .field("links", &self.links)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Security {
+    /// Card security through `module`, its metrics registered in `registry`.
+    pub fn new(
+        module: Arc<dyn SecurityModule>,
+        ksn_field: u8,
+        response_code: [u8; 2],
+        links: HashMap<String, LinkSecurity>,
+        registry: &Registry,
+    ) -> Result<Security, RouterError> {
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_security_errors_total",
+                "Requests and answers refused by card security, by reason",
+            ),
+            &["reason"],
+        )?;
+        let operations = IntCounterVec::new(
+            Opts::new(
+                "switchyard_security_operations_total",
+                "Security module operations, by operation and result",
+            ),
+            &["operation", "result"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_security_module_seconds",
+                "Time of security module operations as the flow sees it",
+            )
+            .buckets(crate::metrics::LATENCY_BUCKETS.to_vec()),
+            &["operation"],
+        )?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(operations.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        for reason in REASONS {
+            errors.with_label_values(&[reason]);
+        }
+        Ok(Security {
+            module,
+            ksn_field,
+            response_code,
+            links,
+            errors,
+            operations,
+            latency,
+        })
+    }
+
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.errors.with_label_values(&[reason]).inc();
+    }
+
+    pub(crate) fn operation(&self, operation: &str, ok: bool, elapsed: std::time::Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.operations
+            .with_label_values(&[operation, result])
+            .inc();
+        self.latency
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The MAC field of `view` when it carries one: 128 with a secondary bitmap, else 64.
+/// `Err` when a MAC field is present but is not the last field.
+pub fn mac_field_of(view: &MessageView<'_>) -> Result<Option<u8>, &'static str> {
+    let secondary = (65..=128).any(|n| view.has(n));
+    let field = if secondary { 128 } else { 64 };
+    if view.has(field) {
+        Ok(Some(field))
+    } else if secondary && view.has(64) {
+        Err("a MAC in field 64 with fields after it")
+    } else {
+        Ok(None)
+    }
+}
+
+/// The bytes a MAC in field `mac_field` of `view` covers.
+pub fn mac_input<'v>(view: &'v MessageView<'_>, mac_field: u8) -> Option<&'v [u8]> {
+    let range = view.range(mac_field)?;
+    view.buffer().get(..range.start)
+}
+
+/// The field a MAC of `builder`'s message goes in.
+pub fn mac_field_for(builder: &MessageBuilder<'_>) -> u8 {
+    if (65..=127).any(|n| builder.has(n)) {
+        128
+    } else {
+        64
+    }
+}
