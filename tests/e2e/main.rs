@@ -10,5 +10,6 @@ mod deploy;
 mod integrity;
 mod interop;
 mod loadbench;
+mod security;
 mod support;
 mod switch;

@@ -24,7 +24,7 @@ fn spec() -> &'static Spec {
 }
 
 /// A port free right now on 127.0.0.1.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -297,11 +297,11 @@ pub fn records(dir: &Path) -> Vec<PairRecord> {
     all
 }
 
-fn link(name: &str, addr: impl std::fmt::Display, extra: &str) -> String {
+pub(crate) fn link(name: &str, addr: impl std::fmt::Display, extra: &str) -> String {
     format!("[[links]]\nname = \"{name}\"\nendpoints = [\"{addr}\"]\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n{extra}\n")
 }
 
-fn route(name: &str, bins: &str, link: &str) -> String {
+pub(crate) fn route(name: &str, bins: &str, link: &str) -> String {
     format!("[[routes]]\nname = \"{name}\"\nbins = [{bins}]\nlink = \"{link}\"\n")
 }
 

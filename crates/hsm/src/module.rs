@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::error::Result;
-use crate::key::Algorithm;
+use crate::key::{Algorithm, Key};
 use crate::pin::Format;
 
 /// What a module's operations return.
@@ -149,6 +149,28 @@ impl MacAlgorithm {
             _ => None,
         }
     }
+
+    /// The 8-byte MAC of `data` under `key` (a TDES key for the ISO 9797-1 algorithms, an
+    /// AES key for CMAC), padding method 1.
+    pub fn compute(self, key: &Key, data: &[u8]) -> Result<[u8; 8]> {
+        use crate::mac::{aes_cmac, iso9797_alg1, iso9797_alg3, Padding};
+        match self {
+            MacAlgorithm::Iso9797Alg1 => iso9797_alg1(
+                key.tdes("ISO 9797-1 MAC key")?.bytes(),
+                data,
+                Padding::Zeros,
+            ),
+            MacAlgorithm::Iso9797Alg3 => {
+                iso9797_alg3(key.tdes("X9.19 MAC key")?.bytes(), data, Padding::Zeros)
+            }
+            MacAlgorithm::AesCmac => {
+                let tag = aes_cmac(key.aes("AES-CMAC key")?.bytes(), data)?;
+                let mut mac = [0u8; 8];
+                mac.copy_from_slice(&tag[..8]);
+                Ok(mac)
+            }
+        }
+    }
 }
 
 /// A working key delivered under a ZMK (or KBPK).
@@ -211,4 +233,11 @@ pub trait SecurityModule: Send + Sync + std::fmt::Debug {
 
     /// Import (or rotate) a working key.
     fn import_key<'a>(&'a self, import: KeyImport<'a>) -> ModuleFuture<'a, KeyInfo>;
+
+    /// Read the keys again from where they are kept (the software module's store, after
+    /// `switchyard keys` changed it): the number held. A hardware module keeps its own
+    /// keys, so by default there is nothing to read.
+    fn reload_keys(&self) -> Result<Option<usize>> {
+        Ok(None)
+    }
 }

@@ -24,7 +24,7 @@ use crate::dukpt;
 use crate::dukpt_aes::{self, KeyType, Usage};
 use crate::error::{HsmError, Result};
 use crate::key::{Algorithm, Key};
-use crate::mac::{aes_cmac, iso9797_alg1, iso9797_alg3, same_mac, Padding};
+use crate::mac::same_mac;
 use crate::module::{
     KeyImport, KeyInfo, KeyUsage, MacAlgorithm, MacDirection, MacKey, ModuleFuture, PinSource,
     PinTranslation, SecurityModule, WrappedKey,
@@ -155,27 +155,24 @@ impl SoftwareModule {
     /// The module of the store at `path` (created empty when it does not exist), sealed
     /// under `master`. Every line must open: a store that does not is refused whole.
     pub fn open(path: &Path, master: MasterKey) -> Result<SoftwareModule> {
-        let mut keys = HashMap::new();
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let cipher = master.cipher()?;
-                for (n, line) in text.lines().enumerate() {
-                    if line.trim().is_empty() || line.starts_with('#') {
-                        continue;
-                    }
-                    let at = format!("{} line {}", path.display(), n + 1);
-                    let (id, stored) = open_line(&cipher, line)
-                        .map_err(|why| HsmError::Store(format!("{at}: {why}")))?;
-                    keys.insert(id, Arc::new(stored));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(HsmError::Store(format!("{}: {e}", path.display()))),
-        }
+        let keys = read_store(path, &master)?;
         Ok(SoftwareModule {
             keys: RwLock::new(keys),
             store: Some((path.to_path_buf(), master)),
         })
+    }
+
+    /// Read the store again (after `switchyard keys` changed it), swapping every key at
+    /// once; operations already running finish with the keys they had. A store that does
+    /// not open whole leaves the keys as they were. The number of keys held after.
+    pub fn reload(&self) -> Result<usize> {
+        let Some((path, master)) = &self.store else {
+            return Ok(self.read().len());
+        };
+        let keys = read_store(path, master)?;
+        let n = keys.len();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        Ok(n)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Stored>>> {
@@ -362,23 +359,7 @@ impl SoftwareModule {
         algorithm: MacAlgorithm,
         data: &[u8],
     ) -> Result<[u8; 8]> {
-        let key = self.mac_key(key, algorithm)?;
-        match algorithm {
-            MacAlgorithm::Iso9797Alg1 => iso9797_alg1(
-                key.tdes("ISO 9797-1 MAC key")?.bytes(),
-                data,
-                Padding::Zeros,
-            ),
-            MacAlgorithm::Iso9797Alg3 => {
-                iso9797_alg3(key.tdes("X9.19 MAC key")?.bytes(), data, Padding::Zeros)
-            }
-            MacAlgorithm::AesCmac => {
-                let tag = aes_cmac(key.aes("AES-CMAC key")?.bytes(), data)?;
-                let mut mac = [0u8; 8];
-                mac.copy_from_slice(&tag[..8]);
-                Ok(mac)
-            }
-        }
+        algorithm.compute(&self.mac_key(key, algorithm)?, data)
     }
 
     /// [`SecurityModule::key_info`], synchronously.
@@ -439,6 +420,26 @@ fn check_tr31_usage(header: &wrap::Tr31Header, usage: KeyUsage) -> Result<()> {
             allowed.join(" or ")
         )))
     }
+}
+
+/// Every key of the store at `path` (none when it does not exist yet).
+fn read_store(path: &Path, master: &MasterKey) -> Result<HashMap<String, Arc<Stored>>> {
+    let mut keys = HashMap::new();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
+        Err(e) => return Err(HsmError::Store(format!("{}: {e}", path.display()))),
+    };
+    let cipher = master.cipher()?;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (id, stored) = open_line(&cipher, line)
+            .map_err(|why| HsmError::Store(format!("{} line {}: {why}", path.display(), n + 1)))?;
+        keys.insert(id, Arc::new(stored));
+    }
+    Ok(keys)
 }
 
 fn aad(id: &str, usage: KeyUsage, algorithm: Algorithm) -> String {
@@ -545,11 +546,16 @@ impl SecurityModule for SoftwareModule {
     fn import_key<'a>(&'a self, import: KeyImport<'a>) -> ModuleFuture<'a, KeyInfo> {
         ready(self.import_now(import))
     }
+
+    fn reload_keys(&self) -> Result<Option<usize>> {
+        self.reload().map(Some)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mac::{iso9797_alg3, Padding};
     use crate::TdesKey;
 
     const MASTER: &str = "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F";

@@ -42,6 +42,7 @@ pub mod datetime;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod mac_input;
 pub mod mask;
 pub mod mti;
 mod plan;

@@ -347,6 +347,18 @@ impl Registry {
         }
     }
 
+    /// Every key id the terminals name (TPKs, TAKs, BDKs), each once.
+    pub fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .terminals
+            .values()
+            .flat_map(|t| t.tpk.iter().chain(&t.tak).chain(&t.bdk).cloned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// The terminal of this id (field 41, trailing spaces ignored).
     pub fn terminal(&self, id: &str) -> Option<&TerminalEntry> {
         self.terminals.get(id.trim_end())

@@ -3,13 +3,8 @@
 //! arrives, and what a security failure is answered. A terminal's own keys are in the
 //! registry ([`crate::registry::TerminalEntry`]).
 //!
-//! # The MAC input
-//! The MAC field is the message's last field: 128 when the secondary bitmap is present,
-//! else 64. The MAC covers the message as it is on the wire (the dialect's encoding) from
-//! the first byte of the MTI to the byte before the MAC field's data, the bitmap bit of the
-//! MAC field set; the framing (length prefix, TPDU header) is not part of it. A message
-//! whose MAC field is not its last field is refused. On a response whose STAN the link
-//! remapped, the MAC is checked over the response as the issuer sent it (its own STAN).
+//! The MAC input is [`switchyard_iso8583::mac_input`]'s. A link with a ZAK keeps the
+//! terminals' STANs (the MAC covers field 11; the configuration refuses `remap_stan` there).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +12,6 @@ use std::sync::Arc;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use switchyard_hsm::module::{MacAlgorithm, SecurityModule};
 use switchyard_hsm::pin::Format;
-use switchyard_iso8583::{MessageBuilder, MessageView};
 
 use crate::error::RouterError;
 
@@ -131,34 +125,5 @@ impl Security {
         self.latency
             .with_label_values(&[operation])
             .observe(elapsed.as_secs_f64());
-    }
-}
-
-/// The MAC field of `view` when it carries one: 128 with a secondary bitmap, else 64.
-/// `Err` when a MAC field is present but is not the last field.
-pub fn mac_field_of(view: &MessageView<'_>) -> Result<Option<u8>, &'static str> {
-    let secondary = (65..=128).any(|n| view.has(n));
-    let field = if secondary { 128 } else { 64 };
-    if view.has(field) {
-        Ok(Some(field))
-    } else if secondary && view.has(64) {
-        Err("a MAC in field 64 with fields after it")
-    } else {
-        Ok(None)
-    }
-}
-
-/// The bytes a MAC in field `mac_field` of `view` covers.
-pub fn mac_input<'v>(view: &'v MessageView<'_>, mac_field: u8) -> Option<&'v [u8]> {
-    let range = view.range(mac_field)?;
-    view.buffer().get(..range.start)
-}
-
-/// The field a MAC of `builder`'s message goes in.
-pub fn mac_field_for(builder: &MessageBuilder<'_>) -> u8 {
-    if (65..=127).any(|n| builder.has(n)) {
-        128
-    } else {
-        64
     }
 }

@@ -43,6 +43,9 @@ pub struct IssuerSimConfig {
     pub max_connections: usize,
     /// Serve TLS with this certificate (the issuer side of a TLS link).
     pub tls: Option<Arc<switchyard_mux::ServerTls>>,
+    /// Zone keys: PIN blocks checked (the expected PIN approves, others get 55), MACs
+    /// checked on requests (63 when wrong) and made on answers.
+    pub keys: Option<Arc<crate::card_security::IssuerKeys>>,
 }
 
 impl IssuerSimConfig {
@@ -59,6 +62,7 @@ impl IssuerSimConfig {
             disconnect_after: None,
             max_connections: 64,
             tls: None,
+            keys: None,
         }
     }
 }
@@ -89,6 +93,12 @@ pub struct Ledger {
     pub requests: AtomicU64,
     /// Network management requests answered.
     pub network: AtomicU64,
+    /// Requests whose PIN was the expected one.
+    pub pin_right: AtomicU64,
+    /// Requests declined 55 for their PIN.
+    pub pin_wrong: AtomicU64,
+    /// Requests whose MAC did not verify (answered 63).
+    pub mac_failures: AtomicU64,
     /// The original STANs (field 90) of the reversals received, in arrival order.
     pub reversal_order: Mutex<Vec<String>>,
     /// The share of requests left unanswered now (f64 bits), changeable while running.
@@ -112,7 +122,7 @@ impl Ledger {
     /// A one-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "requests {} approved {} declined {} reversals {} (matched {}) network {} standing {} amount {}",
+            "requests {} approved {} declined {} reversals {} (matched {}) network {} standing {} amount {} pin-right {} pin-wrong {} mac-failures {}",
             self.requests.load(Ordering::Relaxed),
             self.approved.load(Ordering::Relaxed),
             self.declined.load(Ordering::Relaxed),
@@ -120,7 +130,10 @@ impl Ledger {
             self.reversed.load(Ordering::Relaxed),
             self.network.load(Ordering::Relaxed),
             self.standing().len(),
-            self.standing_amount()
+            self.standing_amount(),
+            self.pin_right.load(Ordering::Relaxed),
+            self.pin_wrong.load(Ordering::Relaxed),
+            self.mac_failures.load(Ordering::Relaxed)
         )
     }
 }
@@ -340,7 +353,10 @@ fn answer(
             builder.respond_to(request, b"00").ok()?;
         }
         1 | 2 if mti.function() == 0 => {
-            if rng.chance(config.approval_rate) {
+            if let Some(code) = refused_by_keys(config, ledger, request) {
+                builder.respond_to(request, code.as_bytes()).ok()?;
+                ledger.declined.fetch_add(1, Ordering::Relaxed);
+            } else if rng.chance(config.approval_rate) {
                 let auth_id = format!("{:06}", rng.next() % 1_000_000);
                 builder.respond_to(request, b"00").ok()?;
                 if config.spec.field(38).is_some() {
@@ -368,5 +384,42 @@ fn answer(
             builder.respond_to(request, b"00").ok()?;
         }
     }
+    if let Some(zak) = config
+        .keys
+        .as_ref()
+        .and_then(|k| k.zak.as_ref().map(|z| (z, k.mac_algorithm)))
+    {
+        let mac = crate::card_security::mac_of(&mut builder, zak.0, zak.1).ok()?;
+        let field = switchyard_iso8583::mac_input::mac_field_for(&builder);
+        builder.set(field, mac).ok()?;
+    }
     Some((builder.encode(), delay))
+}
+
+/// The decline code the zone keys give `request` (63 a bad MAC, 55 a wrong PIN), counted
+/// once; `None` when they pass it (or there are none).
+fn refused_by_keys(
+    config: &IssuerSimConfig,
+    ledger: &Ledger,
+    request: &MessageView<'static>,
+) -> Option<&'static str> {
+    use crate::card_security::{mac_verifies, PinCheck};
+    let keys = config.keys.as_ref()?;
+    if let Some(zak) = &keys.zak {
+        if !mac_verifies(request, zak, keys.mac_algorithm) {
+            ledger.mac_failures.fetch_add(1, Ordering::Relaxed);
+            return Some("63");
+        }
+    }
+    match keys.check_pin(request) {
+        PinCheck::Absent => None,
+        PinCheck::Right => {
+            ledger.pin_right.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        PinCheck::Wrong => {
+            ledger.pin_wrong.fetch_add(1, Ordering::Relaxed);
+            Some("55")
+        }
+    }
 }

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod card_security;
 pub mod issuer;
 mod rng;
 pub mod terminal;

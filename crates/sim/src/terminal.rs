@@ -71,6 +71,8 @@ pub struct TerminalSimConfig {
     pub merchant: Option<String>,
     /// Field 18 (merchant category code), when given.
     pub mcc: Option<String>,
+    /// A PIN pad: every request carries a PIN block (and a KSN, a MAC as configured).
+    pub security: Option<Arc<crate::card_security::TerminalSecurity>>,
 }
 
 impl TerminalSimConfig {
@@ -94,6 +96,7 @@ impl TerminalSimConfig {
             terminal: None,
             merchant: None,
             mcc: None,
+            security: None,
         }
     }
 }
@@ -393,6 +396,22 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(
                     else {
                         continue;
                     };
+                    if let Some(sec) = &shared.config.security {
+                        if let crate::card_security::PadKeys::Fixed { tak: Some(tak), .. } =
+                            &sec.keys
+                        {
+                            let code = answer.field(39).map(|f| f.text()).unwrap_or_default();
+                            if code != sec_refused_code()
+                                && !crate::card_security::mac_verifies(
+                                    &answer,
+                                    tak,
+                                    sec.mac_algorithm,
+                                )
+                            {
+                                shared.failed("answer MAC does not verify".into(), 1);
+                            }
+                        }
+                    }
                     let micros = sent.elapsed().as_micros().max(1) as u64;
                     let _ = shared
                         .latency
@@ -490,6 +509,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Send + 'static>(
     let _ = output.shutdown().await;
 }
 
+/// The code of answers the switch refused for card security (they carry no MAC).
+fn sec_refused_code() -> &'static str {
+    "63"
+}
+
 /// A realistic request: card, amount, times, STAN, RRN, terminal and merchant.
 fn request(
     cfg: &TerminalSimConfig,
@@ -536,6 +560,12 @@ fn request(
     }
     if let Some(mcc) = cfg.mcc.as_ref().filter(|_| spec.field(18).is_some()) {
         b.set(18, mcc).ok()?;
+    }
+    if let Some(security) = &cfg.security {
+        if let Err(e) = security.secure(&mut b, pan) {
+            tracing::error!(error = %e, "could not secure a request");
+            return None;
+        }
     }
     Some(b.encode())
 }

@@ -84,6 +84,9 @@ pub struct Config {
     /// Reversals, store-and-forward, duplicates.
     #[serde(default)]
     pub integrity: IntegritySection,
+    /// Card security: the security module and where a DUKPT KSN arrives.
+    #[serde(default)]
+    pub security: Option<SecuritySection>,
     /// The merchant and terminal registry.
     #[serde(default)]
     pub registry: RegistrySection,
@@ -94,6 +97,53 @@ pub struct Config {
 pub struct RegistrySection {
     /// The registry file (merchants, terminals, rules); none: no registry checks.
     pub file: Option<PathBuf>,
+}
+
+/// `[security]`: the security module the switch translates PIN blocks and checks MACs
+/// with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySection {
+    /// `software` (keys in a local store, sealed under a master key; not PCI PIN certified).
+    #[serde(default = "default_module")]
+    pub module: String,
+    /// The software module's key store file.
+    pub key_store: Option<PathBuf>,
+    /// The file holding the store's master key (64 hex digits)...
+    pub master_key_file: Option<PathBuf>,
+    /// ...or the environment variable holding it. Never the key itself in this file.
+    pub master_key_env: Option<String>,
+    /// The field a terminal's DUKPT key serial number arrives in (hex text).
+    #[serde(default = "default_ksn_field")]
+    pub ksn_field: u8,
+    /// The response code of a security failure.
+    #[serde(default = "default_security_code")]
+    pub response_code: String,
+}
+
+fn default_module() -> String {
+    "software".into()
+}
+fn default_ksn_field() -> u8 {
+    53
+}
+fn default_security_code() -> String {
+    "63".into()
+}
+
+/// `[links.security]`: an issuer link's zone keys, by id in the security module.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSecuritySection {
+    /// The zone PIN key PIN blocks are translated to.
+    pub zpk: Option<String>,
+    /// The PIN block format the issuer takes (0, 1, 3 or 4).
+    #[serde(default)]
+    pub pin_format: u8,
+    /// The zone MAC key: requests are MACed, answers must carry a MAC.
+    pub zak: Option<String>,
+    /// `x9.19` (default), `iso9797-1` or `aes-cmac`.
+    pub mac_algorithm: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -291,6 +341,8 @@ pub struct LinkSection {
     /// Reversals as `0400` (default) or advices `0420`.
     pub reversal_mti: Option<String>,
     pub tls: Option<ClientTlsSection>,
+    /// The link's zone keys.
+    pub security: Option<LinkSecuritySection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -374,6 +426,10 @@ impl Config {
         fix_opt(&mut self.audit.pan_key_file);
         fix_opt(&mut self.integrity.saf_dir);
         fix_opt(&mut self.registry.file);
+        if let Some(sec) = &mut self.security {
+            fix_opt(&mut sec.key_store);
+            fix_opt(&mut sec.master_key_file);
+        }
         for l in &mut self.listeners {
             if let Some(t) = &mut l.tls {
                 fix(&mut t.cert);
@@ -465,6 +521,78 @@ fn key_source(
                 "{at}: no key: set {at}_file or {at}_env (or demo_keys = true for a demo)"
             ));
             KeySource::Demo
+        }
+    }
+}
+
+/// The `[security]` section and each link's keys: a module that can open, formats and
+/// algorithms that exist, PIN fields that hold the blocks.
+fn check_security(config: &Config, problems: &mut Vec<String>) {
+    let linked = config.links.iter().filter(|l| l.security.is_some());
+    let Some(sec) = &config.security else {
+        for l in linked {
+            problems.push(format!(
+                "links ({:?}).security: needs a [security] section (the module holding the keys)",
+                l.name
+            ));
+        }
+        return;
+    };
+    if sec.module != "software" {
+        problems.push(format!("security.module: {:?} is not software", sec.module));
+    }
+    if sec.key_store.is_none() {
+        problems.push("security.key_store: the software module needs its key store file".into());
+    }
+    match (&sec.master_key_file, &sec.master_key_env) {
+        (Some(_), None) | (None, Some(_)) => {}
+        _ => problems.push(
+            "security: give master_key_file or master_key_env (one; never the key itself)".into(),
+        ),
+    }
+    if sec.response_code.len() != 2 {
+        problems.push("security.response_code: two characters".into());
+    }
+    if !(2..=128).contains(&sec.ksn_field) {
+        problems.push(format!(
+            "security.ksn_field: {} is not a field 2-128",
+            sec.ksn_field
+        ));
+    }
+    for l in &config.links {
+        let Some(ls) = &l.security else { continue };
+        let at = format!("links ({:?}).security", l.name);
+        match switchyard_hsm::pin::Format::from_code(ls.pin_format) {
+            None => problems.push(format!(
+                "{at}.pin_format: {} is not 0, 1, 3 or 4",
+                ls.pin_format
+            )),
+            Some(format) => {
+                let holds = resolve_spec(&l.spec)
+                    .ok()
+                    .and_then(|spec| spec.field(52).map(|f| usize::from(f.max)));
+                if holds.is_some_and(|max| max < format.block_len()) {
+                    problems.push(format!(
+                        "{at}.pin_format: format {} blocks are {} bytes; field 52 of {} holds {}",
+                        ls.pin_format,
+                        format.block_len(),
+                        l.spec,
+                        holds.unwrap_or(0)
+                    ));
+                }
+            }
+        }
+        if ls.zak.is_some() && l.remap_stan {
+            problems.push(format!(
+                "{at}.zak: the link's MAC covers field 11, so set remap_stan = false on this link (its match fields keep terminals apart)"
+            ));
+        }
+        if let Some(name) = &ls.mac_algorithm {
+            if switchyard_hsm::module::MacAlgorithm::from_name(name).is_none() {
+                problems.push(format!(
+                    "{at}.mac_algorithm: {name:?} is not x9.19, iso9797-1 or aes-cmac"
+                ));
+            }
         }
     }
 }
@@ -765,9 +893,7 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
             }
         },
     };
-    if config.registry.file.is_some() && !config.integrity.enabled {
-        // Fine: the registry works without integrity; nothing to check.
-    }
+    check_security(&config, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }

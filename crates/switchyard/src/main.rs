@@ -6,8 +6,10 @@
 
 mod admin;
 mod audit_cmd;
+mod card_security;
 mod codec_cmd;
 mod config;
+mod keys_cmd;
 mod notify;
 mod run;
 mod saf_cmd;
@@ -66,6 +68,11 @@ enum Command {
     Saf {
         #[command(subcommand)]
         command: saf_cmd::SafCommand,
+    },
+    /// The security module's keys: load a ZMK, import and rotate working keys, list them.
+    Keys {
+        #[command(subcommand)]
+        command: keys_cmd::KeysCommand,
     },
     /// Simulators: an issuer host, and terminals sending load.
     Sim {
@@ -143,6 +150,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => run::check_config(&file),
         Command::Sim { command } => sim_cmd::run(*command),
         Command::Saf { command } => saf_cmd::run(command),
+        Command::Keys { command } => keys_cmd::run(command),
         Command::Health { admin, path } => saf_cmd::health(&admin, &path),
         Command::Specs => codec_cmd::specs(),
         Command::Send(args) => send_cmd::send(*args),

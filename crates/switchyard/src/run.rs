@@ -282,9 +282,24 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
         &telemetry.registry,
     )
     .map_err(|e| fail(EX_CONFIG)(e.into()))?;
-    let router = Arc::new(match &integrity {
+    let router = match &integrity {
         Some(i) => router.with_integrity(i.clone()),
         None => router,
+    };
+    let router = Arc::new(match &plan.config.security {
+        None => router,
+        Some(sec) => {
+            let links: Vec<_> = plan.links.iter().map(|(s, _)| s.clone()).collect();
+            let security = crate::card_security::build(
+                sec,
+                &links,
+                plan.registry.as_ref(),
+                &telemetry.registry,
+            )
+            .await
+            .map_err(fail(EX_CONFIG))?;
+            router.with_security(Arc::new(security))
+        }
     });
     router.replace_registry(plan.registry.take());
     if let Some(i) = &integrity {
@@ -451,6 +466,13 @@ fn reload(
             .replace_routes(plan.routes)
             .map_err(|e| vec![e.to_string()])?;
         router.replace_registry(plan.registry);
+        if let Some(security) = router.security() {
+            match security.module.reload_keys() {
+                Ok(Some(n)) => tracing::info!(keys = n, "SIGHUP: key store reloaded"),
+                Ok(None) => {}
+                Err(e) => return Err(vec![format!("key store: {e}")]),
+            }
+        }
         for tls in server_tls {
             tls.reload()
                 .map_err(|e| vec![format!("listener certificate: {e}")])?;

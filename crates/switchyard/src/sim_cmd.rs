@@ -8,6 +8,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use switchyard_iso8583::Mti;
 use switchyard_mux::{ClientTls, ClientTlsFiles, Framing, LengthPrefix};
+use switchyard_sim::card_security::{key_from_file, IssuerKeys, PadKeys, TerminalSecurity};
 use switchyard_sim::{IssuerSim, IssuerSimConfig, TerminalSimConfig};
 
 use crate::codec_cmd::{fail, resolve_spec, CmdResult, EX_IOERR, EX_UNAVAILABLE, EX_USAGE};
@@ -77,6 +78,124 @@ pub struct IssuerArgs {
     /// ...and this key.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    keys: IssuerKeyArgs,
+}
+
+/// The simulated issuer's zone keys (files of hex digits; `aes:` before them for AES).
+#[derive(Args, Debug)]
+pub struct IssuerKeyArgs {
+    /// Zone PIN key: PIN blocks are decrypted with it; the expected PIN approves, others
+    /// are declined 55.
+    #[arg(long)]
+    zpk_file: Option<PathBuf>,
+    /// Zone MAC key: requests must carry its MAC (63 otherwise), answers get one.
+    #[arg(long)]
+    zak_file: Option<PathBuf>,
+    /// PIN block format the switch translates to (0, 1, 3 or 4).
+    #[arg(long, default_value_t = 0)]
+    pin_format: u8,
+    /// The PIN that approves.
+    #[arg(long, default_value = "1234")]
+    expected_pin: String,
+    /// MAC algorithm: x9.19, iso9797-1 or aes-cmac.
+    #[arg(long, default_value = "x9.19")]
+    mac_algorithm: String,
+}
+
+/// The simulated terminal's PIN pad (key files of hex digits; `aes:` before them for AES).
+#[derive(Args, Debug)]
+pub struct PadArgs {
+    /// Enter this PIN on every request (a PIN block in field 52).
+    #[arg(long)]
+    pin: Option<String>,
+    /// PIN block format: 0, 1, 3 or 4.
+    #[arg(long, default_value_t = 0)]
+    pin_format: u8,
+    /// Terminal PIN key file.
+    #[arg(long, conflicts_with = "dukpt_key_file")]
+    tpk_file: Option<PathBuf>,
+    /// Terminal MAC key file: requests are MACed, answers' MACs checked.
+    #[arg(long)]
+    tak_file: Option<PathBuf>,
+    /// DUKPT initial key file (IPEK; `aes:` for an AES DUKPT initial key).
+    #[arg(long, requires = "ksn")]
+    dukpt_key_file: Option<PathBuf>,
+    /// DUKPT key serial number (hex, counter 0): 20 digits TDES, 24 AES; it advances by
+    /// one each request.
+    #[arg(long)]
+    ksn: Option<String>,
+    /// MAC requests with the DUKPT request MAC key.
+    #[arg(long)]
+    dukpt_mac: bool,
+    /// The field the KSN goes in.
+    #[arg(long, default_value_t = 53)]
+    ksn_field: u8,
+    /// MAC algorithm: x9.19, iso9797-1 or aes-cmac.
+    #[arg(long, default_value = "x9.19")]
+    mac_algorithm: String,
+    /// Send MACs that do not verify.
+    #[arg(long)]
+    corrupt_mac: bool,
+}
+
+fn pin_format(code: u8) -> anyhow::Result<switchyard_hsm::pin::Format> {
+    switchyard_hsm::pin::Format::from_code(code)
+        .ok_or_else(|| anyhow!("--pin-format {code}: 0, 1, 3 or 4"))
+}
+
+fn mac_algorithm(name: &str) -> anyhow::Result<switchyard_hsm::module::MacAlgorithm> {
+    switchyard_hsm::module::MacAlgorithm::from_name(name)
+        .ok_or_else(|| anyhow!("--mac-algorithm {name:?}: x9.19, iso9797-1 or aes-cmac"))
+}
+
+impl IssuerKeyArgs {
+    fn keys(&self) -> anyhow::Result<Option<Arc<IssuerKeys>>> {
+        if self.zpk_file.is_none() && self.zak_file.is_none() {
+            return Ok(None);
+        }
+        let load = |p: &Option<PathBuf>| p.as_deref().map(key_from_file).transpose();
+        Ok(Some(Arc::new(IssuerKeys::new(
+            load(&self.zpk_file)?,
+            pin_format(self.pin_format)?,
+            &self.expected_pin,
+            load(&self.zak_file)?,
+            mac_algorithm(&self.mac_algorithm)?,
+        ))))
+    }
+}
+
+impl PadArgs {
+    fn pad(&self) -> anyhow::Result<Option<Arc<TerminalSecurity>>> {
+        let Some(pin) = &self.pin else {
+            return Ok(None);
+        };
+        let keys = match (&self.tpk_file, &self.dukpt_key_file, &self.ksn) {
+            (Some(tpk), None, _) => PadKeys::Fixed {
+                tpk: key_from_file(tpk)?,
+                tak: self.tak_file.as_deref().map(key_from_file).transpose()?,
+            },
+            (None, Some(initial), Some(ksn)) => PadKeys::Dukpt {
+                initial: key_from_file(initial)?,
+                ksn_base: switchyard_hsm::from_hex(ksn).map_err(|e| anyhow!("--ksn: {e}"))?,
+                macs: self.dukpt_mac,
+            },
+            _ => {
+                return Err(anyhow!(
+                    "--pin needs --tpk-file, or --dukpt-key-file and --ksn"
+                ))
+            }
+        };
+        let mut pad = TerminalSecurity::new(
+            keys,
+            pin,
+            pin_format(self.pin_format)?,
+            self.ksn_field,
+            mac_algorithm(&self.mac_algorithm)?,
+        );
+        pad.corrupt_mac = self.corrupt_mac;
+        Ok(Some(Arc::new(pad)))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -136,6 +255,8 @@ pub struct TerminalArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pad: PadArgs,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, crate::codec_cmd::Failure> {
@@ -197,6 +318,7 @@ fn issuer(args: IssuerArgs) -> CmdResult {
         silence_rate: args.silence_rate,
         disconnect_after: args.disconnect_after,
         max_connections: 1024,
+        keys: args.keys.keys().map_err(fail(EX_USAGE))?,
         ..IssuerSimConfig::approving(spec)
     };
     runtime()?.block_on(async {
@@ -268,6 +390,7 @@ fn terminal(args: TerminalArgs) -> CmdResult {
         terminal: args.terminal.clone(),
         merchant: args.merchant.clone(),
         mcc: args.mcc.clone(),
+        security: args.pad.pad().map_err(fail(EX_USAGE))?,
         ..TerminalSimConfig::new(&args.target, spec)
     };
     let report = runtime()?

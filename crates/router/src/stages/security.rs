@@ -12,13 +12,14 @@ use std::time::Instant;
 use switchyard_audit::Outcome;
 use switchyard_hsm::module::{MacAlgorithm, MacDirection, MacKey, PinSource, PinTranslation};
 use switchyard_hsm::pin::Format;
+use switchyard_iso8583::mac_input::{mac_field_for, mac_field_of, mac_input};
 use switchyard_iso8583::{MessageBuilder, MessageView};
 use switchyard_mux::MuxError;
 
 use super::{Stage, Switch};
 use crate::flow::IssuerPort;
 use crate::registry::TerminalEntry;
-use crate::security::{mac_field_for, mac_field_of, mac_input, Security};
+use crate::security::Security;
 use crate::transaction::{Step, Transaction};
 
 /// The request's PIN block and MAC, before forwarding.
@@ -302,15 +303,7 @@ impl<P: IssuerPort> Stage<P> for IssuerMac {
         let Ok(response) = &forwarded.result else {
             return Step::Continue(());
         };
-        let refused = match verify_issuer_mac(
-            security,
-            zak,
-            link.mac_algorithm,
-            response,
-            forwarded.issuer_stan,
-        )
-        .await
-        {
+        let refused = match verify_issuer_mac(security, zak, link.mac_algorithm, response).await {
             Ok(()) => return Step::Continue(()),
             Err(reason) => reason,
         };
@@ -328,37 +321,24 @@ impl<P: IssuerPort> Stage<P> for IssuerMac {
     }
 }
 
-/// Whether the issuer's MAC on `response` verifies under the link's ZAK, over the
-/// response as the issuer sent it (its STAN, when the link remapped it).
+/// Whether the issuer's MAC on `response` verifies under the link's ZAK. (A link with a
+/// ZAK does not remap STANs, so the response is as the issuer sent it.)
 async fn verify_issuer_mac(
     security: &Security,
     zak: &str,
     algorithm: MacAlgorithm,
     response: &MessageView<'static>,
-    issuer_stan: Option<u32>,
 ) -> Result<(), &'static str> {
     let field = match mac_field_of(response) {
         Ok(Some(field)) => field,
         Ok(None) => return Err("the answer carries no MAC"),
         Err(why) => return Err(why),
     };
-    let as_sent = match issuer_stan {
-        Some(stan) => {
-            let mut builder =
-                rebuilt(response, |_| false).map_err(|_| "the answer does not re-encode")?;
-            builder
-                .set(11, format!("{stan:06}"))
-                .map_err(|_| "field 11")?;
-            MessageView::decode(response.spec(), builder.encode())
-                .map_err(|_| "the answer does not re-encode")?
-        }
-        None => response.clone(),
-    };
-    let mac = as_sent
+    let mac = response
         .field(field)
         .map(|f| f.value().into_owned())
         .unwrap_or_default();
-    let data = mac_input(&as_sent, field).ok_or("no MAC input")?;
+    let data = mac_input(response, field).ok_or("no MAC input")?;
     let started = Instant::now();
     let verified = security
         .module
