@@ -48,7 +48,7 @@ fn config_body(issuer: SocketAddr, link_extra: &str) -> String {
 fn drained(admin: SocketAddr) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let (status, body) = http_get(admin, "/saf");
+        let (status, body) = crate::switch::operator_get(admin, "/saf");
         if status == 200 && body.trim() == "[]" {
             return;
         }
@@ -132,7 +132,7 @@ fn reversals_wait_for_an_issuer_that_went_quiet_and_drain_in_order_when_it_is_ba
         assert_eq!(term.call(&request("TERMQUIE", k, 100)).str(39), Some("91"));
     }
     std::thread::sleep(Duration::from_millis(600));
-    let (_, waiting) = http_get(switch.admin, "/saf");
+    let (_, waiting) = crate::switch::operator_get(switch.admin, "/saf");
     let entries: Vec<serde_json::Value> = serde_json::from_str(&waiting).unwrap();
     assert_eq!(entries.len(), 5, "{waiting}");
     assert!(
@@ -490,7 +490,18 @@ fn dead_letters_are_listed_retried_and_dropped_by_operators_and_the_registry_app
     let admin = switch.admin.to_string();
     let deadline = Instant::now() + WAIT;
     let id = loop {
-        let out = crate::support::switchyard(&["saf", "list", "--admin", &admin, "--json"], b"");
+        let out = crate::support::switchyard(
+            &[
+                "saf",
+                "list",
+                "--admin",
+                &admin,
+                "--json",
+                "--token-file",
+                &switch.token_file("alice"),
+            ],
+            b"",
+        );
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let dead: Vec<serde_json::Value> = text
             .lines()
@@ -512,8 +523,8 @@ fn dead_letters_are_listed_retried_and_dropped_by_operators_and_the_registry_app
             &admin,
             "--id",
             &id.to_string(),
-            "--operator",
-            "alice",
+            "--token-file",
+            &switch.token_file("alice"),
         ],
         b"",
     );
@@ -530,8 +541,8 @@ fn dead_letters_are_listed_retried_and_dropped_by_operators_and_the_registry_app
             &admin,
             "--id",
             &id.to_string(),
-            "--operator",
-            "bob",
+            "--token-file",
+            &switch.token_file("bob"),
         ],
         b"",
     );
@@ -562,12 +573,55 @@ fn dead_letters_are_listed_retried_and_dropped_by_operators_and_the_registry_app
             &admin,
             "--id",
             "1",
-            "--operator",
-            "bob",
+            "--token-file",
+            &switch.token_file("bob"),
         ],
         b"",
     );
     assert_eq!(missing.status.code(), Some(65));
+    // Without a valid credential an operator action is refused and counted; a scrape
+    // token may not act; nobody names another operator.
+    let post = |path: &str, token: Option<&str>| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(switch.admin).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.get(9..12).unwrap_or_default().to_string()
+    };
+    let [(_, _, alice), _, (_, _, scraper)] = crate::switch::TOKENS;
+    assert_eq!(
+        post(&format!("/saf/drop?id={id}&operator=mallory"), None),
+        "401"
+    );
+    assert_eq!(
+        post(&format!("/saf/drop?id={id}"), Some("guessed-token")),
+        "401"
+    );
+    assert_eq!(post(&format!("/saf/drop?id={id}"), Some(scraper)), "403");
+    assert_eq!(
+        post(&format!("/saf/drop?id={id}&operator=mallory"), Some(alice)),
+        "400"
+    );
+    assert_eq!(crate::switch::http_get(switch.admin, "/saf").0, 401);
+    let failures = |reason| {
+        switch.metric(
+            "switchyard_admin_auth_failures_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(
+        (
+            failures("missing"),
+            failures("invalid"),
+            failures("forbidden")
+        ),
+        (2.0, 1.0, 1.0)
+    );
     // Both operator actions are in the audit log.
     let mut operators = Vec::new();
     switchyard_audit::for_each(&switch.audit_dir(), |r| {

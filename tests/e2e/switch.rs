@@ -32,6 +32,27 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// The admin tokens of the test switches: operators alice and bob, and a scraper.
+pub const TOKENS: [(&str, &str, &str); 3] = [
+    ("alice", "operator", "alice-4f1c9a7e2b"),
+    ("bob", "operator", "bob-9d2e7c4a1f"),
+    ("prometheus", "scrape", "scrape-3b8e6d1c0a"),
+];
+
+/// The tokens file (hashes only) and one file per token, as an operator keeps it.
+fn write_tokens(dir: &Path) -> PathBuf {
+    let mut lines = String::new();
+    for (name, role, token) in TOKENS {
+        let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        lines.push_str(&format!("{name} {role} {hex}\n"));
+        std::fs::write(dir.join(format!("{name}.token")), token).unwrap();
+    }
+    let path = dir.join("admin-tokens");
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
 /// A running switch process; killed when dropped.
 pub struct Switch {
     child: Child,
@@ -55,9 +76,11 @@ impl Switch {
         let dir = tempfile::tempdir().unwrap();
         let (terminals, admin) = (free_port(), free_port());
         let config = dir.path().join("switchyard.toml");
+        let tokens = write_tokens(dir.path());
         let text = format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[shutdown]\ngrace_ms = 5000\n[audit]\ndir = \"{}\"\ndemo_keys = true\n\
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntokens_file = \"{}\"\n[shutdown]\ngrace_ms = 5000\n[audit]\ndir = \"{}\"\ndemo_keys = true\n\
              [[listeners]]\nname = \"terminals\"\nlisten = \"127.0.0.1:{terminals}\"\n{body}",
+            tokens.display(),
             dir.path().join("audit").display()
         );
         std::fs::write(&config, text).unwrap();
@@ -162,6 +185,15 @@ impl Switch {
         );
     }
 
+    /// The file holding `name`'s admin token.
+    pub fn token_file(&self, name: &str) -> String {
+        self.dir
+            .path()
+            .join(format!("{name}.token"))
+            .display()
+            .to_string()
+    }
+
     /// One metric's value with these labels (0 when absent).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric_in(&http_get(self.admin, "/metrics").1, name, labels)
@@ -184,11 +216,23 @@ pub fn metric_in(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// A plain HTTP GET: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_as(addr, path, None)
+}
+
+/// An HTTP GET with an operator's bearer token (`/saf`).
+pub fn operator_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_as(addr, path, Some(TOKENS[0].2))
+}
+
+fn http_get_as(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return (0, String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -537,7 +581,7 @@ fn the_switch_routes_answers_audits_and_counts_every_transaction() {
     // Eight pairs, and an in-flight record before each of the five requests put on a wire.
     assert_eq!(switch.metric("switchyard_audit_records_total", &[]), 13.0);
     // The silent issuer's timeout left an unknown outcome: its reversal is queued.
-    let (_, saf) = http_get(switch.admin, "/saf");
+    let (_, saf) = operator_get(switch.admin, "/saf");
     let entries: Vec<serde_json::Value> = serde_json::from_str(&saf).unwrap();
     assert_eq!(entries.len(), 1, "{saf}");
     assert_eq!(entries[0]["link"], "silent");
@@ -568,7 +612,9 @@ fn the_switch_routes_answers_audits_and_counts_every_transaction() {
         assert!(!metrics.contains(secret), "{secret} in /metrics");
     }
     assert_eq!(http_get(switch.admin, "/livez").0, 200);
-    assert_eq!(http_get(switch.admin, "/nothing").0, 404);
+    // Anything but health and metrics takes a token, even to learn it is not there.
+    assert_eq!(http_get(switch.admin, "/nothing").0, 401);
+    assert_eq!(operator_get(switch.admin, "/nothing").0, 404);
     drop(sims);
 }
 

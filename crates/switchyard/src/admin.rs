@@ -1,5 +1,7 @@
 //! The admin HTTP listener: `/metrics`, `/livez`, `/readyz`, `/saf` (the store-and-forward
-//! entries) and `POST /saf/retry|drop?id=N&operator=NAME`. A deliberately small HTTP/1.1
+//! entries) and `POST /saf/retry|drop?id=N`, every operator action and read behind a bearer
+//! token ([`crate::admin_auth`]: 401 without a valid one, 403 for a token of another role;
+//! the operator is the token's name). A deliberately small HTTP/1.1
 //! server (one request per connection, bounded head size, time and connections): a handful
 //! of endpoints do not need a web framework on the switch's dependency list. Keep the admin
 //! address off the terminals' network.
@@ -11,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use crate::admin_auth::{AdminAuth, Role};
 
 /// What the endpoints answer from.
 pub trait AdminState: Send + Sync + 'static {
@@ -37,6 +41,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn serve(
     listener: TcpListener,
     state: Arc<impl AdminState>,
+    auth: Arc<AdminAuth>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -52,15 +57,28 @@ pub async fn serve(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue;
         };
-        let state = state.clone();
+        let (state, auth) = (state.clone(), auth.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(TIMEOUT, answer(stream, &*state)).await;
+            let _ = tokio::time::timeout(TIMEOUT, answer(stream, &*state, &auth)).await;
             drop(permit);
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, state: &impl AdminState) -> std::io::Result<()> {
+async fn refuse(stream: &mut TcpStream, status: &str) -> std::io::Result<()> {
+    let body: &[u8] = if status.starts_with("401") {
+        b"a valid bearer token is needed (Authorization: Bearer TOKEN)\n"
+    } else {
+        b"this token may not do that\n"
+    };
+    respond(stream, status, "text/plain", body).await
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    state: &impl AdminState,
+    auth: &AdminAuth,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -86,6 +104,20 @@ async fn answer(mut stream: TcpStream, state: &impl AdminState) -> std::io::Resu
         parts.next().unwrap_or_default(),
     );
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    let needs = match path {
+        b"/livez" | b"/readyz" => None,
+        b"/metrics" if auth.metrics_open() => None,
+        b"/metrics" => Some(Role::Scrape),
+        _ => Some(Role::Operator),
+    };
+    let operator = match needs.map(|role| auth.check(&head, role)) {
+        None => None,
+        Some(Ok(name)) => Some(name.to_string()),
+        Some(Err(refusal)) => {
+            tracing::warn!(path = %String::from_utf8_lossy(path), reason = refusal.reason, "admin request refused");
+            return refuse(&mut stream, refusal.status).await;
+        }
+    };
     if method == b"POST" && (path == b"/saf/retry" || path == b"/saf/drop") {
         let query = target.split(|&b| b == b'?').nth(1).unwrap_or_default();
         let param = |name: &str| {
@@ -100,20 +132,17 @@ async fn answer(mut stream: TcpStream, state: &impl AdminState) -> std::io::Resu
                 .next()
         };
         let id = param("id").and_then(|v| v.parse::<u64>().ok());
-        let operator = param("operator").filter(|o| {
-            !o.is_empty()
-                && o.len() <= 64
-                && o.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
-        });
-        let (Some(id), Some(operator)) = (id, operator) else {
+        if param("operator").is_some_and(|named| Some(&named) != operator.as_ref()) {
             return respond(
                 &mut stream,
                 "400 Bad Request",
                 "text/plain",
-                b"need id=N and operator=NAME\n",
+                b"the operator is the token's: operator= may not name another\n",
             )
             .await;
+        }
+        let (Some(id), Some(operator)) = (id, operator) else {
+            return respond(&mut stream, "400 Bad Request", "text/plain", b"need id=N\n").await;
         };
         return match state.saf_action(id, &operator, path == b"/saf/drop").await {
             Ok(()) => respond(&mut stream, "200 OK", "text/plain", b"done\n").await,

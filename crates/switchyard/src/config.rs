@@ -193,12 +193,20 @@ impl Default for IntegritySection {
 pub struct AdminSection {
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Operators' and scrapers' bearer tokens, hashed (`NAME ROLE SHA256-HEX` a line; make
+    /// one with `switchyard admin-token`). None: every operator action is refused.
+    pub tokens_file: Option<PathBuf>,
+    /// `/metrics` without a token (true), or only with a `scrape` or `operator` token.
+    #[serde(default = "default_true")]
+    pub metrics_open: bool,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
         AdminSection {
             listen: default_admin_listen(),
+            tokens_file: None,
+            metrics_open: true,
         }
     }
 }
@@ -422,6 +430,7 @@ impl Config {
             }
         };
         fix(&mut self.audit.dir);
+        fix_opt(&mut self.admin.tokens_file);
         fix_opt(&mut self.audit.chain_key_file);
         fix_opt(&mut self.audit.pan_key_file);
         fix_opt(&mut self.integrity.saf_dir);
@@ -894,6 +903,13 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
         },
     };
     check_security(&config, &mut problems);
+    if let Some(file) = &config.admin.tokens_file {
+        if let Err(e) =
+            crate::admin_auth::AdminAuth::load(Some(file), true, &prometheus::Registry::new())
+        {
+            problems.push(format!("admin.tokens_file: {e:#}"));
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod admin_auth;
 mod audit_cmd;
 mod card_security;
 mod codec_cmd;
@@ -68,6 +69,16 @@ enum Command {
     Saf {
         #[command(subcommand)]
         command: saf_cmd::SafCommand,
+    },
+    /// Make an admin bearer token: the token (shown once; give it to its holder) and the
+    /// line for admin.tokens_file (its hash).
+    AdminToken {
+        /// Who holds it (the operator named in the audit records of its actions).
+        #[arg(long)]
+        name: String,
+        /// operator (actions and reads) or scrape (/metrics only).
+        #[arg(long, default_value = "operator")]
+        role: String,
     },
     /// The security module's keys: load a ZMK, import and rotate working keys, list them.
     Keys {
@@ -151,6 +162,14 @@ fn main() -> ExitCode {
         Command::Sim { command } => sim_cmd::run(*command),
         Command::Saf { command } => saf_cmd::run(command),
         Command::Keys { command } => keys_cmd::run(command),
+        Command::AdminToken { name, role } => match admin_auth::new_token(&name, &role) {
+            Ok((token, line)) => {
+                println!("token {token}");
+                println!("line  {line}");
+                Ok(())
+            }
+            Err(e) => Err(codec_cmd::fail(codec_cmd::EX_USAGE)(e)),
+        },
         Command::Health { admin, path } => saf_cmd::health(&admin, &path),
         Command::Specs => codec_cmd::specs(),
         Command::Send(args) => send_cmd::send(*args),

@@ -367,9 +367,16 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
         listeners_bound: AtomicBool::new(true),
     });
     let admin_stop = CancellationToken::new();
+    let auth = crate::admin_auth::AdminAuth::load(
+        plan.config.admin.tokens_file.as_deref(),
+        plan.config.admin.metrics_open,
+        &switch.telemetry.registry,
+    )
+    .map_err(fail(EX_CONFIG))?;
     tokio::spawn(admin::serve(
         admin_listener,
         switch.clone(),
+        Arc::new(auth),
         admin_stop.clone(),
     ));
     tracing::info!(admin = %plan.config.admin.listen, config = %config::origin(path.as_deref()), "switchyard running");

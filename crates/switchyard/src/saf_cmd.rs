@@ -23,8 +23,11 @@ pub enum SafCommand {
         #[arg(long, conflicts_with = "admin")]
         dir: Option<PathBuf>,
         /// A running switch's admin address.
-        #[arg(long)]
+        #[arg(long, requires = "token_file")]
         admin: Option<String>,
+        /// The file holding an operator's admin token (with --admin).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -47,18 +50,41 @@ pub struct Action {
     /// The entry.
     #[arg(long)]
     id: u64,
-    /// Who does it (recorded in the audit log).
+    /// The file holding the operator's admin token (`switchyard admin-token`): the switch
+    /// records the token's name as the operator.
     #[arg(long)]
-    operator: String,
+    token_file: PathBuf,
 }
 
-/// One HTTP request to the admin endpoint: (status, body).
-fn admin_request(addr: &str, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+/// A token from its file (never from the command line, where `ps` would show it).
+fn token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(anyhow!(
+            "token file {}: one token, no spaces",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
+
+/// One HTTP request to the admin endpoint, with a bearer token when given: (status, body).
+fn admin_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: switchyard\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: switchyard\r\n{auth}Content-Length: 0\r\n\r\n"
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
@@ -76,6 +102,7 @@ pub fn run(command: SafCommand) -> CmdResult {
         SafCommand::List {
             dir,
             admin,
+            token_file,
             json,
             all,
         } => {
@@ -93,8 +120,13 @@ pub fn run(command: SafCommand) -> CmdResult {
                         .collect()
                 }
                 (None, Some(addr)) => {
-                    let (status, body) =
-                        admin_request(&addr, "GET", "/saf").map_err(fail(EX_IOERR))?;
+                    let token = token_file
+                        .as_deref()
+                        .map(token)
+                        .transpose()
+                        .map_err(fail(EX_USAGE))?;
+                    let (status, body) = admin_request(&addr, "GET", "/saf", token.as_deref())
+                        .map_err(fail(EX_IOERR))?;
                     if status != 200 {
                         return Err(fail(EX_IOERR)(anyhow!(
                             "{addr}: HTTP {status}: {}",
@@ -133,11 +165,13 @@ pub fn run(command: SafCommand) -> CmdResult {
 }
 
 fn act(a: &Action, action: &str) -> CmdResult {
-    let (admin, id, operator) = (a.admin.as_str(), a.id, a.operator.as_str());
+    let (admin, id) = (a.admin.as_str(), a.id);
+    let token = token(&a.token_file).map_err(fail(EX_USAGE))?;
     let (status, body) = admin_request(
         admin,
         "POST",
-        &format!("/saf/{action}?id={id}&operator={operator}"),
+        &format!("/saf/{action}?id={id}"),
+        Some(&token),
     )
     .map_err(fail(EX_IOERR))?;
     if status == 200 {
@@ -158,7 +192,7 @@ pub fn health(admin: &str, path: &str) -> CmdResult {
             "--path {path:?}: expected /livez or /readyz"
         )));
     }
-    let (status, body) = admin_request(admin, "GET", path).map_err(fail(EX_IOERR))?;
+    let (status, body) = admin_request(admin, "GET", path, None).map_err(fail(EX_IOERR))?;
     if status == 200 {
         print!("{body}");
         Ok(())
