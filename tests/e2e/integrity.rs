@@ -11,7 +11,7 @@ use switchyard_audit::{Outcome, PairRecord};
 use switchyard_iso8583::{shipped, Spec};
 use switchyard_sim::{IssuerSim, IssuerSimConfig};
 
-use crate::switch::{http_get, records, Switch, Terminal};
+use crate::switch::{records, Switch, Terminal};
 
 const WAIT: Duration = Duration::from_secs(30);
 
