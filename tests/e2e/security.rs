@@ -60,7 +60,7 @@ fn ok(out: &Output) -> String {
 struct IssuerProcess(Child, u16);
 
 impl IssuerProcess {
-    fn start(dir: &Path) -> IssuerProcess {
+    fn start(dir: &Path, extra: &[&str]) -> IssuerProcess {
         let port = free_port();
         let zpk = write(dir, "issuer-zpk.hex", ZPK);
         let zak = write(dir, "issuer-zak.hex", ZAK);
@@ -71,6 +71,7 @@ impl IssuerProcess {
             .arg(&zpk)
             .arg("--zak-file")
             .arg(&zak)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -195,125 +196,172 @@ fn assert_no_canary(dir: &Path, outputs: &[String], blocks: &[Vec<u8>]) {
     }
 }
 
+/// The lab: an issuer simulator process (with `issuer_extra` arguments), the keys loaded
+/// into the store with `switchyard keys`, and the switch.
+struct Lab {
+    work: tempfile::TempDir,
+    issuer: IssuerProcess,
+    switch: Switch,
+    /// The `keys` commands' configuration.
+    config: String,
+    /// What the commands printed.
+    outputs: Vec<String>,
+    /// The ZPK's first check value.
+    zpk_kcv: String,
+}
+
+impl Lab {
+    fn start(issuer_extra: &[&str]) -> Lab {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path();
+        let issuer = IssuerProcess::start(dir, issuer_extra);
+        let master = write(dir, "master.key", MASTER);
+        let registry = write(
+            dir,
+            "registry.toml",
+            "[[merchants]]\nid = \"MERCHANT0000001\"\nname = \"Shop\"\nmcc = \"5411\"\n\
+             [[terminals]]\nid = \"T0000001\"\nmerchant = \"MERCHANT0000001\"\ntpk = \"tpk.T0000001\"\ntak = \"tak.T0000001\"\n\
+             [[terminals]]\nid = \"T0000002\"\nmerchant = \"MERCHANT0000001\"\nbdk = \"bdk.fleet\"\n",
+        );
+        let security = format!(
+            "[security]\nkey_store = \"{}\"\nmaster_key_file = \"{}\"\nksn_field = 62\n[registry]\nfile = \"{}\"\n",
+            dir.join("keys.store").display(),
+            master.display(),
+            registry.display()
+        );
+        let body = format!(
+            "{security}{}[links.security]\nzpk = \"zpk.issuer\"\nzak = \"zak.issuer\"\npin_format = 3\n\
+             [links.security.key_exchange]\nzmk = \"zmk.issuer\"\n{}",
+            link("issuer", format!("127.0.0.1:{}", issuer.1), "remap_stan = false"),
+            route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
+        );
+        // The keys first, with the CLI, into the store the switch will open.
+        let config = write(dir, "keys-config.toml", &format!(
+            "[audit]\ndir = \"{}\"\ndemo_keys = true\n[[listeners]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\n{body}",
+            dir.join("audit-unused").display()
+        ));
+        let config = config.to_str().unwrap();
+        let c1 = write(dir, "zmk-1.hex", ZMK_1);
+        let c2 = write(dir, "zmk-2.hex", ZMK_2);
+        let mut outputs = vec![ok(&cli(&[
+            "keys",
+            "load-zmk",
+            "--config",
+            config,
+            "--id",
+            "zmk.issuer",
+            "--component",
+            c1.to_str().unwrap(),
+            "--component",
+            c2.to_str().unwrap(),
+        ]))];
+        let zmk_bytes: Vec<u8> = from_hex(ZMK_1)
+            .unwrap()
+            .iter()
+            .zip(from_hex(ZMK_2).unwrap())
+            .map(|(a, b)| a ^ b)
+            .collect();
+        let zmk = tdes(&to_hex(&zmk_bytes));
+        for (id, usage, clear, tr31_usage) in [
+            ("tpk.T0000001", "tpk", TPK, "P0"),
+            ("tak.T0000001", "tak", TAK, "M3"),
+            ("zak.issuer", "zak", ZAK, "M3"),
+            ("bdk.fleet", "bdk", BDK, "B0"),
+        ] {
+            let header =
+                Tr31Header::new('B', tr31_usage, 'T', if usage == "bdk" { 'X' } else { 'N' });
+            let block = tr31_wrap(&zmk, &header, &tdes(clear), &mut NoFill).unwrap();
+            outputs.push(ok(&cli(&[
+                "keys",
+                "import",
+                "--config",
+                config,
+                "--id",
+                id,
+                "--usage",
+                usage,
+                "--zmk",
+                "zmk.issuer",
+                "--tr31",
+                &block,
+            ])));
+        }
+        // The ZPK as X9.17 with its check value; a wrong check value is refused first.
+        let zpk = tdes(ZPK);
+        let wrapped = to_hex(&export_x917(zmk.tdes("zmk").unwrap(), &zpk).unwrap());
+        let kcv = to_hex(&zpk.check_value());
+        let import = |kcv: &str| {
+            cli(&[
+                "keys",
+                "import",
+                "--config",
+                config,
+                "--id",
+                "zpk.issuer",
+                "--usage",
+                "zpk",
+                "--zmk",
+                "zmk.issuer",
+                "--x917",
+                &wrapped,
+                "--kcv",
+                kcv,
+            ])
+        };
+        let refused = import("000000");
+        assert_eq!(refused.status.code(), Some(65));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("check value 000000 expected"));
+        outputs.push(ok(&import(&kcv)));
+        let listed = ok(&cli(&["keys", "list", "--config", config]));
+        assert!(
+            listed.contains(&format!("zpk.issuer               zpk  tdes kcv {kcv}")),
+            "{listed}"
+        );
+        assert_eq!(listed.lines().count(), 6, "{listed}");
+        outputs.push(listed);
+        let switch = Switch::start(&format!("spec = \"iso8583-1987-ascii\"\n{body}"));
+        let config = config.to_string();
+        Lab {
+            work,
+            issuer,
+            switch,
+            config,
+            outputs,
+            zpk_kcv: kcv,
+        }
+    }
+
+    /// The terminal's fixed keys as `sim terminal` arguments.
+    fn fixed(&self) -> Vec<String> {
+        let dir = self.work.path();
+        let tpk = write(dir, "terminal-tpk.hex", TPK);
+        let tak = write(dir, "terminal-tak.hex", TAK);
+        [
+            "--pin-format",
+            "0",
+            "--tpk-file",
+            tpk.to_str().unwrap(),
+            "--tak-file",
+            tak.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
 #[test]
 fn pin_transactions_are_translated_macs_checked_and_no_secret_is_written() {
-    let work = tempfile::tempdir().unwrap();
+    let lab = Lab::start(&[]);
+    let fixed = lab.fixed();
+    let Lab {
+        work,
+        issuer,
+        switch,
+        mut outputs,
+        ..
+    } = lab;
     let dir = work.path();
-    let issuer = IssuerProcess::start(dir);
-    let master = write(dir, "master.key", MASTER);
-    let registry = write(
-        dir,
-        "registry.toml",
-        "[[merchants]]\nid = \"MERCHANT0000001\"\nname = \"Shop\"\nmcc = \"5411\"\n\
-         [[terminals]]\nid = \"T0000001\"\nmerchant = \"MERCHANT0000001\"\ntpk = \"tpk.T0000001\"\ntak = \"tak.T0000001\"\n\
-         [[terminals]]\nid = \"T0000002\"\nmerchant = \"MERCHANT0000001\"\nbdk = \"bdk.fleet\"\n",
-    );
-    let security = format!(
-        "[security]\nkey_store = \"{}\"\nmaster_key_file = \"{}\"\nksn_field = 62\n[registry]\nfile = \"{}\"\n",
-        dir.join("keys.store").display(),
-        master.display(),
-        registry.display()
-    );
-    let body = format!(
-        "{security}{}[links.security]\nzpk = \"zpk.issuer\"\nzak = \"zak.issuer\"\npin_format = 3\n{}",
-        link("issuer", format!("127.0.0.1:{}", issuer.1), "remap_stan = false"),
-        route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
-    );
-    // The keys first, with the CLI, into the store the switch will open.
-    let config = write(dir, "keys-config.toml", &format!(
-        "[audit]\ndir = \"{}\"\ndemo_keys = true\n[[listeners]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\n{body}",
-        dir.join("audit-unused").display()
-    ));
-    let config = config.to_str().unwrap();
-    let c1 = write(dir, "zmk-1.hex", ZMK_1);
-    let c2 = write(dir, "zmk-2.hex", ZMK_2);
-    let mut outputs = vec![ok(&cli(&[
-        "keys",
-        "load-zmk",
-        "--config",
-        config,
-        "--id",
-        "zmk.issuer",
-        "--component",
-        c1.to_str().unwrap(),
-        "--component",
-        c2.to_str().unwrap(),
-    ]))];
-    let zmk_bytes: Vec<u8> = from_hex(ZMK_1)
-        .unwrap()
-        .iter()
-        .zip(from_hex(ZMK_2).unwrap())
-        .map(|(a, b)| a ^ b)
-        .collect();
-    let zmk = tdes(&to_hex(&zmk_bytes));
-    for (id, usage, clear, tr31_usage) in [
-        ("tpk.T0000001", "tpk", TPK, "P0"),
-        ("tak.T0000001", "tak", TAK, "M3"),
-        ("zak.issuer", "zak", ZAK, "M3"),
-        ("bdk.fleet", "bdk", BDK, "B0"),
-    ] {
-        let header = Tr31Header::new('B', tr31_usage, 'T', if usage == "bdk" { 'X' } else { 'N' });
-        let block = tr31_wrap(&zmk, &header, &tdes(clear), &mut NoFill).unwrap();
-        outputs.push(ok(&cli(&[
-            "keys",
-            "import",
-            "--config",
-            config,
-            "--id",
-            id,
-            "--usage",
-            usage,
-            "--zmk",
-            "zmk.issuer",
-            "--tr31",
-            &block,
-        ])));
-    }
-    // The ZPK as X9.17 with its check value; a wrong check value is refused first.
-    let zpk = tdes(ZPK);
-    let wrapped = to_hex(&export_x917(zmk.tdes("zmk").unwrap(), &zpk).unwrap());
-    let kcv = to_hex(&zpk.check_value());
-    let import = |kcv: &str| {
-        cli(&[
-            "keys",
-            "import",
-            "--config",
-            config,
-            "--id",
-            "zpk.issuer",
-            "--usage",
-            "zpk",
-            "--zmk",
-            "zmk.issuer",
-            "--x917",
-            &wrapped,
-            "--kcv",
-            kcv,
-        ])
-    };
-    let refused = import("000000");
-    assert_eq!(refused.status.code(), Some(65));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("check value 000000 expected"));
-    outputs.push(ok(&import(&kcv)));
-    let listed = ok(&cli(&["keys", "list", "--config", config]));
-    assert!(
-        listed.contains(&format!("zpk.issuer               zpk  tdes kcv {kcv}")),
-        "{listed}"
-    );
-    assert_eq!(listed.lines().count(), 6, "{listed}");
-    outputs.push(listed);
-
-    let switch = Switch::start(&format!("spec = \"iso8583-1987-ascii\"\n{body}"));
-    let tpk = write(dir, "terminal-tpk.hex", TPK);
-    let tak = write(dir, "terminal-tak.hex", TAK);
-    let fixed = [
-        "--pin-format",
-        "0",
-        "--tpk-file",
-        tpk.to_str().unwrap(),
-        "--tak-file",
-        tak.to_str().unwrap(),
-    ];
+    let fixed: Vec<&str> = fixed.iter().map(String::as_str).collect();
     // The right PIN under the TPK, MACed: approved by the issuer that decrypted it.
     let right = terminal(
         &switch,
@@ -417,4 +465,92 @@ fn pin_transactions_are_translated_macs_checked_and_no_secret_is_written() {
     outputs.push(super::switch::http_get(switch.admin, "/metrics").1);
     assert_no_canary(dir, &outputs, &blocks);
     assert_no_canary(switch.dir.path(), &[], &blocks);
+}
+
+#[test]
+fn a_key_exchange_mid_load_changes_the_zpk_and_no_transaction_fails() {
+    // The issuer sends a new ZPK under the ZMK 2 s after the link connects: amid the 4 s of
+    // load that starts as soon as the switch is ready.
+    let zmk: Vec<u8> = from_hex(ZMK_1)
+        .unwrap()
+        .iter()
+        .zip(from_hex(ZMK_2).unwrap())
+        .map(|(a, b)| a ^ b)
+        .collect();
+    let scratch = tempfile::tempdir().unwrap();
+    let zmk_file = write(scratch.path(), "issuer-zmk.hex", &to_hex(&zmk));
+    let lab = Lab::start(&[
+        "--zmk-file",
+        zmk_file.to_str().unwrap(),
+        "--key-exchange-after-ms",
+        "2000",
+    ]);
+    let fixed = lab.fixed();
+    let args: Vec<&str> = ["--pin", PIN, "--duration", "4", "--window", "2"]
+        .into_iter()
+        .chain(fixed.iter().map(String::as_str))
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "sim",
+            "terminal",
+            "--target",
+            &lab.switch.terminals.to_string(),
+        ])
+        .args([
+            "--terminal",
+            "T0000001",
+            "--merchant",
+            "MERCHANT0000001",
+            "--json",
+            "--ksn-field",
+            "62",
+        ])
+        .args(&args)
+        .output()
+        .unwrap();
+    let load: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = load["sent"].as_u64().unwrap();
+    assert!(sent > 20, "{load}");
+    assert_eq!(
+        codes(&load),
+        format!(r#"{{"00":{sent}}}"#),
+        "every transaction approved across the exchange: {load}"
+    );
+    assert_eq!(load["failures"].to_string(), "{}", "{load}");
+    let listed = ok(&cli(&["keys", "list", "--config", &lab.config]));
+    let zpk_line = listed
+        .lines()
+        .find(|l| l.starts_with("zpk.issuer"))
+        .unwrap()
+        .to_string();
+    assert!(
+        !zpk_line.ends_with(&lab.zpk_kcv),
+        "the ZPK was replaced: {zpk_line}"
+    );
+    let events: Vec<serde_json::Value> = {
+        let mut all = Vec::new();
+        switchyard_audit::for_each(&lab.switch.audit_dir(), |r| {
+            if r.kind == Some(switchyard_audit::RecordKind::Event) {
+                let v: serde_json::Value = switchyard_audit::payload::decode(r.seq, r.payload)?;
+                if v["event"] == "key-exchange" {
+                    all.push(v);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        all
+    };
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["result"], "ok");
+    assert!(
+        zpk_line.ends_with(events[0]["kcv"].as_str().unwrap()),
+        "{zpk_line} {events:?}"
+    );
+    let ledger = lab.issuer.stop();
+    assert!(
+        ledger.contains("pin-wrong 0 mac-failures 0 key-exchanges 1"),
+        "{ledger}"
+    );
 }

@@ -32,7 +32,7 @@ pub use error::{MuxError, Result, Side};
 pub use framing::{Frame, FrameCodec, Framing, Header, LengthPrefix, Patch};
 pub use io::IoCounters;
 pub use link::{
-    Backoff, BeforeSend, ConnectionState, Endpoint, Forwarded, IssuerLink, LateResponse,
-    LateResponseHandler, LinkConfig, LinkStats, NoHook, Selection,
+    Backoff, BeforeSend, ConnectionState, Endpoint, Forwarded, IssuerLink, IssuerRequestHandler,
+    LateResponse, LateResponseHandler, LinkConfig, LinkStats, NoHook, Selection,
 };
 pub use tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};

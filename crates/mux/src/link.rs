@@ -279,6 +279,19 @@ pub trait LateResponseHandler: Send + Sync + 'static {
     fn late_response(&self, late: LateResponse);
 }
 
+/// Takes the issuer's own network management requests that are not echoes (a key exchange
+/// 0800): the link hands them over and sends back the answer it is given.
+pub trait IssuerRequestHandler: Send + Sync + 'static {
+    /// `Some(answer)` for a request this handler takes (the encoded 0810, or `None` from the
+    /// future to send nothing); `None` to let the link answer it itself (echo, sign-on: 00).
+    #[allow(clippy::type_complexity)]
+    fn network_request(
+        &self,
+        link: &Arc<str>,
+        request: &MessageView<'static>,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>>;
+}
+
 /// What a link has seen (read by the switch's metrics).
 #[derive(Debug, Default)]
 pub struct LinkStats {
@@ -519,6 +532,7 @@ struct Shared {
     next_conn_id: AtomicU64,
     ready: watch::Sender<usize>,
     late: Option<Arc<dyn LateResponseHandler>>,
+    issuer_requests: std::sync::OnceLock<Arc<dyn IssuerRequestHandler>>,
     stats: LinkStats,
     epoch: Instant,
 }
@@ -618,6 +632,7 @@ impl IssuerLink {
             next_conn_id: AtomicU64::new(1),
             ready: watch::channel(0).0,
             late,
+            issuer_requests: std::sync::OnceLock::new(),
             stats: LinkStats::default(),
             epoch: Instant::now(),
         });
@@ -633,6 +648,11 @@ impl IssuerLink {
             shutdown,
             tasks,
         })
+    }
+
+    /// Hand the issuer's network requests to `handler` (once; later calls are ignored).
+    pub fn set_issuer_requests(&self, handler: Arc<dyn IssuerRequestHandler>) {
+        let _ = self.shared.issuer_requests.set(handler);
     }
 
     /// The link's name.
@@ -978,7 +998,21 @@ impl Shared {
         let mti = view.mti();
         if mti.is_request() {
             if mti.class() == 8 {
-                self.answer_network_request(&view, &frame.header, tx);
+                let taken = self
+                    .issuer_requests
+                    .get()
+                    .and_then(|h| h.network_request(&cfg.name, &view));
+                match taken {
+                    Some(answer) => {
+                        let (tx, header) = (tx.clone(), cfg.framing.header.reply_to(&frame.header));
+                        tokio::spawn(async move {
+                            if let Some(bytes) = answer.await {
+                                let _ = tx.send(Frame::with_header(header, bytes)).await;
+                            }
+                        });
+                    }
+                    None => self.answer_network_request(&view, &frame.header, tx),
+                }
             } else {
                 self.stats
                     .unmatched_responses
@@ -1574,6 +1608,7 @@ mod tests {
             next_conn_id: AtomicU64::new(1),
             ready: watch::channel(0).0,
             late: None,
+            issuer_requests: std::sync::OnceLock::new(),
             stats: LinkStats::default(),
             epoch: Instant::now(),
         };

@@ -30,6 +30,7 @@ extern crate self as switchyard_router;
 pub mod error;
 pub mod flow;
 pub mod integrity;
+pub mod key_exchange;
 pub mod metrics;
 pub mod registry;
 pub mod routes;

@@ -26,6 +26,8 @@ pub struct LinkSecurity {
     pub zak: Option<String>,
     /// The MAC algorithm of the link.
     pub mac_algorithm: MacAlgorithm,
+    /// Issuer-initiated key exchange (0800), when the link does it.
+    pub key_exchange: Option<crate::key_exchange::KeyExchangeSettings>,
 }
 
 /// Reasons of security failures, as metric labels (never a terminal, card or key id).

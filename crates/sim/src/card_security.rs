@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::RwLock;
 
 use switchyard_hsm::module::MacAlgorithm;
-use switchyard_hsm::pin::{self, Format};
+use switchyard_hsm::pin::{self, Fill, Format};
 use switchyard_hsm::software::RandomFill;
 use switchyard_hsm::{dukpt, dukpt_aes, AesKey, Key, TdesKey};
 use switchyard_iso8583::mac_input::{mac_field_for, mac_field_of, mac_input};
@@ -232,6 +232,13 @@ pub struct IssuerKeys {
     pub zak: Option<Key>,
     /// The MAC algorithm.
     pub mac_algorithm: MacAlgorithm,
+    /// Send the switch a new ZPK (under this ZMK) once, this long after start.
+    pub exchange: Option<(Key, std::time::Duration)>,
+    /// Field 70 of the exchange.
+    pub exchange_code: String,
+    /// The field that carries the key.
+    pub key_field: u8,
+    exchanged: std::sync::atomic::AtomicBool,
 }
 
 /// What the issuer made of a request's PIN block.
@@ -260,7 +267,43 @@ impl IssuerKeys {
             expected_pin: expected_pin.to_string(),
             zak,
             mac_algorithm,
+            exchange: None,
+            exchange_code: "161".into(),
+            key_field: 48,
+            exchanged: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The key exchange 0800, the first time it is asked for (`None` after, or without a
+    /// ZMK): a new random ZPK under the ZMK (X9.17) and its check value in the key field.
+    /// The new key is accepted from now on, the old one kept for what is in flight.
+    pub fn exchange_request(
+        &self,
+        spec: &'static switchyard_iso8583::Spec,
+    ) -> Option<bytes::Bytes> {
+        let (zmk, _) = self.exchange.as_ref()?;
+        if self.exchanged.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let mut fill = RandomFill::new().ok()?;
+        let bytes: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(
+            (0..16)
+                .map(|_| fill.nibble() << 4 | fill.nibble())
+                .collect(),
+        );
+        let zpk = Key::Tdes(TdesKey::new(&bytes).ok()?);
+        let wrapped = switchyard_hsm::wrap::export_x917(zmk.tdes("ZMK").ok()?, &zpk).ok()?;
+        let field = format!(
+            "{}{}",
+            switchyard_hsm::to_hex(&wrapped),
+            switchyard_hsm::to_hex(&zpk.check_value())
+        );
+        let mut b = MessageBuilder::new(spec, switchyard_iso8583::Mti::parse("0800")?);
+        b.set(7, "1203000000").ok()?.set(11, "990001").ok()?;
+        b.set(self.key_field, field).ok()?;
+        b.set(70, &self.exchange_code).ok()?;
+        self.rotate_zpk(zpk);
+        Some(b.encode())
     }
 
     /// A new ZPK in front; the previous one stays (for requests already translated).

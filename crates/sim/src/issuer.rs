@@ -99,6 +99,8 @@ pub struct Ledger {
     pub pin_wrong: AtomicU64,
     /// Requests whose MAC did not verify (answered 63).
     pub mac_failures: AtomicU64,
+    /// Key exchanges the switch answered 00.
+    pub key_exchanges: AtomicU64,
     /// The original STANs (field 90) of the reversals received, in arrival order.
     pub reversal_order: Mutex<Vec<String>>,
     /// The share of requests left unanswered now (f64 bits), changeable while running.
@@ -122,7 +124,7 @@ impl Ledger {
     /// A one-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "requests {} approved {} declined {} reversals {} (matched {}) network {} standing {} amount {} pin-right {} pin-wrong {} mac-failures {}",
+            "requests {} approved {} declined {} reversals {} (matched {}) network {} standing {} amount {} pin-right {} pin-wrong {} mac-failures {} key-exchanges {}",
             self.requests.load(Ordering::Relaxed),
             self.approved.load(Ordering::Relaxed),
             self.declined.load(Ordering::Relaxed),
@@ -133,7 +135,8 @@ impl Ledger {
             self.standing_amount(),
             self.pin_right.load(Ordering::Relaxed),
             self.pin_wrong.load(Ordering::Relaxed),
-            self.mac_failures.load(Ordering::Relaxed)
+            self.mac_failures.load(Ordering::Relaxed),
+            self.key_exchanges.load(Ordering::Relaxed)
         )
     }
 }
@@ -256,6 +259,13 @@ async fn serve<S>(
     let mut codec = FrameCodec::new(framing);
     let mut buf = BytesMut::with_capacity(8192);
     let mut on_this_connection = 0u64;
+    let exchange_after = config
+        .keys
+        .as_ref()
+        .and_then(|k| k.exchange.as_ref().map(|e| e.1));
+    let mut exchange_due = exchange_after.is_some();
+    let exchange_timer = tokio::time::sleep(exchange_after.unwrap_or_default());
+    tokio::pin!(exchange_timer);
     'read: loop {
         loop {
             let frame = match codec.decode(&mut buf) {
@@ -267,6 +277,18 @@ async fn serve<S>(
                 continue;
             };
             if !request.mti().is_request() {
+                // The switch's 0810 to a key exchange of ours.
+                if request.mti().class() == 8 && request.field(39).is_some_and(|f| f.text() == "00")
+                {
+                    if let Some(keys) = &config.keys {
+                        if request
+                            .field(70)
+                            .is_some_and(|f| f.text() == keys.exchange_code)
+                        {
+                            ledger.key_exchanges.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
                 continue;
             }
             ledger.requests.fetch_add(1, Ordering::Relaxed);
@@ -297,6 +319,15 @@ async fn serve<S>(
         let read = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = conn_done.cancelled() => break,
+            _ = &mut exchange_timer, if exchange_due => {
+                exchange_due = false;
+                if let Some(message) = config.keys.as_ref().and_then(|k| k.exchange_request(config.spec)) {
+                    if tx.send(Frame::new(message)).await.is_err() {
+                        break;
+                    }
+                }
+                continue;
+            }
             r = input.read_buf(&mut buf) => r,
         };
         match read {

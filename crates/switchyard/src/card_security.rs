@@ -7,6 +7,7 @@ use anyhow::{anyhow, Context};
 use switchyard_hsm::module::{MacAlgorithm, SecurityModule};
 use switchyard_hsm::pin::Format;
 use switchyard_hsm::software::{MasterKey, SoftwareModule};
+use switchyard_router::key_exchange::KeyExchangeSettings;
 use switchyard_router::{LinkSecurity, Registry, Security};
 
 use crate::config::{LinkSection, SecuritySection};
@@ -44,6 +45,7 @@ pub async fn build(
     for link in links {
         let Some(ls) = &link.security else { continue };
         named.extend(ls.zpk.iter().chain(&ls.zak).cloned());
+        named.extend(ls.key_exchange.iter().map(|k| k.zmk.clone()));
         link_keys.insert(
             link.name.clone(),
             LinkSecurity {
@@ -55,6 +57,12 @@ pub async fn build(
                     .as_deref()
                     .and_then(MacAlgorithm::from_name)
                     .unwrap_or(MacAlgorithm::Iso9797Alg3),
+                key_exchange: ls.key_exchange.as_ref().map(|k| KeyExchangeSettings {
+                    zmk: k.zmk.clone(),
+                    zpk_code: k.zpk_code.clone(),
+                    zak_code: k.zak_code.clone(),
+                    key_field: k.key_field,
+                }),
             },
         );
     }

@@ -144,6 +144,35 @@ pub struct LinkSecuritySection {
     pub zak: Option<String>,
     /// `x9.19` (default), `iso9797-1` or `aes-cmac`.
     pub mac_algorithm: Option<String>,
+    /// Issuer-initiated key exchange.
+    pub key_exchange: Option<KeyExchangeSection>,
+}
+
+/// `[links.security.key_exchange]`: 0800s from the issuer bringing a new ZPK or ZAK.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyExchangeSection {
+    /// The ZMK the keys come under.
+    pub zmk: String,
+    /// Field 70 of a ZPK exchange.
+    #[serde(default = "default_zpk_code")]
+    pub zpk_code: String,
+    /// Field 70 of a ZAK exchange.
+    #[serde(default = "default_zak_code")]
+    pub zak_code: String,
+    /// The field that carries the key (a TR-31 block, or X9.17 hex and a check value).
+    #[serde(default = "default_key_field")]
+    pub key_field: u8,
+}
+
+fn default_zpk_code() -> String {
+    "161".into()
+}
+fn default_zak_code() -> String {
+    "162".into()
+}
+fn default_key_field() -> u8 {
+    48
 }
 
 #[derive(Debug, Clone, Deserialize)]

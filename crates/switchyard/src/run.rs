@@ -289,16 +289,26 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
     let router = Arc::new(match &plan.config.security {
         None => router,
         Some(sec) => {
-            let links: Vec<_> = plan.links.iter().map(|(s, _)| s.clone()).collect();
+            let sections: Vec<_> = plan.links.iter().map(|(s, _)| s.clone()).collect();
             let security = crate::card_security::build(
                 sec,
-                &links,
+                &sections,
                 plan.registry.as_ref(),
                 &telemetry.registry,
             )
             .await
             .map_err(fail(EX_CONFIG))?;
-            router.with_security(Arc::new(security))
+            let security = Arc::new(security);
+            for (name, keys) in &security.links {
+                if let (Some(_), Some(link)) = (&keys.key_exchange, links.get(name)) {
+                    let handler = switchyard_router::key_exchange::KeyExchange::new(
+                        security.clone(),
+                        audit.clone(),
+                    );
+                    link.set_issuer_requests(Arc::new(handler));
+                }
+            }
+            router.with_security(security)
         }
     });
     router.replace_registry(plan.registry.take());

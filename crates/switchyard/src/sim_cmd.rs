@@ -101,6 +101,18 @@ pub struct IssuerKeyArgs {
     /// MAC algorithm: x9.19, iso9797-1 or aes-cmac.
     #[arg(long, default_value = "x9.19")]
     mac_algorithm: String,
+    /// Zone master key file: with --key-exchange-after-ms, send the switch a new ZPK under it.
+    #[arg(long, requires = "key_exchange_after_ms")]
+    zmk_file: Option<PathBuf>,
+    /// Milliseconds after the link connects to send one key exchange 0800.
+    #[arg(long, requires = "zmk_file")]
+    key_exchange_after_ms: Option<u64>,
+    /// Field 70 of the key exchange.
+    #[arg(long, default_value = "161")]
+    key_exchange_code: String,
+    /// The field that carries the new key.
+    #[arg(long, default_value_t = 48)]
+    key_field: u8,
 }
 
 /// The simulated terminal's PIN pad (key files of hex digits; `aes:` before them for AES).
@@ -155,13 +167,18 @@ impl IssuerKeyArgs {
             return Ok(None);
         }
         let load = |p: &Option<PathBuf>| p.as_deref().map(key_from_file).transpose();
-        Ok(Some(Arc::new(IssuerKeys::new(
+        let mut keys = IssuerKeys::new(
             load(&self.zpk_file)?,
             pin_format(self.pin_format)?,
             &self.expected_pin,
             load(&self.zak_file)?,
             mac_algorithm(&self.mac_algorithm)?,
-        ))))
+        );
+        keys.exchange =
+            load(&self.zmk_file)?.zip(self.key_exchange_after_ms.map(Duration::from_millis));
+        keys.exchange_code = self.key_exchange_code.clone();
+        keys.key_field = self.key_field;
+        Ok(Some(Arc::new(keys)))
     }
 }
 

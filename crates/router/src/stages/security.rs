@@ -450,6 +450,7 @@ mod tests {
                 pin_format: Format::Iso3,
                 zak: zak.then(|| "zak.issuer".to_string()),
                 mac_algorithm: MacAlgorithm::Iso9797Alg3,
+                key_exchange: None,
             },
         )]);
         let registry = prometheus::Registry::new();

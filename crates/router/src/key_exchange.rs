@@ -1,0 +1,175 @@
+//! Issuer-initiated key exchange: an 0800 on the issuer link whose field 70 carries the
+//! link's ZPK or ZAK exchange code (configurable: 161, 162, ...) brings a new zone key
+//! under the ZMK in the key field (a TR-31 block, or X9.17 hex followed by its 6-digit
+//! check value). The switch imports it through its security module, which checks the
+//! check value; from then on new requests use it (requests already translated finish on
+//! the old one), and the 0810 answers 00. A key that does not import is answered 30 (format)
+//! or 63 (security) and the old key stays. Every exchange is an audit event with the key's
+//! id and check value, never the key.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use switchyard_audit::{AuditLog, RecordKind};
+use switchyard_hsm::module::{KeyImport, KeyUsage, WrappedKey};
+use switchyard_hsm::{from_hex, to_hex, Algorithm};
+use switchyard_iso8583::{MessageBuilder, MessageView};
+use switchyard_mux::IssuerRequestHandler;
+
+use crate::security::Security;
+
+/// A link's key exchange settings.
+#[derive(Debug, Clone)]
+pub struct KeyExchangeSettings {
+    /// The ZMK the new keys come under.
+    pub zmk: String,
+    /// Field 70 of a ZPK exchange.
+    pub zpk_code: String,
+    /// Field 70 of a ZAK exchange.
+    pub zak_code: String,
+    /// The field carrying the key.
+    pub key_field: u8,
+}
+
+/// The handler of the issuers' key exchange requests.
+#[derive(Debug)]
+pub struct KeyExchange {
+    security: Arc<Security>,
+    audit: Arc<AuditLog>,
+}
+
+impl KeyExchange {
+    /// Key exchange through `security`'s module, audited to `audit`.
+    pub fn new(security: Arc<Security>, audit: Arc<AuditLog>) -> KeyExchange {
+        KeyExchange { security, audit }
+    }
+}
+
+/// A key as the key field delivers it.
+enum Delivered {
+    /// A TR-31 key block (it carries its own MAC).
+    Tr31(String),
+    /// X9.17 under the ZMK, and the check value it must have.
+    X917 { key: Vec<u8>, kcv: Vec<u8> },
+}
+
+/// The key in the key field's text.
+fn parse_key_field(text: &str) -> Result<Delivered, &'static str> {
+    let text = text.trim();
+    let length = text
+        .get(1..5)
+        .filter(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    if text.starts_with(['B', 'D']) && length.is_some() {
+        return Ok(Delivered::Tr31(text.to_string()));
+    }
+    if !matches!(text.len(), 38 | 54) {
+        return Err("expected a TR-31 block, or 32 or 48 hex digits of key and 6 of check value");
+    }
+    let (key, kcv) = text.split_at(text.len() - 6);
+    Ok(Delivered::X917 {
+        key: from_hex(key).map_err(|_| "the key is not hex")?,
+        kcv: from_hex(kcv).map_err(|_| "the check value is not hex")?,
+    })
+}
+
+impl IssuerRequestHandler for KeyExchange {
+    fn network_request(
+        &self,
+        link: &Arc<str>,
+        request: &MessageView<'static>,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>> {
+        let keys = self.security.links.get(&**link)?;
+        let settings = keys.key_exchange.clone()?;
+        let code = request.field(70)?.text();
+        let (usage, id) = if code == settings.zpk_code {
+            (KeyUsage::Zpk, keys.zpk.clone()?)
+        } else if code == settings.zak_code {
+            (KeyUsage::Zak, keys.zak.clone()?)
+        } else {
+            return None;
+        };
+        let (security, audit, link, request) = (
+            self.security.clone(),
+            self.audit.clone(),
+            link.clone(),
+            request.clone(),
+        );
+        Some(Box::pin(async move {
+            let field = request
+                .field(settings.key_field)
+                .map(|f| f.text())
+                .unwrap_or_default();
+            let started = Instant::now();
+            let imported = match parse_key_field(&field) {
+                Err(why) => Err(("30", why.to_string())),
+                Ok(Delivered::Tr31(block)) => {
+                    let wrapped = WrappedKey::Tr31(&block);
+                    import(&security, &id, usage, &settings.zmk, wrapped, None).await
+                }
+                Ok(Delivered::X917 { key, kcv }) => {
+                    let wrapped = WrappedKey::X917 {
+                        key: &key,
+                        algorithm: Algorithm::Tdes,
+                    };
+                    import(&security, &id, usage, &settings.zmk, wrapped, Some(&kcv)).await
+                }
+            };
+            security.operation("import_key", imported.is_ok(), started.elapsed());
+            let (code, kcv, reason) = match &imported {
+                Ok(kcv) => ("00", Some(kcv.clone()), None),
+                Err((code, reason)) => (*code, None, Some(reason.clone())),
+            };
+            match &reason {
+                None => {
+                    tracing::info!(link = %link, key = %id, kcv = kcv.as_deref().unwrap_or(""), "key exchange: new key in use")
+                }
+                Some(reason) => {
+                    tracing::warn!(link = %link, key = %id, %reason, "key exchange refused: the old key stays")
+                }
+            }
+            let event = serde_json::json!({
+                "event": "key-exchange",
+                "initiator": "issuer",
+                "link": &*link,
+                "key": id,
+                "usage": usage.name(),
+                "kcv": kcv,
+                "result": if reason.is_none() { "ok" } else { "refused" },
+                "reason": reason,
+                "at_us": crate::flow::now_us(),
+            });
+            if let Err(e) = audit.append_record(RecordKind::Event, &event).await {
+                tracing::error!(error = %e, "key exchange not audited");
+            }
+            let mut builder = MessageBuilder::new(request.spec(), request.mti());
+            builder.respond_to(&request, code.as_bytes()).ok()?;
+            // The 0810 names the exchange it answers.
+            builder.copy_from(&request, 70).ok()?;
+            Some(builder.encode())
+        }))
+    }
+}
+
+/// Import the new key: its check value, or the response code and why not.
+async fn import(
+    security: &Security,
+    id: &str,
+    usage: KeyUsage,
+    zmk: &str,
+    wrapped: WrappedKey<'_>,
+    kcv: Option<&[u8]>,
+) -> Result<String, (&'static str, String)> {
+    security
+        .module
+        .import_key(KeyImport {
+            id,
+            usage,
+            zmk,
+            wrapped,
+            kcv,
+        })
+        .await
+        .map(|info| to_hex(&info.kcv))
+        .map_err(|e| ("63", e.to_string()))
+}
