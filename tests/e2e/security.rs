@@ -24,6 +24,7 @@ const TAK: &str = "5E4D3C2B1A0F9E8D7C6B5A4938271605";
 const ZPK: &str = "7A6B5C4D3E2F10011F2E3D4C5B6A7988";
 const ZAK: &str = "1122334455667788998877665544332F";
 const BDK: &str = "0123456789ABCDEFFEDCBA9876543210";
+const LMK: &str = "C1D2E3F405162738495A6B7C8D9EAFB0";
 const MASTER: &str = "9F8E7D6C5B4A39281706F5E4D3C2B1A09F8E7D6C5B4A39281706F5E4D3C2B1A0";
 /// The canary PIN: the issuer simulator approves it, and it must never be written.
 const PIN: &str = "4739";
@@ -54,6 +55,41 @@ fn ok(out: &Output) -> String {
     );
     assert!(out.status.success(), "{text}");
     text
+}
+
+/// A payShield simulator process (`sim hsm`) with its LMK.
+struct HsmProcess {
+    child: Child,
+    port: u16,
+    lmk: PathBuf,
+}
+
+impl HsmProcess {
+    fn start(dir: &Path) -> HsmProcess {
+        let port = free_port();
+        let lmk = write(dir, "lmk.hex", LMK);
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["sim", "hsm", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--lmk-file")
+            .arg(&lmk)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "HSM simulator did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        HsmProcess { child, port, lmk }
+    }
+}
+
+impl Drop for HsmProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A simulated issuer process holding the ZPK and ZAK.
@@ -140,7 +176,7 @@ fn codes(report: &serde_json::Value) -> String {
 /// none holds a canary in hex (either case) or as raw bytes.
 fn assert_no_canary(dir: &Path, outputs: &[String], blocks: &[Vec<u8>]) {
     let mut secrets: Vec<Vec<u8>> = Vec::new();
-    for hex in [ZMK_1, ZMK_2, TPK, TAK, ZPK, ZAK, BDK, MASTER] {
+    for hex in [ZMK_1, ZMK_2, TPK, TAK, ZPK, ZAK, BDK, MASTER, LMK] {
         secrets.push(hex.as_bytes().to_vec());
         secrets.push(hex.to_lowercase().into_bytes());
         secrets.push(from_hex(hex).unwrap());
@@ -201,6 +237,7 @@ fn assert_no_canary(dir: &Path, outputs: &[String], blocks: &[Vec<u8>]) {
 struct Lab {
     work: tempfile::TempDir,
     issuer: IssuerProcess,
+    _hsm: Option<HsmProcess>,
     switch: Switch,
     /// The `keys` commands' configuration.
     config: String,
@@ -212,10 +249,16 @@ struct Lab {
 
 impl Lab {
     fn start(issuer_extra: &[&str]) -> Lab {
+        Lab::with_module(issuer_extra, false)
+    }
+
+    /// `payshield`: the switch's module is the payShield client, talking to `sim hsm`.
+    fn with_module(issuer_extra: &[&str], payshield: bool) -> Lab {
         let work = tempfile::tempdir().unwrap();
         let dir = work.path();
         let issuer = IssuerProcess::start(dir, issuer_extra);
         let master = write(dir, "master.key", MASTER);
+        let hsm = payshield.then(|| HsmProcess::start(dir));
         let registry = write(
             dir,
             "registry.toml",
@@ -223,10 +266,20 @@ impl Lab {
              [[terminals]]\nid = \"T0000001\"\nmerchant = \"MERCHANT0000001\"\ntpk = \"tpk.T0000001\"\ntak = \"tak.T0000001\"\n\
              [[terminals]]\nid = \"T0000002\"\nmerchant = \"MERCHANT0000001\"\nbdk = \"bdk.fleet\"\n",
         );
+        let module = match &hsm {
+            None => format!(
+                "key_store = \"{}\"\nmaster_key_file = \"{}\"\n",
+                dir.join("keys.store").display(),
+                master.display()
+            ),
+            Some(hsm) => format!(
+                "module = \"payshield\"\n[security.payshield]\nendpoint = \"127.0.0.1:{}\"\nkey_table = \"{}\"\n",
+                hsm.port,
+                dir.join("keys.payshield").display()
+            ),
+        };
         let security = format!(
-            "[security]\nkey_store = \"{}\"\nmaster_key_file = \"{}\"\nksn_field = 62\n[registry]\nfile = \"{}\"\n",
-            dir.join("keys.store").display(),
-            master.display(),
+            "[security]\nksn_field = 62\n{module}[registry]\nfile = \"{}\"\n",
             registry.display()
         );
         let body = format!(
@@ -243,18 +296,51 @@ impl Lab {
         let config = config.to_str().unwrap();
         let c1 = write(dir, "zmk-1.hex", ZMK_1);
         let c2 = write(dir, "zmk-2.hex", ZMK_2);
-        let mut outputs = vec![ok(&cli(&[
-            "keys",
-            "load-zmk",
-            "--config",
-            config,
-            "--id",
-            "zmk.issuer",
-            "--component",
-            c1.to_str().unwrap(),
-            "--component",
-            c2.to_str().unwrap(),
-        ]))];
+        let mut outputs = vec![match &hsm {
+            None => ok(&cli(&[
+                "keys",
+                "load-zmk",
+                "--config",
+                config,
+                "--id",
+                "zmk.issuer",
+                "--component",
+                c1.to_str().unwrap(),
+                "--component",
+                c2.to_str().unwrap(),
+            ])),
+            // At the HSM: the custodians form the ZMK; its token goes in the key table.
+            Some(hsm) => {
+                let formed = ok(&cli(&[
+                    "sim",
+                    "hsm",
+                    "--lmk-file",
+                    hsm.lmk.to_str().unwrap(),
+                    "--form-key",
+                    "zmk",
+                    "--component",
+                    c1.to_str().unwrap(),
+                    "--component",
+                    c2.to_str().unwrap(),
+                ]));
+                let words: Vec<&str> = formed.split_whitespace().collect();
+                let (token, kcv) = (words[1], words[3]);
+                ok(&cli(&[
+                    "keys",
+                    "add-token",
+                    "--config",
+                    config,
+                    "--id",
+                    "zmk.issuer",
+                    "--usage",
+                    "zmk",
+                    "--token",
+                    token,
+                    "--kcv",
+                    kcv,
+                ]))
+            }
+        }];
         let zmk_bytes: Vec<u8> = from_hex(ZMK_1)
             .unwrap()
             .iter()
@@ -324,6 +410,7 @@ impl Lab {
         Lab {
             work,
             issuer,
+            _hsm: hsm,
             switch,
             config,
             outputs,
@@ -351,7 +438,18 @@ impl Lab {
 
 #[test]
 fn pin_transactions_are_translated_macs_checked_and_no_secret_is_written() {
-    let lab = Lab::start(&[]);
+    pin_flow(false);
+}
+
+/// The same through the payShield client and `sim hsm` (the client carries no DUKPT MACs:
+/// the DUKPT terminal sends PIN blocks only).
+#[test]
+fn the_same_through_the_payshield_adapter_and_the_hsm_simulator() {
+    pin_flow(true);
+}
+
+fn pin_flow(payshield: bool) {
+    let lab = Lab::with_module(&[], payshield);
     let fixed = lab.fixed();
     let Lab {
         work,
@@ -393,20 +491,18 @@ fn pin_transactions_are_translated_macs_checked_and_no_secret_is_written() {
     )
     .unwrap();
     let ipek = write(dir, "terminal-ipek.hex", &to_hex(ipek.bytes()));
-    let dukpt = terminal(
-        &switch,
-        "T0000002",
-        10,
-        &[
-            "--pin",
-            PIN,
-            "--dukpt-key-file",
-            ipek.to_str().unwrap(),
-            "--ksn",
-            KSN,
-            "--dukpt-mac",
-        ],
-    );
+    let mut dukpt_args = vec![
+        "--pin",
+        PIN,
+        "--dukpt-key-file",
+        ipek.to_str().unwrap(),
+        "--ksn",
+        KSN,
+    ];
+    if !payshield {
+        dukpt_args.push("--dukpt-mac");
+    }
+    let dukpt = terminal(&switch, "T0000002", 10, &dukpt_args);
     assert_eq!(codes(&dukpt), r#"{"00":10}"#, "{dukpt}");
     // A wrong MAC: 63 from the switch, never forwarded.
     let forged = terminal(

@@ -486,7 +486,9 @@ fn open_line(cipher: &Aes256Gcm, line: &str) -> std::result::Result<(String, Sto
     Ok((id.to_string(), Stored { usage, key }))
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Replace the file at `path` with `bytes`: a temporary file (mode 0600), fsync, rename,
+/// fsync of the directory; a crash leaves the old file or the new one, never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut options = std::fs::OpenOptions::new();

@@ -59,10 +59,14 @@ pub fn export_x917(zmk: &TdesKey, key: &Key) -> Result<Vec<u8>> {
 
 /// Whether `key`'s check value starts with `expected` (3 bytes usually; at least 2).
 pub fn check(key: &Key, expected: Option<&[u8]>) -> Result<()> {
+    check_value_matches(&key.check_value(), expected)
+}
+
+/// Whether the check value `kcv` starts with `expected` (when given).
+pub fn check_value_matches(kcv: &[u8; 3], expected: Option<&[u8]>) -> Result<()> {
     let Some(expected) = expected else {
         return Ok(());
     };
-    let kcv = key.check_value();
     if expected.len() < 2 || expected.len() > 3 || !same_mac(&kcv[..expected.len()], expected) {
         return Err(bad(format!(
             "check value {} expected, the key has {}",

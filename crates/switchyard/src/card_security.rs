@@ -7,6 +7,7 @@ use anyhow::{anyhow, Context};
 use switchyard_hsm::module::{MacAlgorithm, SecurityModule};
 use switchyard_hsm::pin::Format;
 use switchyard_hsm::software::{MasterKey, SoftwareModule};
+use switchyard_payshield::{PayShield, PayShieldConfig};
 use switchyard_router::key_exchange::KeyExchangeSettings;
 use switchyard_router::{LinkSecurity, Registry, Security};
 
@@ -29,6 +30,27 @@ pub fn open_software(sec: &SecuritySection) -> anyhow::Result<SoftwareModule> {
     Ok(SoftwareModule::open(store, master)?)
 }
 
+/// The payShield client of `[security.payshield]`.
+pub fn open_payshield(
+    sec: &SecuritySection,
+    metrics: &prometheus::Registry,
+) -> anyhow::Result<PayShield> {
+    let p = sec
+        .payshield
+        .as_ref()
+        .ok_or_else(|| anyhow!("security.payshield is not set"))?;
+    Ok(PayShield::new(
+        PayShieldConfig {
+            endpoint: p.endpoint.clone(),
+            header_len: p.header_len,
+            connections: p.connections,
+            timeout: std::time::Duration::from_millis(p.timeout_ms),
+            key_table: p.key_table.clone(),
+        },
+        metrics,
+    )?)
+}
+
 /// Card security for the router: the module, each link's keys, checked to be in the
 /// module (and every key the registry's terminals name), so that a missing key stops the
 /// start rather than refusing transactions later.
@@ -38,8 +60,21 @@ pub async fn build(
     registry: Option<&Registry>,
     metrics: &prometheus::Registry,
 ) -> anyhow::Result<Security> {
-    let module: Arc<dyn SecurityModule> = Arc::new(open_software(sec)?);
-    tracing::warn!("{SOFTWARE_WARNING}");
+    let module: Arc<dyn SecurityModule> = match sec.module.as_str() {
+        "payshield" => {
+            let hsm = open_payshield(sec, metrics)?;
+            let diagnostics = hsm
+                .diagnostics()
+                .await
+                .context("the payShield does not answer NC")?;
+            tracing::info!(lmk_check = %diagnostics.get(..16).unwrap_or(""), "payShield answers");
+            Arc::new(hsm)
+        }
+        _ => {
+            tracing::warn!("{SOFTWARE_WARNING}");
+            Arc::new(open_software(sec)?)
+        }
+    };
     let mut link_keys = HashMap::new();
     let mut named: Vec<String> = Vec::new();
     for link in links {

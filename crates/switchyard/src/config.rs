@@ -119,6 +119,37 @@ pub struct SecuritySection {
     /// The response code of a security failure.
     #[serde(default = "default_security_code")]
     pub response_code: String,
+    /// `module = "payshield"`: the HSM and the table of its key tokens.
+    pub payshield: Option<PayShieldSection>,
+}
+
+/// `[security.payshield]`: a Thales payShield's host port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayShieldSection {
+    /// `host:port`.
+    pub endpoint: String,
+    /// Message header characters (as the HSM is configured).
+    #[serde(default = "default_header_len")]
+    pub header_len: usize,
+    /// Connections in the pool.
+    #[serde(default = "default_hsm_connections")]
+    pub connections: usize,
+    /// Longest a command may take.
+    #[serde(default = "default_hsm_timeout")]
+    pub timeout_ms: u64,
+    /// The key table: key id -> token under the HSM's LMK.
+    pub key_table: PathBuf,
+}
+
+fn default_header_len() -> usize {
+    4
+}
+fn default_hsm_connections() -> usize {
+    2
+}
+fn default_hsm_timeout() -> u64 {
+    2000
 }
 
 fn default_module() -> String {
@@ -467,6 +498,9 @@ impl Config {
         if let Some(sec) = &mut self.security {
             fix_opt(&mut sec.key_store);
             fix_opt(&mut sec.master_key_file);
+            if let Some(p) = &mut sec.payshield {
+                fix(&mut p.key_table);
+            }
         }
         for l in &mut self.listeners {
             if let Some(t) = &mut l.tls {
@@ -576,17 +610,26 @@ fn check_security(config: &Config, problems: &mut Vec<String>) {
         }
         return;
     };
-    if sec.module != "software" {
-        problems.push(format!("security.module: {:?} is not software", sec.module));
-    }
-    if sec.key_store.is_none() {
-        problems.push("security.key_store: the software module needs its key store file".into());
-    }
-    match (&sec.master_key_file, &sec.master_key_env) {
-        (Some(_), None) | (None, Some(_)) => {}
-        _ => problems.push(
-            "security: give master_key_file or master_key_env (one; never the key itself)".into(),
-        ),
+    match sec.module.as_str() {
+        "software" => {
+            if sec.key_store.is_none() {
+                problems.push("security.key_store: the software module needs its key store file".into());
+            }
+            match (&sec.master_key_file, &sec.master_key_env) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => problems.push(
+                    "security: give master_key_file or master_key_env (one; never the key itself)".into(),
+                ),
+            }
+        }
+        "payshield" => match &sec.payshield {
+            None => problems.push("security.payshield: the payshield module needs its endpoint and key_table".into()),
+            Some(p) if p.connections == 0 || p.connections > 64 || p.timeout_ms == 0 || p.header_len > 9 => problems.push(
+                "security.payshield: connections 1-64, timeout_ms at least 1, header_len at most 9".into(),
+            ),
+            Some(_) => {}
+        },
+        other => problems.push(format!("security.module: {other:?} is not software or payshield")),
     }
     if sec.response_code.len() != 2 {
         problems.push("security.response_code: two characters".into());

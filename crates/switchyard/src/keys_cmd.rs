@@ -1,14 +1,15 @@
-//! `switchyard keys`: the software security module's key store. Load a zone master key
-//! from its components, import a working key delivered under a ZMK (X9.17 or a TR-31 key
-//! block), rotate one, list what is held with check values. No key is ever printed: only
-//! ids, usages, algorithms and check values. A running switch picks up the store's changes
-//! on SIGHUP.
+//! `switchyard keys`: the keys of the configured security module. With the software module:
+//! load a zone master key from its components into the key store. With a payShield: add the
+//! token of a ZMK formed at the HSM to the key table. With either: import a working key
+//! delivered under a ZMK (X9.17 or a TR-31 key block), rotate one, list what is held with
+//! check values. No key is ever printed: only ids, usages, algorithms, check values (and
+//! LMK tokens, which only the HSM can use). A running switch picks up changes on SIGHUP.
 
 use std::path::PathBuf;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
-use switchyard_hsm::module::{KeyImport, KeyInfo, KeyUsage, WrappedKey};
+use switchyard_hsm::module::{KeyImport, KeyInfo, KeyUsage, SecurityModule, WrappedKey};
 use switchyard_hsm::software::SoftwareModule;
 use switchyard_hsm::{from_hex, to_hex, Algorithm, Key};
 use zeroize::Zeroizing;
@@ -36,6 +37,24 @@ pub enum KeysCommand {
         /// The ZMK's check value as its custodians were told it (hex).
         #[arg(long)]
         kcv: Option<String>,
+    },
+    /// payShield: add a key formed at the HSM (a ZMK from its custodians' components) to the
+    /// key table, as its token under the LMK and its check value.
+    AddToken {
+        #[command(flatten)]
+        store: Store,
+        /// The key's id.
+        #[arg(long)]
+        id: String,
+        /// zmk, tpk, tak, zpk, zak or bdk.
+        #[arg(long)]
+        usage: String,
+        /// The key under the LMK (U and 32 hex digits).
+        #[arg(long)]
+        token: String,
+        /// Its check value (6 hex digits).
+        #[arg(long)]
+        kcv: String,
     },
     /// Import a working key delivered under a ZMK.
     Import(ImportArgs),
@@ -78,14 +97,62 @@ pub struct ImportArgs {
     kcv: Option<String>,
 }
 
-fn open(store: &Store) -> anyhow::Result<SoftwareModule> {
+/// The configured module, opened for one command.
+enum Opened {
+    Software(SoftwareModule),
+    PayShield(switchyard_payshield::PayShield),
+}
+
+fn open(store: &Store) -> anyhow::Result<Opened> {
     let plan = crate::config::load(Some(&store.config))
         .map_err(|problems| anyhow!(problems.join("; ")))?;
     let sec = plan
         .config
         .security
         .ok_or_else(|| anyhow!("{}: no [security] section", store.config.display()))?;
-    crate::card_security::open_software(&sec)
+    Ok(match sec.module.as_str() {
+        "payshield" => Opened::PayShield(crate::card_security::open_payshield(
+            &sec,
+            &prometheus::Registry::new(),
+        )?),
+        _ => Opened::Software(crate::card_security::open_software(&sec)?),
+    })
+}
+
+impl Opened {
+    fn list(&self) -> Vec<KeyInfo> {
+        match self {
+            Opened::Software(m) => m.list(),
+            Opened::PayShield(p) => p
+                .table()
+                .list()
+                .into_iter()
+                .map(|(id, t)| KeyInfo {
+                    id,
+                    usage: t.usage,
+                    algorithm: Algorithm::Tdes,
+                    kcv: from_hex(&t.kcv)
+                        .ok()
+                        .and_then(|k| k.try_into().ok())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
+    fn module(&self) -> &dyn SecurityModule {
+        match self {
+            Opened::Software(m) => m,
+            Opened::PayShield(p) => p,
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, crate::codec_cmd::Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(crate::codec_cmd::EX_IOERR)(e.into()))
 }
 
 fn print(info: &KeyInfo) {
@@ -111,8 +178,8 @@ fn kcv(text: &Option<String>) -> anyhow::Result<Option<Vec<u8>>> {
 pub fn run(command: KeysCommand) -> CmdResult {
     match command {
         KeysCommand::List(store) => {
-            let module = open(&store).map_err(fail(EX_CONFIG))?;
-            for info in module.list() {
+            let opened = open(&store).map_err(fail(EX_CONFIG))?;
+            for info in opened.list() {
                 print(&info);
             }
             Ok(())
@@ -155,9 +222,40 @@ pub fn run(command: KeysCommand) -> CmdResult {
             let expected = kcv(&expected).map_err(fail(EX_USAGE))?;
             switchyard_hsm::wrap::check(&zmk, expected.as_deref())
                 .map_err(|e| fail(EX_DATAERR)(e.into()))?;
-            let module = open(&store).map_err(fail(EX_CONFIG))?;
+            let Opened::Software(module) = open(&store).map_err(fail(EX_CONFIG))? else {
+                return Err(fail(EX_USAGE)(anyhow!(
+                    "with a payShield the ZMK is formed at the HSM from its components: add its token with `keys add-token`"
+                )));
+            };
             let info = module
                 .add(&id, KeyUsage::Zmk, zmk)
+                .map_err(|e| fail(EX_DATAERR)(e.into()))?;
+            print(&info);
+            Ok(())
+        }
+        KeysCommand::AddToken {
+            store,
+            id,
+            usage,
+            token,
+            kcv,
+        } => {
+            let Opened::PayShield(hsm) = open(&store).map_err(fail(EX_CONFIG))? else {
+                return Err(fail(EX_USAGE)(anyhow!(
+                    "add-token is for a payShield's key table; the software module loads ZMKs with load-zmk"
+                )));
+            };
+            let usage = KeyUsage::from_name(&usage)
+                .ok_or_else(|| fail(EX_USAGE)(anyhow!("--usage {usage:?}")))?;
+            let kcv = kcv.to_uppercase();
+            hsm.table()
+                .insert(
+                    &id,
+                    switchyard_payshield::tokens::Token { usage, token, kcv },
+                )
+                .map_err(|e| fail(EX_DATAERR)(e.into()))?;
+            let info = runtime()?
+                .block_on(hsm.key_info(&id))
                 .map_err(|e| fail(EX_DATAERR)(e.into()))?;
             print(&info);
             Ok(())
@@ -168,7 +266,7 @@ pub fn run(command: KeysCommand) -> CmdResult {
 }
 
 fn import(args: ImportArgs, rotate: bool) -> CmdResult {
-    let module = open(&args.store).map_err(fail(EX_CONFIG))?;
+    let opened = open(&args.store).map_err(fail(EX_CONFIG))?;
     let usage = KeyUsage::from_name(&args.usage)
         .filter(|u| *u != KeyUsage::Zmk)
         .ok_or_else(|| {
@@ -177,7 +275,7 @@ fn import(args: ImportArgs, rotate: bool) -> CmdResult {
                 args.usage
             ))
         })?;
-    let before = module.key_info_now(&args.id).ok();
+    let before = opened.list().into_iter().find(|k| k.id == args.id);
     if rotate && before.is_none() {
         return Err(fail(EX_USAGE)(anyhow!(
             "no key {:?} to rotate (import it first)",
@@ -199,14 +297,15 @@ fn import(args: ImportArgs, rotate: bool) -> CmdResult {
         _ => return Err(fail(EX_USAGE)(anyhow!("give --tr31 BLOCK or --x917 HEX"))),
     };
     let expected = kcv(&args.kcv).map_err(fail(EX_USAGE))?;
-    let info = module
-        .import_now(KeyImport {
-            id: &args.id,
-            usage,
-            zmk: &args.zmk,
-            wrapped,
-            kcv: expected.as_deref(),
-        })
+    let import = KeyImport {
+        id: &args.id,
+        usage,
+        zmk: &args.zmk,
+        wrapped,
+        kcv: expected.as_deref(),
+    };
+    let info = runtime()?
+        .block_on(opened.module().import_key(import))
         .map_err(|e| fail(EX_DATAERR)(e.into()))?;
     if let Some(before) = before {
         println!("replaced kcv {}", to_hex(&before.kcv));

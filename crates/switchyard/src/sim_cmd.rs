@@ -19,6 +19,28 @@ pub enum SimCommand {
     Issuer(IssuerArgs),
     /// Simulated terminals sending load; prints throughput, latency and response codes.
     Terminal(TerminalArgs),
+    /// A payShield host-command simulator (runs until SIGTERM/SIGINT); or, with
+    /// --form-key, form a key from components and print its LMK token and check value.
+    Hsm(HsmArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HsmArgs {
+    /// Address to listen on.
+    #[arg(long, required_unless_present = "form_key")]
+    listen: Option<String>,
+    /// The simulator's LMK: a file of 32 hex digits.
+    #[arg(long)]
+    lmk_file: PathBuf,
+    /// Message header characters.
+    #[arg(long, default_value_t = 4)]
+    header_len: usize,
+    /// Form a key of this usage (zmk, zpk, ...) from --component files, print its token.
+    #[arg(long, requires = "components")]
+    form_key: Option<String>,
+    /// A component file (32 hex digits); give two or three.
+    #[arg(long = "component")]
+    components: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -287,7 +309,62 @@ pub fn run(command: SimCommand) -> CmdResult {
     match command {
         SimCommand::Issuer(args) => issuer(args),
         SimCommand::Terminal(args) => terminal(args),
+        SimCommand::Hsm(args) => hsm(args),
     }
+}
+
+fn hsm(args: HsmArgs) -> CmdResult {
+    use switchyard_payshield::simulator::{form_key, Lmk};
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&args.lmk_file)
+            .map_err(|e| fail(EX_USAGE)(anyhow!("{}: {e}", args.lmk_file.display())))?,
+    );
+    let lmk = || Lmk::from_hex(&text).map_err(|e| fail(EX_USAGE)(e.into()));
+    if let Some(usage) = &args.form_key {
+        let usage = switchyard_hsm::module::KeyUsage::from_name(usage).ok_or_else(|| {
+            fail(EX_USAGE)(anyhow!(
+                "--form-key {usage:?}: zmk, zpk, tpk, tak, zak or bdk"
+            ))
+        })?;
+        if args.components.len() < 2 {
+            return Err(fail(EX_USAGE)(anyhow!(
+                "a key is formed from at least two components"
+            )));
+        }
+        let mut parts = Vec::new();
+        for path in &args.components {
+            let hex = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| fail(EX_USAGE)(anyhow!("{}: {e}", path.display())))?,
+            );
+            parts.push(
+                switchyard_hsm::from_hex(hex.trim())
+                    .map_err(|e| fail(EX_USAGE)(anyhow!("{}: {e}", path.display())))?,
+            );
+        }
+        let (token, kcv) =
+            form_key(&lmk()?, usage, &parts).map_err(|e| fail(EX_USAGE)(e.into()))?;
+        println!("token {token} kcv {kcv}");
+        return Ok(());
+    }
+    let listen = args.listen.unwrap_or_default();
+    let lmk = lmk()?;
+    runtime()?.block_on(async {
+        let sim = switchyard_payshield::HsmSimulator::start(&listen, lmk, args.header_len)
+            .await
+            .map_err(|e| fail(EX_IOERR)(anyhow!("binding {listen}: {e}")))?;
+        eprintln!(
+            "simulated payShield on {} (not a certified device: for tests and labs)",
+            sim.addr
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| fail(EX_IOERR)(e.into()))?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    })
 }
 
 fn delays(text: &str) -> anyhow::Result<(Duration, Duration)> {
