@@ -285,7 +285,7 @@ impl Lab {
         let body = format!(
             "{security}{}[links.security]\nzpk = \"zpk.issuer\"\nzak = \"zak.issuer\"\npin_format = 3\n\
              [links.security.key_exchange]\nzmk = \"zmk.issuer\"\n{}",
-            link("issuer", format!("127.0.0.1:{}", issuer.1), "remap_stan = false"),
+            link("issuer", format!("127.0.0.1:{}", issuer.1), "remap_stan = false\ntimeout_ms = 400"),
             route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
         );
         // The keys first, with the CLI, into the store the switch will open.
@@ -649,4 +649,33 @@ fn a_key_exchange_mid_load_changes_the_zpk_and_no_transaction_fails() {
         ledger.contains("pin-wrong 0 mac-failures 0 key-exchanges 1"),
         "{ledger}"
     );
+}
+
+#[test]
+fn reversals_of_timeouts_carry_the_link_mac() {
+    // A third of the requests go unanswered: each times out, is answered 91 and reversed
+    // from the store-and-forward queue, the reversal MACed under the ZAK like any request.
+    let lab = Lab::start(&["--silence-rate", "0.3"]);
+    let fixed = lab.fixed();
+    let args: Vec<&str> = ["--pin", PIN]
+        .into_iter()
+        .chain(fixed.iter().map(String::as_str))
+        .collect();
+    let report = terminal(&lab.switch, "T0000001", 20, &args);
+    let timeouts = report["codes"]["91"].as_u64().unwrap_or(0);
+    assert!(timeouts > 0, "{report}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lab.switch.metric("switchyard_saf_backlog", &[]) > 0.0 {
+        assert!(Instant::now() < deadline, "reversals not delivered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ledger = lab.issuer.stop();
+    assert!(ledger.contains("mac-failures 0"), "{ledger}");
+    let reversals: u64 = ledger
+        .split("reversals ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(reversals >= timeouts, "{timeouts} timeouts, {ledger}");
 }

@@ -473,6 +473,7 @@ impl SafQueue {
         link_name: String,
         link: Arc<P>,
         advice: bool,
+        security: Option<Arc<crate::security::Security>>,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -499,8 +500,30 @@ impl SafQueue {
                     continue;
                 }
             };
+            // A link that takes MACs gets one on the reversal, and must MAC its answer.
+            let message = match &security {
+                None => message,
+                Some(security) => match security.seal(&link_name, message).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(id = entry.id, error = %e, "reversal not MACed: tried again later");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(self.delay(entry.attempts)) => continue,
+                        }
+                    }
+                },
+            };
             self.attempts.fetch_add(1, Ordering::Relaxed);
-            let outcome = link.forward(&message).await.result;
+            let mut outcome = link.forward(&message).await.result;
+            if let (Some(security), Ok(answer)) = (&security, &outcome) {
+                if let Err(reason) = security.check_answer(&link_name, answer).await {
+                    outcome = Err(switchyard_mux::MuxError::ResponseRefused {
+                        link: link_name.as_str().into(),
+                        reason,
+                    });
+                }
+            }
             let Ok(retry) = self.settle_attempt(&entry, &link_name, outcome).await else {
                 return;
             };

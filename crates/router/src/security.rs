@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
-use switchyard_hsm::module::{MacAlgorithm, SecurityModule};
+use switchyard_hsm::module::{MacAlgorithm, MacKey, SecurityModule};
 use switchyard_hsm::pin::Format;
+use switchyard_iso8583::MessageView;
 
 use crate::error::RouterError;
 
@@ -127,5 +128,43 @@ impl Security {
         self.latency
             .with_label_values(&[operation])
             .observe(elapsed.as_secs_f64());
+    }
+}
+
+impl Security {
+    /// `message` as it goes on `link`: with the link's MAC (under its ZAK) when it takes
+    /// one. For the messages the switch makes itself (store-and-forward reversals).
+    pub async fn seal(
+        &self,
+        link: &str,
+        message: MessageView<'static>,
+    ) -> Result<MessageView<'static>, String> {
+        let Some((zak, algorithm)) = self
+            .links
+            .get(link)
+            .and_then(|l| l.zak.as_deref().map(|z| (z, l.mac_algorithm)))
+        else {
+            return Ok(message);
+        };
+        let builder = crate::stages::security::rebuilt(&message, |n| matches!(n, 64 | 128))?;
+        crate::stages::security::with_mac(self, builder, MacKey::Key(zak), algorithm).await
+    }
+
+    /// Whether the issuer's answer on `link` carries its MAC, when the link takes MACs.
+    pub async fn check_answer(
+        &self,
+        link: &str,
+        response: &MessageView<'static>,
+    ) -> Result<(), &'static str> {
+        match self
+            .links
+            .get(link)
+            .and_then(|l| l.zak.as_deref().map(|z| (z, l.mac_algorithm)))
+        {
+            None => Ok(()),
+            Some((zak, algorithm)) => {
+                crate::stages::security::verify_issuer_mac(self, zak, algorithm, response).await
+            }
+        }
     }
 }

@@ -359,6 +359,9 @@ fn answer(
     }
     let delay = rng.between(config.delay_min, config.delay_max);
     match mti.class() {
+        4 if !mac_verifies_if_keyed(config, ledger, request) => {
+            builder.respond_to(request, b"63").ok()?;
+        }
         4 => {
             ledger.reversals.fetch_add(1, Ordering::Relaxed);
             // Field 90: original MTI (4), STAN (6), transmission date and time (10), ...
@@ -427,6 +430,27 @@ fn answer(
     Some((builder.encode(), delay))
 }
 
+/// Whether `request` carries a good MAC under the ZAK (true without one configured);
+/// a bad one is counted.
+fn mac_verifies_if_keyed(
+    config: &IssuerSimConfig,
+    ledger: &Ledger,
+    request: &MessageView<'static>,
+) -> bool {
+    let Some((zak, algorithm)) = config
+        .keys
+        .as_ref()
+        .and_then(|k| k.zak.as_ref().map(|z| (z, k.mac_algorithm)))
+    else {
+        return true;
+    };
+    let ok = crate::card_security::mac_verifies(request, zak, algorithm);
+    if !ok {
+        ledger.mac_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    ok
+}
+
 /// The decline code the zone keys give `request` (63 a bad MAC, 55 a wrong PIN), counted
 /// once; `None` when they pass it (or there are none).
 fn refused_by_keys(
@@ -434,13 +458,10 @@ fn refused_by_keys(
     ledger: &Ledger,
     request: &MessageView<'static>,
 ) -> Option<&'static str> {
-    use crate::card_security::{mac_verifies, PinCheck};
+    use crate::card_security::PinCheck;
     let keys = config.keys.as_ref()?;
-    if let Some(zak) = &keys.zak {
-        if !mac_verifies(request, zak, keys.mac_algorithm) {
-            ledger.mac_failures.fetch_add(1, Ordering::Relaxed);
-            return Some("63");
-        }
+    if !mac_verifies_if_keyed(config, ledger, request) {
+        return Some("63");
     }
     match keys.check_pin(request) {
         PinCheck::Absent => None,

@@ -320,6 +320,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
                     section.name.clone(),
                     started.clone(),
                     advice,
+                    router.security().cloned(),
                     saf_stop.clone(),
                 ));
             }

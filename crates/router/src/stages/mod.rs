@@ -29,7 +29,7 @@ mod reply;
 mod reversals;
 mod routing;
 mod rules;
-mod security;
+pub(crate) mod security;
 mod stand_in;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -83,7 +83,7 @@ fn terminal_mac_key<'k>(
 }
 
 /// `builder`'s message with a MAC under `key` in its MAC field.
-async fn with_mac(
+pub(crate) async fn with_mac(
     security: &Security,
     mut builder: MessageBuilder<'static>,
     key: MacKey<'_>,
@@ -104,7 +104,7 @@ async fn with_mac(
 }
 
 /// A builder holding `view`'s fields except those `skip` names.
-fn rebuilt(
+pub(crate) fn rebuilt(
     view: &MessageView<'static>,
     skip: impl Fn(u8) -> bool,
 ) -> Result<MessageBuilder<'static>, String> {
@@ -323,7 +323,7 @@ impl<P: IssuerPort> Stage<P> for IssuerMac {
 
 /// Whether the issuer's MAC on `response` verifies under the link's ZAK. (A link with a
 /// ZAK does not remap STANs, so the response is as the issuer sent it.)
-async fn verify_issuer_mac(
+pub(crate) async fn verify_issuer_mac(
     security: &Security,
     zak: &str,
     algorithm: MacAlgorithm,
