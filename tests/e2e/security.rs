@@ -254,6 +254,11 @@ impl Lab {
 
     /// `payshield`: the switch's module is the payShield client, talking to `sim hsm`.
     fn with_module(issuer_extra: &[&str], payshield: bool) -> Lab {
+        Lab::with_options(issuer_extra, payshield, "")
+    }
+
+    /// `exchange`: more of the link's `[links.security.key_exchange]` section.
+    fn with_options(issuer_extra: &[&str], payshield: bool, exchange: &str) -> Lab {
         let work = tempfile::tempdir().unwrap();
         let dir = work.path();
         let issuer = IssuerProcess::start(dir, issuer_extra);
@@ -284,7 +289,7 @@ impl Lab {
         );
         let body = format!(
             "{security}{}[links.security]\nzpk = \"zpk.issuer\"\nzak = \"zak.issuer\"\npin_format = 3\n\
-             [links.security.key_exchange]\nzmk = \"zmk.issuer\"\n{}",
+             [links.security.key_exchange]\nzmk = \"zmk.issuer\"\n{exchange}\n{}",
             link("issuer", format!("127.0.0.1:{}", issuer.1), "remap_stan = false\ntimeout_ms = 400"),
             route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
         );
@@ -678,4 +683,91 @@ fn reversals_of_timeouts_carry_the_link_mac() {
         .and_then(|n| n.parse().ok())
         .unwrap();
     assert!(reversals >= timeouts, "{timeouts} timeouts, {ledger}");
+}
+
+/// The switch sends the issuer a new ZPK every 2 s (through the payShield client: `A0`
+/// generates and exports it); load across three exchanges is approved throughout.
+#[test]
+fn the_switch_sends_new_zpks_on_its_schedule_and_no_transaction_fails() {
+    let zmk: Vec<u8> = from_hex(ZMK_1)
+        .unwrap()
+        .iter()
+        .zip(from_hex(ZMK_2).unwrap())
+        .map(|(a, b)| a ^ b)
+        .collect();
+    let scratch = tempfile::tempdir().unwrap();
+    let zmk_file = write(scratch.path(), "issuer-zmk.hex", &to_hex(&zmk));
+    let lab = Lab::with_options(
+        &["--zmk-file", zmk_file.to_str().unwrap()],
+        true,
+        "interval_s = 2",
+    );
+    let fixed = lab.fixed();
+    let args: Vec<&str> = ["--pin", PIN, "--duration", "7", "--window", "2"]
+        .into_iter()
+        .chain(fixed.iter().map(String::as_str))
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "sim",
+            "terminal",
+            "--target",
+            &lab.switch.terminals.to_string(),
+        ])
+        .args([
+            "--terminal",
+            "T0000001",
+            "--merchant",
+            "MERCHANT0000001",
+            "--json",
+        ])
+        .args(&args)
+        .output()
+        .unwrap();
+    let load: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = load["sent"].as_u64().unwrap();
+    let log = std::fs::read_to_string(lab.switch.config.with_file_name("switchyard.log"))
+        .unwrap_or_default();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .take(5)
+        .collect();
+    assert_eq!(
+        codes(&load),
+        format!(r#"{{"00":{sent}}}"#),
+        "{load}\n{warnings:#?}"
+    );
+    let mut exchanges = Vec::new();
+    switchyard_audit::for_each(&lab.switch.audit_dir(), |r| {
+        if r.kind == Some(switchyard_audit::RecordKind::Event) {
+            let v: serde_json::Value = switchyard_audit::payload::decode(r.seq, r.payload)?;
+            if v["event"] == "key-exchange" && v["initiator"] == "switch" {
+                exchanges.push(v);
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(
+        exchanges.len() >= 3 && exchanges.iter().all(|e| e["result"] == "ok"),
+        "{exchanges:?}"
+    );
+    let listed = ok(&cli(&["keys", "list", "--config", &lab.config]));
+    let last = exchanges.last().unwrap()["kcv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("zpk.issuer") && l.ends_with(&last)),
+        "{listed}"
+    );
+    let ledger = lab.issuer.stop();
+    assert!(ledger.contains("pin-wrong 0"), "{ledger}");
+    assert!(
+        ledger.contains(&format!("key-exchanges {}", exchanges.len())),
+        "{ledger}"
+    );
 }

@@ -234,6 +234,20 @@ pub trait SecurityModule: Send + Sync + std::fmt::Debug {
     /// Import (or rotate) a working key.
     fn import_key<'a>(&'a self, import: KeyImport<'a>) -> ModuleFuture<'a, KeyInfo>;
 
+    /// A new random key for `usage`, held as `id` (replacing one of that id) and given back
+    /// under the ZMK `zmk` (X9.17) for the peer, with its check value. The first half of a
+    /// switch-initiated key exchange: the key is staged under its own id, and
+    /// [`promote_key`](SecurityModule::promote_key) puts it in use once the peer has it.
+    fn generate_key<'a>(
+        &'a self,
+        id: &'a str,
+        usage: KeyUsage,
+        zmk: &'a str,
+    ) -> ModuleFuture<'a, (KeyInfo, Vec<u8>)>;
+
+    /// Hold the key of `from` as `to` (replacing it) and forget `from`.
+    fn promote_key<'a>(&'a self, from: &'a str, to: &'a str) -> ModuleFuture<'a, KeyInfo>;
+
     /// Read the keys again from where they are kept (the software module's store, after
     /// `switchyard keys` changed it): the number held. A hardware module keeps its own
     /// keys, so by default there is nothing to read.

@@ -377,6 +377,34 @@ impl SoftwareModule {
         })
     }
 
+    /// [`SecurityModule::generate_key`], synchronously (double-length TDES keys).
+    pub fn generate_now(&self, id: &str, usage: KeyUsage, zmk: &str) -> Result<(KeyInfo, Vec<u8>)> {
+        let zmk = self.get(zmk, &[KeyUsage::Zmk], "ZMK")?;
+        let mut fill = RandomFill::new()?;
+        let bytes: Zeroizing<Vec<u8>> = Zeroizing::new(
+            (0..16)
+                .map(|_| fill.nibble() << 4 | fill.nibble())
+                .collect(),
+        );
+        let key = Key::new(Algorithm::Tdes, &bytes)?;
+        let wrapped = wrap::export_x917(zmk.key.tdes("X9.17 ZMK")?, &key)?;
+        Ok((self.add(id, usage, key)?, wrapped))
+    }
+
+    /// [`SecurityModule::promote_key`], synchronously.
+    pub fn promote_now(&self, from: &str, to: &str) -> Result<KeyInfo> {
+        let stored = self
+            .read()
+            .get(from)
+            .cloned()
+            .ok_or_else(|| HsmError::UnknownKey(from.to_string()))?;
+        let info = self.add(to, stored.usage, stored.key.clone())?;
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        keys.remove(from);
+        self.save(&keys)?;
+        Ok(info)
+    }
+
     /// [`SecurityModule::import_key`], synchronously.
     pub fn import_now(&self, import: KeyImport<'_>) -> Result<KeyInfo> {
         if import.usage == KeyUsage::Zmk {
@@ -547,6 +575,19 @@ impl SecurityModule for SoftwareModule {
 
     fn import_key<'a>(&'a self, import: KeyImport<'a>) -> ModuleFuture<'a, KeyInfo> {
         ready(self.import_now(import))
+    }
+
+    fn generate_key<'a>(
+        &'a self,
+        id: &'a str,
+        usage: KeyUsage,
+        zmk: &'a str,
+    ) -> ModuleFuture<'a, (KeyInfo, Vec<u8>)> {
+        ready(self.generate_now(id, usage, zmk))
+    }
+
+    fn promote_key<'a>(&'a self, from: &'a str, to: &'a str) -> ModuleFuture<'a, KeyInfo> {
+        ready(self.promote_now(from, to))
     }
 
     fn reload_keys(&self) -> Result<Option<usize>> {

@@ -490,6 +490,66 @@ impl SecurityModule for PayShield {
         Box::pin(self.import(import))
     }
 
+    fn generate_key<'a>(
+        &'a self,
+        id: &'a str,
+        usage: KeyUsage,
+        zmk: &'a str,
+    ) -> ModuleFuture<'a, (KeyInfo, Vec<u8>)> {
+        Box::pin(async move {
+            let zmk = self.token(zmk, &[KeyUsage::Zmk], "ZMK")?;
+            // A0 mode 1: generate, and export under the ZMK (X9.17).
+            let fields = ok(self
+                .call("A0", format!("1{}U{}X", key_type(usage), zmk.token))
+                .await?)?;
+            let (token, wrapped, kcv) = (fields.get(..33), fields.get(34..66), fields.get(66..72));
+            let (Some(token), Some(wrapped), Some(kcv)) = (token, wrapped, kcv) else {
+                return Err(module_error(
+                    "A0: an answer without the key, its export and its check value",
+                ));
+            };
+            let wrapped =
+                from_hex(wrapped).map_err(|_| module_error("A0: the exported key is not hex"))?;
+            let kcv_bytes: [u8; 3] = from_hex(kcv)
+                .ok()
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| module_error("A0: a check value that is not 6 hex digits"))?;
+            self.table
+                .insert(
+                    id,
+                    Token {
+                        usage,
+                        token: token.to_string(),
+                        kcv: kcv.to_string(),
+                    },
+                )
+                .map_err(|e| HsmError::Store(e.to_string()))?;
+            let info = KeyInfo {
+                id: id.to_string(),
+                usage,
+                algorithm: Algorithm::Tdes,
+                kcv: kcv_bytes,
+            };
+            Ok((info, wrapped))
+        })
+    }
+
+    fn promote_key<'a>(&'a self, from: &'a str, to: &'a str) -> ModuleFuture<'a, KeyInfo> {
+        Box::pin(async move {
+            let token = self
+                .table
+                .get(from)
+                .ok_or_else(|| HsmError::UnknownKey(from.to_string()))?;
+            self.table
+                .insert(to, token.clone())
+                .map_err(|e| HsmError::Store(e.to_string()))?;
+            self.table
+                .remove(from)
+                .map_err(|e| HsmError::Store(e.to_string()))?;
+            self.info(to).await
+        })
+    }
+
     fn reload_keys(&self) -> switchyard_hsm::Result<Option<usize>> {
         self.table
             .reload()

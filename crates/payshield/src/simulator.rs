@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_hsm::module::{KeyUsage, MacAlgorithm};
-use switchyard_hsm::pin::{self, Side};
+use switchyard_hsm::pin::{self, Fill, Side};
 use switchyard_hsm::software::RandomFill;
 use switchyard_hsm::{dukpt, from_hex, to_hex, wrap, Key, TdesKey};
 use tokio::net::TcpListener;
@@ -270,6 +270,30 @@ fn run(lmk: &Lmk, command: &[u8], f: &mut Fields<'_>) -> Result<String, Refusal>
             Ok(to_hex(&block))
         }
         b"A6" => import(lmk, f),
+        b"A0" => {
+            if f.take(1, "mode").map_err(&wire)? != "1" {
+                return Err(("15", "mode 1 (generate and export) only".into()));
+            }
+            let key_type = f.take(3, "key type").map_err(&wire)?;
+            f.take(1, "LMK scheme").map_err(&wire)?;
+            let zmk = lmk.open(f.take(33, "ZMK").map_err(&wire)?, "000")?;
+            f.take(1, "ZMK scheme").map_err(&wire)?;
+            let mut fill = RandomFill::new().map_err(|e| ("12", e.to_string()))?;
+            let bytes: Zeroizing<Vec<u8>> = Zeroizing::new(
+                (0..16)
+                    .map(|_| fill.nibble() << 4 | fill.nibble())
+                    .collect(),
+            );
+            let key = Key::Tdes(TdesKey::new(&bytes).map_err(|e| ("15", e.to_string()))?);
+            let zmk = zmk.tdes("ZMK").map_err(|e| ("10", e.to_string()))?;
+            let wrapped = wrap::export_x917(zmk, &key).map_err(|e| ("15", e.to_string()))?;
+            Ok(format!(
+                "{}X{}{}",
+                lmk.token(&key, key_type)?,
+                to_hex(&wrapped),
+                to_hex(&key.check_value())
+            ))
+        }
         _ => Err((
             "68",
             format!("command {}", String::from_utf8_lossy(command)),

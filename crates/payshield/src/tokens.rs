@@ -103,8 +103,20 @@ impl TokenTable {
                 "key id {id:?}: 1 to 64 characters, no spaces"
             )));
         }
+        self.change(id, Some(token))
+    }
+
+    /// Forget `id` and save the table.
+    pub fn remove(&self, id: &str) -> Result<(), PayShieldError> {
+        self.change(id, None)
+    }
+
+    fn change(&self, id: &str, token: Option<Token>) -> Result<(), PayShieldError> {
         let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
-        let previous = tokens.insert(id.to_string(), token);
+        let previous = match token {
+            Some(t) => tokens.insert(id.to_string(), t),
+            None => tokens.remove(id),
+        };
         let mut text = String::from(
             "# switchyard payShield key table: keys under the HSM's LMK, never clear\n",
         );
@@ -112,6 +124,7 @@ impl TokenTable {
             text.push_str(&format!("{id} {} {} {}\n", t.usage.name(), t.token, t.kcv));
         }
         if let Err(e) = switchyard_hsm::software::write_atomically(&self.path, text.as_bytes()) {
+            // Not saved: not changed either, so memory and disk agree.
             match previous {
                 Some(p) => tokens.insert(id.to_string(), p),
                 None => tokens.remove(id),

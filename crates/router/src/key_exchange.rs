@@ -1,4 +1,6 @@
-//! Issuer-initiated key exchange: an 0800 on the issuer link whose field 70 carries the
+//! Key exchange with issuers, both ways.
+//!
+//! Issuer-initiated: an 0800 on the issuer link whose field 70 carries the
 //! link's ZPK or ZAK exchange code (configurable: 161, 162, ...) brings a new zone key
 //! under the ZMK in the key field (a TR-31 block, or X9.17 hex followed by its 6-digit
 //! check value). The switch imports it through its security module, which checks the
@@ -6,6 +8,13 @@
 //! the old one), and the 0810 answers 00. A key that does not import is answered 30 (format)
 //! or 63 (security) and the old key stays. Every exchange is an audit event with the key's
 //! id and check value, never the key.
+//!
+//! Switch-initiated ([`schedule`]), every `interval`: the module generates a new ZPK,
+//! staged under `ID.next`, and the switch sends it in an 0800 (the ZPK code and key field:
+//! X9.17 under the ZMK and its check value). (ZAKs change only when the issuer sends one:
+//! a MAC key changed by the switch would leave the answers in flight under the old one.) On the issuer's
+//! 0810 00 the staged key takes the ZPK's id and new requests use it; on anything else
+//! (another code, no answer) it is dropped and the old key stays until the next interval.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +26,7 @@ use switchyard_hsm::{from_hex, to_hex, Algorithm};
 use switchyard_iso8583::{MessageBuilder, MessageView};
 use switchyard_mux::IssuerRequestHandler;
 
+use crate::flow::IssuerPort;
 use crate::security::Security;
 
 /// A link's key exchange settings.
@@ -30,6 +40,8 @@ pub struct KeyExchangeSettings {
     pub zak_code: String,
     /// The field carrying the key.
     pub key_field: u8,
+    /// Send the issuer new keys this often (none: only take the issuer's).
+    pub interval: Option<std::time::Duration>,
 }
 
 /// The handler of the issuers' key exchange requests.
@@ -172,4 +184,123 @@ async fn import(
         .await
         .map(|info| to_hex(&info.kcv))
         .map_err(|e| ("63", e.to_string()))
+}
+
+/// Switch-initiated key exchange on `link` every `settings.interval`, until `shutdown`.
+pub async fn schedule<P: IssuerPort>(
+    security: Arc<Security>,
+    audit: Arc<AuditLog>,
+    link_name: String,
+    link: Arc<P>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let Some(keys) = security.links.get(&link_name).cloned() else {
+        return;
+    };
+    let Some(settings) = keys.key_exchange.clone() else {
+        return;
+    };
+    let Some(interval) = settings.interval else {
+        return;
+    };
+    let mut stan = 900_000u32;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let exchanges = [(
+            keys.zpk.as_deref(),
+            KeyUsage::Zpk,
+            settings.zpk_code.as_str(),
+        )];
+        for (id, usage, code) in exchanges {
+            let Some(id) = id else { continue };
+            stan = stan % 99_999 + 900_001;
+            let result = send_key(&security, &*link, &settings, id, usage, code, stan).await;
+            let (kcv, reason) = match &result {
+                Ok(kcv) => (Some(kcv.clone()), None),
+                Err(reason) => (None, Some(reason.clone())),
+            };
+            match &reason {
+                None => {
+                    tracing::info!(link = %link_name, key = id, kcv = kcv.as_deref().unwrap_or(""), "key exchange: new key in use")
+                }
+                Some(reason) => {
+                    tracing::warn!(link = %link_name, key = id, %reason, "key exchange not done: the old key stays")
+                }
+            }
+            let event = serde_json::json!({
+                "event": "key-exchange",
+                "initiator": "switch",
+                "link": link_name,
+                "key": id,
+                "usage": usage.name(),
+                "kcv": kcv,
+                "result": if reason.is_none() { "ok" } else { "refused" },
+                "reason": reason,
+                "at_us": crate::flow::now_us(),
+            });
+            if let Err(e) = audit.append_record(RecordKind::Event, &event).await {
+                tracing::error!(error = %e, "key exchange not audited");
+            }
+        }
+    }
+}
+
+/// One exchange: a new key staged, sent, and put in use once the issuer answers 00. Its
+/// check value, or why not.
+async fn send_key<P: IssuerPort>(
+    security: &Security,
+    link: &P,
+    settings: &KeyExchangeSettings,
+    id: &str,
+    usage: KeyUsage,
+    code: &str,
+    stan: u32,
+) -> Result<String, String> {
+    let staged = format!("{id}.next");
+    let started = Instant::now();
+    let generated = security
+        .module
+        .generate_key(&staged, usage, &settings.zmk)
+        .await;
+    security.operation("generate_key", generated.is_ok(), started.elapsed());
+    let (info, wrapped) = generated.map_err(|e| e.to_string())?;
+    let spec = link.spec();
+    let mti = switchyard_iso8583::Mti::parse("0800").ok_or("MTI")?;
+    let mut builder = MessageBuilder::new(spec, mti);
+    let now = u64::try_from(crate::flow::now_us() / 1_000_000).unwrap_or(0);
+    let civil = switchyard_iso8583::datetime::Civil::from_unix(i64::try_from(now).unwrap_or(0));
+    let encode = |e: switchyard_iso8583::Error| e.to_string();
+    builder.set(7, civil.mmddhhmmss()).map_err(encode)?;
+    builder.set(11, format!("{stan:06}")).map_err(encode)?;
+    builder
+        .set(
+            settings.key_field,
+            format!("{}{}", to_hex(&wrapped), to_hex(&info.kcv)),
+        )
+        .map_err(encode)?;
+    builder.set(70, code).map_err(encode)?;
+    let request = MessageView::decode(spec, builder.encode()).map_err(encode)?;
+    let answer = link
+        .forward(&request)
+        .await
+        .result
+        .map_err(|e| e.to_string())?;
+    if answer.field(39).map(|f| f.text()).as_deref() != Some("00") {
+        return Err(format!(
+            "the issuer answered {}",
+            answer
+                .field(39)
+                .map(|f| f.text())
+                .unwrap_or_else(|| "without field 39".into())
+        ));
+    }
+    let started = Instant::now();
+    let promoted = security.module.promote_key(&staged, id).await;
+    security.operation("promote_key", promoted.is_ok(), started.elapsed());
+    promoted
+        .map(|info| to_hex(&info.kcv))
+        .map_err(|e| e.to_string())
 }

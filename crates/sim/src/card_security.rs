@@ -233,7 +233,9 @@ pub struct IssuerKeys {
     /// The MAC algorithm.
     pub mac_algorithm: MacAlgorithm,
     /// Send the switch a new ZPK (under this ZMK) once, this long after start.
-    pub exchange: Option<(Key, std::time::Duration)>,
+    pub exchange_after: Option<std::time::Duration>,
+    /// The zone master key new ZPKs travel under (both directions).
+    pub zmk: Option<Key>,
     /// Field 70 of the exchange.
     pub exchange_code: String,
     /// The field that carries the key.
@@ -267,7 +269,8 @@ impl IssuerKeys {
             expected_pin: expected_pin.to_string(),
             zak,
             mac_algorithm,
-            exchange: None,
+            exchange_after: None,
+            zmk: None,
             exchange_code: "161".into(),
             key_field: 48,
             exchanged: std::sync::atomic::AtomicBool::new(false),
@@ -281,7 +284,10 @@ impl IssuerKeys {
         &self,
         spec: &'static switchyard_iso8583::Spec,
     ) -> Option<bytes::Bytes> {
-        let (zmk, _) = self.exchange.as_ref()?;
+        let zmk = self
+            .zmk
+            .as_ref()
+            .filter(|_| self.exchange_after.is_some())?;
         if self.exchanged.swap(true, Ordering::AcqRel) {
             return None;
         }
@@ -311,6 +317,37 @@ impl IssuerKeys {
         let mut zpks = self.zpks.write().unwrap_or_else(|p| p.into_inner());
         zpks.insert(0, zpk);
         zpks.truncate(2);
+    }
+
+    /// The switch's key exchange 0800: the new ZPK in the key field (X9.17 under the ZMK
+    /// and its check value), taken in front of the old one. `true` when it imported.
+    pub fn accept_exchange(&self, request: &MessageView<'_>) -> bool {
+        let (Some(zmk), Some(field)) = (self.zmk.as_ref(), request.field(self.key_field)) else {
+            return false;
+        };
+        let text = field.text();
+        let Some((key, kcv)) = text.len().checked_sub(6).map(|at| text.split_at(at)) else {
+            return false;
+        };
+        let (Ok(key), Ok(kcv), Ok(zmk)) = (
+            switchyard_hsm::from_hex(key),
+            switchyard_hsm::from_hex(kcv),
+            zmk.tdes("ZMK"),
+        ) else {
+            return false;
+        };
+        match switchyard_hsm::wrap::import_x917(
+            zmk,
+            &key,
+            switchyard_hsm::Algorithm::Tdes,
+            Some(&kcv),
+        ) {
+            Ok(zpk) => {
+                self.rotate_zpk(zpk);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// The current ZPK.

@@ -262,7 +262,7 @@ async fn serve<S>(
     let exchange_after = config
         .keys
         .as_ref()
-        .and_then(|k| k.exchange.as_ref().map(|e| e.1));
+        .and_then(|k| k.exchange_after.filter(|_| k.zmk.is_some()));
     let mut exchange_due = exchange_after.is_some();
     let exchange_timer = tokio::time::sleep(exchange_after.unwrap_or_default());
     tokio::pin!(exchange_timer);
@@ -351,7 +351,24 @@ fn answer(
     let text = |n| request.field(n).map(|f| f.text()).unwrap_or_default();
     if mti.class() == 8 {
         ledger.network.fetch_add(1, Ordering::Relaxed);
-        builder.respond_to(request, b"00").ok()?;
+        // The switch's key exchange: a new ZPK under the ZMK.
+        let exchange = config.keys.as_ref().filter(|k| {
+            request
+                .field(70)
+                .is_some_and(|f| f.text() == k.exchange_code)
+        });
+        let code: &[u8] = match exchange {
+            Some(keys) if keys.accept_exchange(request) => {
+                ledger.key_exchanges.fetch_add(1, Ordering::Relaxed);
+                b"00"
+            }
+            Some(_) => b"63",
+            None => b"00",
+        };
+        builder.respond_to(request, code).ok()?;
+        if exchange.is_some() {
+            builder.copy_from(request, 70).ok()?;
+        }
         return Some((builder.encode(), Duration::ZERO));
     }
     if rng.chance(f64::from_bits(ledger.silence.load(Ordering::Relaxed))) {

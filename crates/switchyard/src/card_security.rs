@@ -97,6 +97,7 @@ pub async fn build(
                     zpk_code: k.zpk_code.clone(),
                     zak_code: k.zak_code.clone(),
                     key_field: k.key_field,
+                    interval: k.interval_s.map(std::time::Duration::from_secs),
                 }),
             },
         );

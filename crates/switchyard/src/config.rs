@@ -194,6 +194,8 @@ pub struct KeyExchangeSection {
     /// The field that carries the key (a TR-31 block, or X9.17 hex and a check value).
     #[serde(default = "default_key_field")]
     pub key_field: u8,
+    /// Send the issuer a new ZPK (and ZAK) this often, seconds (none: only take theirs).
+    pub interval_s: Option<u64>,
 }
 
 fn default_zpk_code() -> String {

@@ -300,12 +300,21 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
             .map_err(fail(EX_CONFIG))?;
             let security = Arc::new(security);
             for (name, keys) in &security.links {
-                if let (Some(_), Some(link)) = (&keys.key_exchange, links.get(name)) {
+                if let (Some(exchange), Some(link)) = (&keys.key_exchange, links.get(name)) {
                     let handler = switchyard_router::key_exchange::KeyExchange::new(
                         security.clone(),
                         audit.clone(),
                     );
                     link.set_issuer_requests(Arc::new(handler));
+                    if exchange.interval.is_some() {
+                        tokio::spawn(switchyard_router::key_exchange::schedule(
+                            security.clone(),
+                            audit.clone(),
+                            name.clone(),
+                            link.clone(),
+                            saf_stop.clone(),
+                        ));
+                    }
                 }
             }
             router.with_security(security)

@@ -123,8 +123,9 @@ pub struct IssuerKeyArgs {
     /// MAC algorithm: x9.19, iso9797-1 or aes-cmac.
     #[arg(long, default_value = "x9.19")]
     mac_algorithm: String,
-    /// Zone master key file: with --key-exchange-after-ms, send the switch a new ZPK under it.
-    #[arg(long, requires = "key_exchange_after_ms")]
+    /// Zone master key file: new ZPKs travel under it (the switch's key exchanges taken;
+    /// with --key-exchange-after-ms, one of its own sent).
+    #[arg(long)]
     zmk_file: Option<PathBuf>,
     /// Milliseconds after the link connects to send one key exchange 0800.
     #[arg(long, requires = "zmk_file")]
@@ -196,8 +197,8 @@ impl IssuerKeyArgs {
             load(&self.zak_file)?,
             mac_algorithm(&self.mac_algorithm)?,
         );
-        keys.exchange =
-            load(&self.zmk_file)?.zip(self.key_exchange_after_ms.map(Duration::from_millis));
+        keys.zmk = load(&self.zmk_file)?;
+        keys.exchange_after = self.key_exchange_after_ms.map(Duration::from_millis);
         keys.exchange_code = self.key_exchange_code.clone();
         keys.key_field = self.key_field;
         Ok(Some(Arc::new(keys)))
