@@ -508,6 +508,80 @@ mod tests {
         assert_eq!(mac, expected);
     }
 
+    /// An AES DUKPT PIN pad (X9.24-3 BDK of the test vectors; a 12-byte KSN in field 62)
+    /// with format 0 blocks under its derived double-length TDES PIN keys.
+    #[tokio::test]
+    async fn aes_dukpt_pin_blocks_are_translated_with_the_ksn_they_came_with() {
+        use switchyard_hsm::dukpt_aes::{working_key_for, KeyType, Usage};
+        use switchyard_hsm::AesKey;
+        let bdk = AesKey::new(&from_hex("FEDCBA9876543210F1F1F1F1F1F1F1F1").unwrap()).unwrap();
+        let module = SoftwareModule::in_memory();
+        module
+            .add("bdk.aes", KeyUsage::Bdk, Key::Aes(bdk.clone()))
+            .unwrap();
+        module.add("zpk.issuer", KeyUsage::Zpk, key(ZPK)).unwrap();
+        let links = HashMap::from([(
+            "issuer".to_string(),
+            LinkSecurity {
+                zpk: Some("zpk.issuer".into()),
+                pin_format: Format::Iso0,
+                zak: None,
+                mac_algorithm: MacAlgorithm::Iso9797Alg3,
+                key_exchange: None,
+            },
+        )]);
+        let security = Security::new(
+            Arc::new(module),
+            62,
+            *b"63",
+            links,
+            &prometheus::Registry::new(),
+        )
+        .unwrap();
+        let f = Fixture::with(Options {
+            registry: Some(
+                "[[merchants]]\nid = \"MERCHANT0000001\"\nmcc = \"5411\"\n\
+                 [[terminals]]\nid = \"TERM0001\"\nmerchant = \"MERCHANT0000001\"\nbdk = \"bdk.aes\"\n",
+            ),
+            security: Some(Arc::new(security)),
+            ..Options::default()
+        });
+        for counter in ["00000001", "00000002", "00000010"] {
+            let ksn = format!("1234567890123456{counter}");
+            let pin_key =
+                working_key_for(&bdk, &from_hex(&ksn).unwrap(), Usage::Pin, KeyType::Tdes2)
+                    .unwrap();
+            let block = pinblock::encrypt(
+                Format::Iso0,
+                &pin_key,
+                b"2468",
+                Some(PAN.as_bytes()),
+                &mut NoFill,
+            )
+            .unwrap();
+            let plain = request("0200", PAN, 1000, 9);
+            let mut b = MessageBuilder::new(spec(), plain.mti());
+            for f in plain.fields() {
+                b.set(f.number, f.value()).unwrap();
+            }
+            b.set(52, &block).unwrap().set(62, &ksn).unwrap();
+            let mut tx = f.routed(MessageView::decode(spec(), b.encode()).unwrap());
+            assert!(
+                SecureRequest.run(&f.switch, &mut tx).await.is_continue(),
+                "{counter}"
+            );
+            let outbound = tx.outbound.clone().unwrap();
+            assert!(
+                !outbound.has(62),
+                "the terminal's KSN stays with the switch"
+            );
+            let block = outbound.field(52).unwrap().value().into_owned();
+            let pin =
+                pinblock::decrypt(Format::Iso0, &key(ZPK), &block, Some(PAN.as_bytes())).unwrap();
+            assert_eq!(&pin[..], b"2468");
+        }
+    }
+
     #[tokio::test]
     async fn what_cannot_be_secured_is_answered_63_and_never_forwarded() {
         let f = fixture(false);
