@@ -172,6 +172,54 @@ fn codes(report: &serde_json::Value) -> String {
     report["codes"].to_string()
 }
 
+/// The ZMK its two canary components make.
+fn zmk_of_components() -> Vec<u8> {
+    from_hex(ZMK_1)
+        .unwrap()
+        .iter()
+        .zip(from_hex(ZMK_2).unwrap())
+        .map(|(a, b)| a ^ b)
+        .collect()
+}
+
+/// Timed load from terminal T0000001 (no pause first: it overlaps what the lab schedules).
+fn load(lab: &Lab, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "sim",
+            "terminal",
+            "--target",
+            &lab.switch.terminals.to_string(),
+        ])
+        .args([
+            "--terminal",
+            "T0000001",
+            "--merchant",
+            "MERCHANT0000001",
+            "--json",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The key exchange events of the audit log started by `initiator`.
+fn exchange_events(switch: &Switch, initiator: &str) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    switchyard_audit::for_each(&switch.audit_dir(), |r| {
+        if r.kind == Some(switchyard_audit::RecordKind::Event) {
+            let v: serde_json::Value = switchyard_audit::payload::decode(r.seq, r.payload)?;
+            if v["event"] == "key-exchange" && v["initiator"] == initiator {
+                all.push(v);
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    all
+}
+
 /// Every byte the switch wrote under `dir` (audit log, key store, log), and `outputs`:
 /// none holds a canary in hex (either case) or as raw bytes.
 fn assert_no_canary(dir: &Path, outputs: &[String], blocks: &[Vec<u8>]) {
@@ -346,13 +394,7 @@ impl Lab {
                 ]))
             }
         }];
-        let zmk_bytes: Vec<u8> = from_hex(ZMK_1)
-            .unwrap()
-            .iter()
-            .zip(from_hex(ZMK_2).unwrap())
-            .map(|(a, b)| a ^ b)
-            .collect();
-        let zmk = tdes(&to_hex(&zmk_bytes));
+        let zmk = tdes(&to_hex(&zmk_of_components()));
         for (id, usage, clear, tr31_usage) in [
             ("tpk.T0000001", "tpk", TPK, "P0"),
             ("tak.T0000001", "tak", TAK, "M3"),
@@ -572,45 +614,29 @@ fn pin_flow(payshield: bool) {
 fn a_key_exchange_mid_load_changes_the_zpk_and_no_transaction_fails() {
     // The issuer sends a new ZPK under the ZMK 2 s after the link connects: amid the 4 s of
     // load that starts as soon as the switch is ready.
-    let zmk: Vec<u8> = from_hex(ZMK_1)
-        .unwrap()
-        .iter()
-        .zip(from_hex(ZMK_2).unwrap())
-        .map(|(a, b)| a ^ b)
-        .collect();
     let scratch = tempfile::tempdir().unwrap();
-    let zmk_file = write(scratch.path(), "issuer-zmk.hex", &to_hex(&zmk));
-    let lab = Lab::start(&[
-        "--zmk-file",
-        zmk_file.to_str().unwrap(),
-        "--key-exchange-after-ms",
-        "2000",
-    ]);
+    let zmk_file = write(
+        scratch.path(),
+        "issuer-zmk.hex",
+        &to_hex(&zmk_of_components()),
+    );
+    let zmk_file = zmk_file.to_str().unwrap();
+    let lab = Lab::start(&["--zmk-file", zmk_file, "--key-exchange-after-ms", "2000"]);
     let fixed = lab.fixed();
-    let args: Vec<&str> = ["--pin", PIN, "--duration", "4", "--window", "2"]
-        .into_iter()
-        .chain(fixed.iter().map(String::as_str))
-        .collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args([
-            "sim",
-            "terminal",
-            "--target",
-            &lab.switch.terminals.to_string(),
-        ])
-        .args([
-            "--terminal",
-            "T0000001",
-            "--merchant",
-            "MERCHANT0000001",
-            "--json",
-            "--ksn-field",
-            "62",
-        ])
-        .args(&args)
-        .output()
-        .unwrap();
-    let load: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let args: Vec<&str> = [
+        "--pin",
+        PIN,
+        "--duration",
+        "4",
+        "--window",
+        "2",
+        "--ksn-field",
+        "62",
+    ]
+    .into_iter()
+    .chain(fixed.iter().map(String::as_str))
+    .collect();
+    let load = load(&lab, &args);
     let sent = load["sent"].as_u64().unwrap();
     assert!(sent > 20, "{load}");
     assert_eq!(
@@ -629,20 +655,7 @@ fn a_key_exchange_mid_load_changes_the_zpk_and_no_transaction_fails() {
         !zpk_line.ends_with(&lab.zpk_kcv),
         "the ZPK was replaced: {zpk_line}"
     );
-    let events: Vec<serde_json::Value> = {
-        let mut all = Vec::new();
-        switchyard_audit::for_each(&lab.switch.audit_dir(), |r| {
-            if r.kind == Some(switchyard_audit::RecordKind::Event) {
-                let v: serde_json::Value = switchyard_audit::payload::decode(r.seq, r.payload)?;
-                if v["event"] == "key-exchange" {
-                    all.push(v);
-                }
-            }
-            Ok(())
-        })
-        .unwrap();
-        all
-    };
+    let events = exchange_events(&lab.switch, "issuer");
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["result"], "ok");
     assert!(
@@ -689,14 +702,12 @@ fn reversals_of_timeouts_carry_the_link_mac() {
 /// generates and exports it); load across three exchanges is approved throughout.
 #[test]
 fn the_switch_sends_new_zpks_on_its_schedule_and_no_transaction_fails() {
-    let zmk: Vec<u8> = from_hex(ZMK_1)
-        .unwrap()
-        .iter()
-        .zip(from_hex(ZMK_2).unwrap())
-        .map(|(a, b)| a ^ b)
-        .collect();
     let scratch = tempfile::tempdir().unwrap();
-    let zmk_file = write(scratch.path(), "issuer-zmk.hex", &to_hex(&zmk));
+    let zmk_file = write(
+        scratch.path(),
+        "issuer-zmk.hex",
+        &to_hex(&zmk_of_components()),
+    );
     let lab = Lab::with_options(
         &["--zmk-file", zmk_file.to_str().unwrap()],
         true,
@@ -707,48 +718,10 @@ fn the_switch_sends_new_zpks_on_its_schedule_and_no_transaction_fails() {
         .into_iter()
         .chain(fixed.iter().map(String::as_str))
         .collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args([
-            "sim",
-            "terminal",
-            "--target",
-            &lab.switch.terminals.to_string(),
-        ])
-        .args([
-            "--terminal",
-            "T0000001",
-            "--merchant",
-            "MERCHANT0000001",
-            "--json",
-        ])
-        .args(&args)
-        .output()
-        .unwrap();
-    let load: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let load = load(&lab, &args);
     let sent = load["sent"].as_u64().unwrap();
-    let log = std::fs::read_to_string(lab.switch.config.with_file_name("switchyard.log"))
-        .unwrap_or_default();
-    let warnings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .take(5)
-        .collect();
-    assert_eq!(
-        codes(&load),
-        format!(r#"{{"00":{sent}}}"#),
-        "{load}\n{warnings:#?}"
-    );
-    let mut exchanges = Vec::new();
-    switchyard_audit::for_each(&lab.switch.audit_dir(), |r| {
-        if r.kind == Some(switchyard_audit::RecordKind::Event) {
-            let v: serde_json::Value = switchyard_audit::payload::decode(r.seq, r.payload)?;
-            if v["event"] == "key-exchange" && v["initiator"] == "switch" {
-                exchanges.push(v);
-            }
-        }
-        Ok(())
-    })
-    .unwrap();
+    assert_eq!(codes(&load), format!(r#"{{"00":{sent}}}"#), "{load}");
+    let exchanges = exchange_events(&lab.switch, "switch");
     assert!(
         exchanges.len() >= 3 && exchanges.iter().all(|e| e["result"] == "ok"),
         "{exchanges:?}"

@@ -128,38 +128,51 @@ impl IssuerRequestHandler for KeyExchange {
                 }
             };
             security.operation("import_key", imported.is_ok(), started.elapsed());
-            let (code, kcv, reason) = match &imported {
-                Ok(kcv) => ("00", Some(kcv.clone()), None),
-                Err((code, reason)) => (*code, None, Some(reason.clone())),
+            let code = match &imported {
+                Ok(_) => "00",
+                Err((code, _)) => *code,
             };
-            match &reason {
-                None => {
-                    tracing::info!(link = %link, key = %id, kcv = kcv.as_deref().unwrap_or(""), "key exchange: new key in use")
-                }
-                Some(reason) => {
-                    tracing::warn!(link = %link, key = %id, %reason, "key exchange refused: the old key stays")
-                }
-            }
-            let event = serde_json::json!({
-                "event": "key-exchange",
-                "initiator": "issuer",
-                "link": &*link,
-                "key": id,
-                "usage": usage.name(),
-                "kcv": kcv,
-                "result": if reason.is_none() { "ok" } else { "refused" },
-                "reason": reason,
-                "at_us": crate::flow::now_us(),
-            });
-            if let Err(e) = audit.append_record(RecordKind::Event, &event).await {
-                tracing::error!(error = %e, "key exchange not audited");
-            }
+            let result = imported.map_err(|(_, reason)| reason);
+            audit_exchange(&audit, "issuer", &link, &id, usage, &result).await;
             let mut builder = MessageBuilder::new(request.spec(), request.mti());
             builder.respond_to(&request, code.as_bytes()).ok()?;
             // The 0810 names the exchange it answers.
             builder.copy_from(&request, 70).ok()?;
             Some(builder.encode())
         }))
+    }
+}
+
+/// Log and audit one exchange: the key's id and its new check value, or why not.
+async fn audit_exchange(
+    audit: &AuditLog,
+    initiator: &str,
+    link: &str,
+    id: &str,
+    usage: KeyUsage,
+    result: &Result<String, String>,
+) {
+    match result {
+        Ok(kcv) => {
+            tracing::info!(link, key = id, kcv = %kcv, initiator, "key exchange: new key in use")
+        }
+        Err(reason) => {
+            tracing::warn!(link, key = id, %reason, initiator, "key exchange not done: the old key stays")
+        }
+    }
+    let event = serde_json::json!({
+        "event": "key-exchange",
+        "initiator": initiator,
+        "link": link,
+        "key": id,
+        "usage": usage.name(),
+        "kcv": result.as_ref().ok(),
+        "result": if result.is_ok() { "ok" } else { "refused" },
+        "reason": result.as_ref().err(),
+        "at_us": crate::flow::now_us(),
+    });
+    if let Err(e) = audit.append_record(RecordKind::Event, &event).await {
+        tracing::error!(error = %e, "key exchange not audited");
     }
 }
 
@@ -218,32 +231,7 @@ pub async fn schedule<P: IssuerPort>(
             let Some(id) = id else { continue };
             stan = stan % 99_999 + 900_001;
             let result = send_key(&security, &*link, &settings, id, usage, code, stan).await;
-            let (kcv, reason) = match &result {
-                Ok(kcv) => (Some(kcv.clone()), None),
-                Err(reason) => (None, Some(reason.clone())),
-            };
-            match &reason {
-                None => {
-                    tracing::info!(link = %link_name, key = id, kcv = kcv.as_deref().unwrap_or(""), "key exchange: new key in use")
-                }
-                Some(reason) => {
-                    tracing::warn!(link = %link_name, key = id, %reason, "key exchange not done: the old key stays")
-                }
-            }
-            let event = serde_json::json!({
-                "event": "key-exchange",
-                "initiator": "switch",
-                "link": link_name,
-                "key": id,
-                "usage": usage.name(),
-                "kcv": kcv,
-                "result": if reason.is_none() { "ok" } else { "refused" },
-                "reason": reason,
-                "at_us": crate::flow::now_us(),
-            });
-            if let Err(e) = audit.append_record(RecordKind::Event, &event).await {
-                tracing::error!(error = %e, "key exchange not audited");
-            }
+            audit_exchange(&audit, "switch", &link_name, id, usage, &result).await;
         }
     }
 }
