@@ -43,6 +43,20 @@ impl KeyUsage {
         }
     }
 
+    /// Key separation: `Ok` when this usage is one of `needs` (`what` names them in the
+    /// error), for the key `id`.
+    pub fn require(self, id: &str, needs: &[KeyUsage], what: &'static str) -> Result<()> {
+        if needs.contains(&self) {
+            Ok(())
+        } else {
+            Err(crate::HsmError::Usage {
+                id: id.to_string(),
+                usage: self.name(),
+                needs: what,
+            })
+        }
+    }
+
     /// The usage of a name from [`KeyUsage::name`].
     pub fn from_name(name: &str) -> Option<KeyUsage> {
         [

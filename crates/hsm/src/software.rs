@@ -185,13 +185,7 @@ impl SoftwareModule {
             .get(id)
             .cloned()
             .ok_or_else(|| HsmError::UnknownKey(id.to_string()))?;
-        if !needs.contains(&stored.usage) {
-            return Err(HsmError::Usage {
-                id: id.to_string(),
-                usage: stored.usage.name(),
-                needs: what,
-            });
-        }
+        stored.usage.require(id, needs, what)?;
         Ok(stored)
     }
 

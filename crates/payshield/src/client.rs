@@ -250,13 +250,7 @@ impl PayShield {
             .table
             .get(id)
             .ok_or_else(|| HsmError::UnknownKey(id.to_string()))?;
-        if !needs.contains(&token.usage) {
-            return Err(HsmError::Usage {
-                id: id.to_string(),
-                usage: token.usage.name(),
-                needs: what,
-            });
-        }
+        token.usage.require(id, needs, what)?;
         Ok(token)
     }
 
