@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod audit_cli;
+mod books;
 mod cli;
 mod deploy;
 mod integrity;

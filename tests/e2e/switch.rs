@@ -19,7 +19,7 @@ use crate::support::switchyard;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn spec() -> &'static Spec {
+pub(crate) fn spec() -> &'static Spec {
     shipped("iso8583-1987-ascii").unwrap()
 }
 
@@ -349,7 +349,10 @@ pub(crate) fn route(name: &str, bins: &str, link: &str) -> String {
     format!("[[routes]]\nname = \"{name}\"\nbins = [{bins}]\nlink = \"{link}\"\n")
 }
 
-fn issuers(rt: &tokio::runtime::Runtime, configs: Vec<IssuerSimConfig>) -> Vec<IssuerSim> {
+pub(crate) fn issuers(
+    rt: &tokio::runtime::Runtime,
+    configs: Vec<IssuerSimConfig>,
+) -> Vec<IssuerSim> {
     rt.block_on(async {
         let mut all = Vec::new();
         for c in configs {
@@ -359,7 +362,7 @@ fn issuers(rt: &tokio::runtime::Runtime, configs: Vec<IssuerSimConfig>) -> Vec<I
     })
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

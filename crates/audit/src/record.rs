@@ -573,6 +573,12 @@ pub struct PairRecord {
     /// Field 39 of the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_code: Option<ShortText>,
+    /// Field 38 of the answer (the authorisation id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_id: Option<ShortText>,
+    /// The business date the transaction belongs to (`YYYYMMDD`), when the switch keeps one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_date: Option<ShortText>,
     /// How it ended.
     pub outcome: Option<Outcome>,
     /// The PAN, protected.
@@ -627,6 +633,7 @@ impl PairRecord {
         let (message, _) = protect_keyed(response, None);
         self.response_mti = Some(message.mti.clone());
         self.response_code = response.field(39).map(|f| ShortText::of_field(&f, false));
+        self.auth_id = response.field(38).map(|f| ShortText::of_field(&f, true));
         self.response = Some(message);
     }
 }

@@ -119,6 +119,8 @@ impl<P: IssuerPort> Router<P> {
                 integrity: None,
                 rule_state: RuleState::default(),
                 security: None,
+                business_day: None,
+                settlement_date: std::collections::HashSet::new(),
             },
         })
     }
@@ -126,6 +128,23 @@ impl<P: IssuerPort> Router<P> {
     /// Use (or stop using, with `None`) a merchant and terminal registry; swapped whole.
     pub fn replace_registry(&self, registry: Option<Registry>) {
         *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry.map(Arc::new);
+    }
+
+    /// Date every pair record by `day`.
+    pub fn with_business_day(mut self, day: Arc<crate::business_day::BusinessDay>) -> Self {
+        self.switch.business_day = Some(day);
+        self
+    }
+
+    /// Set field 15 (settlement date) on requests to these links.
+    pub fn with_settlement_date(mut self, links: impl IntoIterator<Item = String>) -> Self {
+        self.switch.settlement_date = links.into_iter().collect();
+        self
+    }
+
+    /// The business day, if kept.
+    pub fn business_day(&self) -> Option<&Arc<crate::business_day::BusinessDay>> {
+        self.switch.business_day.as_ref()
     }
 
     /// Turn on card security: PIN translation and MACs through its security module.

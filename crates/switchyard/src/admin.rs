@@ -1,5 +1,5 @@
 //! The admin HTTP listener: `/metrics`, `/livez`, `/readyz`, `/saf` (the store-and-forward
-//! entries) and `POST /saf/retry|drop?id=N`, every operator action and read behind a bearer
+//! entries), `POST /saf/retry|drop?id=N` and `POST /cutover` (the next business date now), every operator action and read behind a bearer
 //! token ([`crate::admin_auth`]: 401 without a valid one, 403 for a token of another role;
 //! the operator is the token's name). A deliberately small HTTP/1.1
 //! server (one request per connection, bounded head size, time and connections): a handful
@@ -24,6 +24,11 @@ pub trait AdminState: Send + Sync + 'static {
     fn readiness(&self) -> Result<(), Vec<String>>;
     /// The store-and-forward entries as JSON (`None`: off).
     fn saf_list(&self) -> Option<String>;
+    /// Cut over to the next business date now, as `operator`: the date opened.
+    fn cut_over(
+        &self,
+        operator: &str,
+    ) -> impl std::future::Future<Output = Result<String, String>> + Send;
     /// Put a dead letter back (`drop` false) or remove an entry, as `operator`.
     fn saf_action(
         &self,
@@ -118,6 +123,29 @@ async fn answer(
             return refuse(&mut stream, refusal.status).await;
         }
     };
+    if method == b"POST" && path == b"/cutover" {
+        let operator = operator.unwrap_or_default();
+        return match state.cut_over(&operator).await {
+            Ok(opened) => {
+                respond(
+                    &mut stream,
+                    "200 OK",
+                    "text/plain",
+                    format!("business date {opened}\n").as_bytes(),
+                )
+                .await
+            }
+            Err(e) => {
+                respond(
+                    &mut stream,
+                    "409 Conflict",
+                    "text/plain",
+                    format!("{e}\n").as_bytes(),
+                )
+                .await
+            }
+        };
+    }
     if method == b"POST" && (path == b"/saf/retry" || path == b"/saf/drop") {
         let query = target.split(|&b| b == b'?').nth(1).unwrap_or_default();
         let param = |name: &str| {

@@ -87,6 +87,9 @@ pub struct Config {
     /// Card security: the security module and where a DUKPT KSN arrives.
     #[serde(default)]
     pub security: Option<SecuritySection>,
+    /// The business day: pair records dated, a daily cut-over.
+    #[serde(default)]
+    pub business_day: Option<BusinessDaySection>,
     /// The merchant and terminal registry.
     #[serde(default)]
     pub registry: RegistrySection,
@@ -97,6 +100,21 @@ pub struct Config {
 pub struct RegistrySection {
     /// The registry file (merchants, terminals, rules); none: no registry checks.
     pub file: Option<PathBuf>,
+}
+
+/// `[business_day]`: the daily cut-over that closes one business date and opens the next.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusinessDaySection {
+    /// Local time of the cut-over, `HH:MM` (`00:00`: the calendar date).
+    pub cutover: String,
+    /// The time zone of the cut-over: `UTC` or a fixed offset `+HH:MM` / `-HH:MM`.
+    #[serde(default = "default_zone")]
+    pub time_zone: String,
+}
+
+fn default_zone() -> String {
+    "UTC".into()
 }
 
 /// `[security]`: the security module the switch translates PIN blocks and checks MACs
@@ -413,6 +431,10 @@ pub struct LinkSection {
     pub tls: Option<ClientTlsSection>,
     /// The link's zone keys.
     pub security: Option<LinkSecuritySection>,
+    /// Set field 15 (settlement date, MMDD of the business date) on its requests; needs
+    /// `[business_day]`.
+    #[serde(default)]
+    pub settlement_date: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -977,6 +999,21 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
         },
     };
     check_security(&config, &mut problems);
+    if config.business_day.is_none() {
+        for l in config.links.iter().filter(|l| l.settlement_date) {
+            problems.push(format!(
+                "links ({:?}).settlement_date: needs a [business_day] section",
+                l.name
+            ));
+        }
+    }
+    if let Some(b) = &config.business_day {
+        if let Err(e) =
+            switchyard_router::business_day::CutoverSchedule::parse(&b.cutover, &b.time_zone)
+        {
+            problems.push(format!("business_day: {e}"));
+        }
+    }
     if let Some(file) = &config.admin.tokens_file {
         if let Err(e) =
             crate::admin_auth::AdminAuth::load(Some(file), true, &prometheus::Registry::new())

@@ -68,6 +68,24 @@ impl AdminState for Switch {
             .map_err(|e| e.to_string())
     }
 
+    async fn cut_over(&self, operator: &str) -> Result<String, String> {
+        let day = self
+            .router
+            .business_day()
+            .ok_or("no [business_day] in the configuration")?;
+        let now = switchyard_router::now_us();
+        let (closed, opened) = day.cut_over(now);
+        let event =
+            switchyard_router::business_day::BusinessDay::event(closed, opened, operator, now);
+        tracing::info!(operator, closed = %switchyard_router::business_day::date_text(closed), opened = %switchyard_router::business_day::date_text(opened), "cut-over by hand");
+        self.router
+            .audit()
+            .append_record(RecordKind::Event, &event)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(switchyard_router::business_day::date_text(opened))
+    }
+
     fn readiness(&self) -> Result<(), Vec<String>> {
         let mut reasons = Vec::new();
         if self.draining.load(Ordering::Acquire) {
@@ -285,6 +303,34 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
     let router = match &integrity {
         Some(i) => router.with_integrity(i.clone()),
         None => router,
+    };
+    let router = match &plan.config.business_day {
+        None => router,
+        Some(b) => {
+            let schedule =
+                switchyard_router::business_day::CutoverSchedule::parse(&b.cutover, &b.time_zone)
+                    .map_err(|e| fail(EX_CONFIG)(anyhow!("business_day: {e}")))?;
+            let day = Arc::new(switchyard_router::business_day::BusinessDay::new(schedule));
+            let last = switchyard_router::business_day::last_cut_over(&plan.audit.dir)
+                .map_err(|e| fail(EX_IOERR)(anyhow!("business day: {e}")))?;
+            if let Some((at, opened)) = last {
+                day.restore(at, opened);
+            }
+            tokio::spawn(switchyard_router::business_day::announce(
+                day.clone(),
+                audit.clone(),
+                saf_stop.clone(),
+            ));
+            tracing::info!(business_date = %day.date_at(switchyard_router::now_us()), "business day");
+            let dated = plan
+                .links
+                .iter()
+                .filter(|(l, _)| l.settlement_date)
+                .map(|(l, _)| l.name.clone());
+            router
+                .with_business_day(day)
+                .with_settlement_date(dated.collect::<Vec<_>>())
+        }
     };
     let router = Arc::new(match &plan.config.security {
         None => router,

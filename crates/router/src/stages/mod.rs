@@ -63,6 +63,10 @@ pub struct Switch<P> {
     /// Card security (PIN translation, MACs); none: requests with a PIN block or MAC are
     /// refused.
     pub(crate) security: Option<Arc<Security>>,
+    /// The business day pair records are dated by (none: undated).
+    pub(crate) business_day: Option<Arc<crate::business_day::BusinessDay>>,
+    /// Links whose requests carry the business date in field 15.
+    pub(crate) settlement_date: std::collections::HashSet<String>,
 }
 
 impl<P> std::fmt::Debug for Switch<P> {

@@ -63,6 +63,10 @@ pub(crate) async fn append_pair<P>(
     pair.answered_us = Some(now_us());
     pair.latency_us = Some(started.elapsed().as_micros() as u64);
     pair.outcome = Some(outcome);
+    if let (None, Some(day)) = (&pair.business_date, &switch.business_day) {
+        let number = crate::business_day::date_number(day.day_at(pair.received_us));
+        pair.business_date = Some(switchyard_audit::ShortText::digits(number, 8));
+    }
     let payload = match switch.audit.encode(pair) {
         Ok(p) => p,
         Err(error) => {

@@ -107,6 +107,8 @@ impl Fixture {
             integrity,
             rule_state: RuleState::default(),
             security: options.security.clone(),
+            business_day: None,
+            settlement_date: std::collections::HashSet::new(),
         };
         Fixture {
             registry: options

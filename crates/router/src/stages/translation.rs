@@ -13,15 +13,27 @@ use crate::transaction::{Step, Transaction};
 pub(crate) struct Translation;
 
 impl<P: IssuerPort> Stage<P> for Translation {
-    async fn run<'a>(&self, _: &'a Switch<P>, tx: &mut Transaction<'a, P>) -> Step {
+    async fn run<'a>(&self, switch: &'a Switch<P>, tx: &mut Transaction<'a, P>) -> Step {
         let Some(route) = tx.route else {
             return tx.missing("translation", "a route");
         };
-        if tx.same_dialect() {
-            tx.outbound = Some(tx.request().clone());
-            return Step::Continue(());
-        }
-        match translate(tx.request(), route.link.spec()) {
+        let outbound = if tx.same_dialect() {
+            Ok(tx.request().clone())
+        } else {
+            translate(tx.request(), route.link.spec())
+        };
+        // Field 15 (settlement date, MMDD of the business date) where the link takes it.
+        let dated = match (
+            &switch.business_day,
+            switch.settlement_date.contains(route.link_name),
+        ) {
+            (Some(day), true) => outbound.and_then(|view| {
+                let date = crate::business_day::date_number(day.day_at(tx.pair.received_us));
+                with_settlement_date(&view, date % 10_000)
+            }),
+            _ => outbound,
+        };
+        match dated {
             Ok(outbound) => {
                 tx.outbound = Some(outbound);
                 Step::Continue(())
@@ -32,6 +44,22 @@ impl<P: IssuerPort> Stage<P> for Translation {
             }
         }
     }
+}
+
+/// `view` with field 15 set to `mmdd` (when its dialect has the field).
+fn with_settlement_date(
+    view: &switchyard_iso8583::MessageView<'static>,
+    mmdd: u64,
+) -> Result<switchyard_iso8583::MessageView<'static>, switchyard_iso8583::Error> {
+    if view.spec().field(15).is_none() {
+        return Ok(view.clone());
+    }
+    let mut builder = switchyard_iso8583::MessageBuilder::new(view.spec(), view.mti());
+    for field in view.fields().filter(|f| f.number != 15) {
+        builder.set(field.number, field.value())?;
+    }
+    builder.set(15, format!("{mmdd:04}"))?;
+    switchyard_iso8583::MessageView::decode(view.spec(), builder.encode())
 }
 
 #[cfg(test)]
@@ -48,6 +76,35 @@ mod tests {
         let mut tx = f.transaction(req);
         assert!(Routing.run(&f.switch, &mut tx).await.is_continue());
         tx
+    }
+
+    #[tokio::test]
+    async fn links_that_take_it_get_the_business_date_in_field_15() {
+        use crate::business_day::{BusinessDay, CutoverSchedule};
+        let mut f = Fixture::new();
+        f.switch.business_day = Some(std::sync::Arc::new(BusinessDay::new(
+            CutoverSchedule::parse("23:00", "UTC").unwrap(),
+        )));
+        f.switch.settlement_date.insert("issuer".to_string());
+        let mut tx = routed(&f, request("0200", "4761730000000119", 1000, 1)).await;
+        let expected = format!(
+            "{:04}",
+            crate::business_day::date_number(
+                f.switch
+                    .business_day
+                    .as_ref()
+                    .unwrap()
+                    .day_at(tx.pair.received_us)
+            ) % 10_000
+        );
+        assert!(Translation.run(&f.switch, &mut tx).await.is_continue());
+        let outbound = tx.outbound.as_ref().unwrap();
+        assert_eq!(outbound.field(15).unwrap().text(), expected);
+        assert_eq!(outbound.field(4).unwrap().text(), "000000001000");
+        f.switch.settlement_date.clear();
+        let mut tx = routed(&f, request("0200", "4761730000000119", 1000, 2)).await;
+        assert!(Translation.run(&f.switch, &mut tx).await.is_continue());
+        assert!(!tx.outbound.as_ref().unwrap().has(15));
     }
 
     #[tokio::test]
