@@ -145,3 +145,180 @@ fn a_hand_cut_over_during_load_splits_the_day_and_survives_a_restart() {
         .all(|p| p.business_date.as_deref() == Some(tomorrow.as_str())));
     drop(sims);
 }
+
+/// A day of traffic from three terminals through a `sim issuer` process that declines a
+/// fifth: `audit reconcile` against the issuer's own settlement file finds nothing; against
+/// a copy with three planted differences it reports exactly those and exits 65; `audit
+/// settle` nets each merchant's approved sales.
+#[test]
+fn reconcile_against_the_issuers_file_and_settle_the_merchants() {
+    let work = tempfile::tempdir().unwrap();
+    let ledger = work.path().join("issuer-settlement.csv");
+    let port = crate::switch::free_port();
+    let mut issuer = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "sim",
+            "issuer",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--approval-rate",
+            "0.8",
+        ])
+        .arg("--ledger-csv")
+        .arg(&ledger)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "issuer did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = format!(
+        "spec = \"iso8583-1987-ascii\"\n[business_day]\ncutover = \"00:00\"\ntime_zone = \"UTC\"\n{}settlement_date = true\n{}",
+        link("issuer", format!("127.0.0.1:{port}"), ""),
+        route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
+    );
+    let switch = Switch::start(&body);
+    let mut sent = 0;
+    for first in ["1", "2", "3"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args([
+                "sim",
+                "terminal",
+                "--target",
+                &switch.terminals.to_string(),
+                "--count",
+                "40",
+            ])
+            .args(["--first-terminal", first, "--window", "4", "--json"])
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["answered"].as_u64(), Some(40), "{report}");
+        sent += 40;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &issuer.id().to_string()])
+        .status();
+    issuer.wait().unwrap();
+    let file = std::fs::read_to_string(&ledger).unwrap();
+    let pairs = records(&switch.audit_dir());
+    assert_eq!(pairs.len(), sent);
+    let date = pairs[0].business_date.as_deref().unwrap().to_string();
+    let approved: Vec<_> = pairs
+        .iter()
+        .filter(|p| p.response_code.as_deref() == Some("00"))
+        .collect();
+    assert_eq!(file.lines().count() - 1, approved.len(), "{file}");
+    assert!(
+        approved.len() < sent && approved.len() > sent / 2,
+        "some declined"
+    );
+    let dir = switch.audit_dir().display().to_string();
+    let reconcile = |against: &std::path::Path, format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args([
+                "audit",
+                "reconcile",
+                "--dir",
+                &dir,
+                "--demo-keys",
+                "--business-date",
+                &date,
+            ])
+            .args(["--format", format])
+            .arg("--against")
+            .arg(against)
+            .output()
+            .unwrap()
+    };
+    let clean = reconcile(&ledger, "table");
+    let said = String::from_utf8_lossy(&clean.stdout).to_string();
+    assert!(
+        clean.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(
+        said.ends_with(&format!("{} matched, 0 differences\n", approved.len())),
+        "{said}"
+    );
+    // Three planted differences: one row taken out, one row added, one amount changed.
+    let mut lines: Vec<String> = file.lines().map(String::from).collect();
+    let removed = lines.remove(1);
+    let changed = lines[1].clone();
+    let mut cells: Vec<String> = changed.split(',').map(String::from).collect();
+    cells[5] = (cells[5].parse::<u64>().unwrap() + 1).to_string();
+    lines[1] = cells.join(",");
+    lines.push(format!(
+        "{date},999999999999,T0000099,MERCHANT0000099,000001,5000,978,00,123456"
+    ));
+    let planted = work.path().join("planted.csv");
+    std::fs::write(&planted, lines.join("\n") + "\n").unwrap();
+    let differs = reconcile(&planted, "csv");
+    assert_eq!(differs.status.code(), Some(65));
+    let csv = String::from_utf8_lossy(&differs.stdout).to_string();
+    let kinds: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["mismatch", "missing-at-switch", "missing-in-file"],
+        "{csv}"
+    );
+    let removed_rrn = removed.split(',').nth(1).unwrap();
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("missing-in-file") && l.contains(removed_rrn)),
+        "{csv}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("missing-at-switch") && l.contains("999999999999")),
+        "{csv}"
+    );
+    // Settlement: each merchant's net is its approved sales.
+    let settle = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "audit",
+            "settle",
+            "--dir",
+            &dir,
+            "--demo-keys",
+            "--business-date",
+            &date,
+            "--format",
+            "jsonl",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        settle.status.success(),
+        "{}",
+        String::from_utf8_lossy(&settle.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&settle.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        let merchant = row["merchant"].as_str().unwrap();
+        let expected: u64 = approved
+            .iter()
+            .filter(|p| p.merchant.as_deref() == Some(merchant))
+            .map(|p| p.amount.unwrap())
+            .sum();
+        assert_eq!(row["net"].as_u64(), Some(expected), "{row}");
+        assert_eq!(row["sales_amount"].as_u64(), Some(expected), "{row}");
+    }
+}

@@ -33,6 +33,8 @@ pub struct Filter {
     pub to_us: Option<i64>,
     /// The PAN's keyed hash (see [`crate::AuditKeys::pan_hash`]).
     pub pan_hash: Option<crate::keys::PanHash>,
+    /// The business date (`YYYYMMDD`).
+    pub business_date: Option<String>,
 }
 
 impl Filter {
@@ -50,6 +52,7 @@ impl Filter {
                 .as_ref()
                 .is_none_or(|s| r.stan.as_deref() == Some(s) || r.issuer_stan.as_deref() == Some(s))
             && eq(&self.response_code, &r.response_code)
+            && eq(&self.business_date, &r.business_date)
             && self.outcome.is_none_or(|o| r.outcome == Some(o))
             && self.from_us.is_none_or(|t| r.received_us >= t)
             && self.to_us.is_none_or(|t| r.received_us < t)

@@ -134,6 +134,11 @@ impl Outcome {
         matches!(code, "00" | "08" | "10" | "11" | "16" | "Y1" | "Y3")
     }
 
+    /// Whether a response code (when there is one) means approval.
+    pub fn approves_code(code: Option<&str>) -> bool {
+        code.is_some_and(Outcome::is_approval_code)
+    }
+
     /// Whether `response` carries an approval code in field 39.
     pub fn approves(response: &MessageView<'_>) -> bool {
         response

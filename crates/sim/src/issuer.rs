@@ -68,12 +68,21 @@ impl IssuerSimConfig {
 }
 
 /// One approval the issuer holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Approval {
     /// Field 4.
     pub amount: u64,
     /// Field 38 given.
     pub auth_id: String,
+    /// Field 37.
+    pub rrn: String,
+    /// Field 42.
+    pub merchant: String,
+    /// Field 49.
+    pub currency: String,
+    /// The business date: field 15 (MMDD) in the current year when the request had it,
+    /// else the UTC date it arrived (`YYYYMMDD`).
+    pub business_date: String,
 }
 
 /// What the issuer approved and what was reversed. Keyed by terminal id (41), the STAN the
@@ -114,6 +123,29 @@ impl Ledger {
         let mut all: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// The standing approvals as a settlement file (the schema `switchyard audit reconcile`
+    /// reads: business_date, rrn, terminal, merchant, stan, amount, currency,
+    /// response_code, auth_id).
+    pub fn settlement_csv(&self) -> String {
+        let mut out = String::from(
+            "business_date,rrn,terminal,merchant,stan,amount,currency,response_code,auth_id\n",
+        );
+        for ((terminal, stan, _), a) in self.standing() {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},00,{}\n",
+                a.business_date,
+                a.rrn,
+                terminal.trim(),
+                a.merchant.trim(),
+                stan,
+                a.amount,
+                a.currency,
+                a.auth_id
+            ));
+        }
+        out
     }
 
     /// Sum of the amounts standing.
@@ -416,6 +448,10 @@ fn answer(
                 let approval = Approval {
                     amount: request.field(4).and_then(|f| f.as_u64()).unwrap_or(0),
                     auth_id,
+                    rrn: text(37),
+                    merchant: text(42),
+                    currency: text(49),
+                    business_date: business_date(request.field(15).map(|f| f.text())),
                 };
                 ledger
                     .approvals
@@ -466,6 +502,18 @@ fn mac_verifies_if_keyed(
         ledger.mac_failures.fetch_add(1, Ordering::Relaxed);
     }
     ok
+}
+
+/// The business date of a request: field 15 (MMDD) in the current year, else today (UTC).
+fn business_date(field15: Option<String>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let today = switchyard_iso8583::datetime::Civil::from_unix(i64::try_from(now).unwrap_or(0));
+    match field15.filter(|f| f.len() == 4 && f.bytes().all(|b| b.is_ascii_digit())) {
+        Some(mmdd) => format!("{}{mmdd}", today.year),
+        None => format!("{}{:02}{:02}", today.year, today.month, today.day),
+    }
 }
 
 /// The decline code the zone keys give `request` (63 a bad MAC, 55 a wrong PIN), counted

@@ -41,6 +41,22 @@ pub enum AuditCommand {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// What the acquirer pays each merchant for a business date: per merchant and currency,
+    /// sales, cash, completions, refunds and reversals, counts and the net amount.
+    Settle {
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Match a business date's approved, reversed and completed transactions against a
+    /// settlement file (CSV: business_date, rrn, terminal, merchant, stan, amount, currency,
+    /// response_code, auth_id); exit 0 only when nothing differs.
+    Reconcile {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// The settlement file.
+        #[arg(long)]
+        against: PathBuf,
+    },
 }
 
 /// What `query` and `report` share: the log, its keys, the filters and the output.
@@ -131,6 +147,9 @@ pub struct FilterArgs {
     /// Received before: same forms as --from.
     #[arg(long)]
     to: Option<String>,
+    /// Business date (YYYYMMDD).
+    #[arg(long)]
+    business_date: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,11 +221,12 @@ impl FilterArgs {
                 .map(|t| parse_time(t, "to"))
                 .transpose()?,
             pan_hash: None,
+            business_date: self.business_date.clone(),
         })
     }
 }
 
-fn audit_failure(e: AuditError) -> crate::codec_cmd::Failure {
+pub(crate) fn audit_failure(e: AuditError) -> crate::codec_cmd::Failure {
     let code = match &e {
         AuditError::Corrupt { .. } | AuditError::Payload { .. } => EX_DATAERR,
         AuditError::NotALog { .. } => EX_NOINPUT,
@@ -245,6 +265,26 @@ pub fn run(command: AuditCommand) -> CmdResult {
             let (filter, key, on_damage) = read.open()?;
             let reversals = read.reversals(&key)?;
             query(&read.dir, &key, on_damage, &filter, &reversals, read.format)
+        }
+        AuditCommand::Settle { read } => {
+            let (filter, key, on_damage) = read.open()?;
+            let reversals = read.reversals(&key)?;
+            let day = crate::books_cmd::Day::read(&read.dir, &key, on_damage, &filter, &reversals)?;
+            written(crate::books_cmd::print_settlement(&day, read.format))
+        }
+        AuditCommand::Reconcile { read, against } => {
+            let (filter, key, on_damage) = read.open()?;
+            if filter.business_date.is_none() {
+                return Err(fail(EX_USAGE)(anyhow!("reconcile needs --business-date")));
+            }
+            let reversals = read.reversals(&key)?;
+            let day = crate::books_cmd::Day::read(&read.dir, &key, on_damage, &filter, &reversals)?;
+            crate::books_cmd::reconcile(
+                &day,
+                &against,
+                filter.business_date.as_deref().unwrap_or_default(),
+                read.format,
+            )
         }
         AuditCommand::Report { read } => {
             let (filter, key, on_damage) = read.open()?;
@@ -330,7 +370,7 @@ impl ReadArgs {
 }
 
 /// Reversals and advices by id.
-type Reversals = BTreeMap<u64, SafEntry>;
+pub(crate) type Reversals = BTreeMap<u64, SafEntry>;
 
 /// A reversal's fate in a cell: id, state and the last result.
 fn reversal_text(r: &PairRecord, reversals: &Reversals) -> String {
@@ -359,7 +399,7 @@ fn written(result: std::io::Result<()>) -> CmdResult {
 }
 
 /// List on standard error what a `--allow-damaged` read skipped.
-fn warn_skipped(read: &VerifyReport) {
+pub(crate) fn warn_skipped(read: &VerifyReport) {
     for skipped in &read.skipped {
         eprintln!("switchyard: DAMAGED LOG, skipped: {skipped}");
     }
@@ -525,7 +565,7 @@ fn print_report(rows: &[ReportRow], format: Format) -> std::io::Result<()> {
     }
 }
 
-fn write_csv<const N: usize>(
+pub(crate) fn write_csv<const N: usize>(
     out: &mut impl Write,
     header: &[String; N],
     rows: &[[String; N]],
@@ -546,7 +586,7 @@ fn write_csv<const N: usize>(
     Ok(())
 }
 
-fn write_table<const N: usize>(
+pub(crate) fn write_table<const N: usize>(
     out: &mut impl Write,
     header: &[String; N],
     rows: &[[String; N]],

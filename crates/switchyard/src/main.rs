@@ -7,6 +7,7 @@
 mod admin;
 mod admin_auth;
 mod audit_cmd;
+mod books_cmd;
 mod card_security;
 mod codec_cmd;
 mod config;

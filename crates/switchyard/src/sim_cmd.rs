@@ -102,6 +102,10 @@ pub struct IssuerArgs {
     tls_key: Option<PathBuf>,
     #[command(flatten)]
     keys: IssuerKeyArgs,
+    /// At stop, write the standing approvals here as a settlement file (the schema
+    /// `audit reconcile` reads).
+    #[arg(long)]
+    ledger_csv: Option<PathBuf>,
 }
 
 /// The simulated issuer's zone keys (files of hex digits; `aes:` before them for AES).
@@ -428,6 +432,10 @@ fn issuer(args: IssuerArgs) -> CmdResult {
             _ = tokio::signal::ctrl_c() => {}
         }
         sim.stop();
+        if let Some(path) = &args.ledger_csv {
+            std::fs::write(path, sim.ledger.settlement_csv())
+                .map_err(|e| fail(EX_IOERR)(anyhow!("{}: {e}", path.display())))?;
+        }
         println!("ledger: {}", sim.ledger.summary());
         Ok(())
     })
