@@ -322,3 +322,154 @@ fn reconcile_against_the_issuers_file_and_settle_the_merchants() {
         assert_eq!(row["sales_amount"].as_u64(), Some(expected), "{row}");
     }
 }
+
+/// `switchyard send` of a 0500 (or 0501) from `terminal` with these totals: the answer's
+/// response code.
+fn settle_batch(
+    switch: &Switch,
+    mti: &str,
+    terminal: &str,
+    batch: &str,
+    debits: u64,
+    amount: u64,
+) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "send",
+            "--target",
+            &switch.terminals.to_string(),
+            "--mti",
+            mti,
+        ])
+        .args([
+            "--terminal",
+            terminal,
+            "--merchant",
+            "MERCHANT0000001",
+            "--test-card",
+            "1",
+        ])
+        .args([
+            "--field",
+            &format!("60={batch}"),
+            "--field",
+            &format!("76={debits:010}"),
+        ])
+        .args(["--field", &format!("88={amount:016}")])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    let answer = shown
+        .split("answer\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    answer
+        .lines()
+        .find(|l| l.contains("Response code"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no answer: {shown}{}", String::from_utf8_lossy(&out.stderr)))
+        .to_string()
+}
+
+/// Two terminals' batches: one closes in balance with 00 after a restart mid-day (its
+/// totals rebuilt from the audit log), its repeat is answered 00 again, counted once; the
+/// other claims one sale the switch never approved and gets 95, the difference audited.
+#[test]
+fn batches_close_in_balance_and_a_claimed_extra_sale_gets_95() {
+    let rt = runtime();
+    let sims = issuers(&rt, vec![IssuerSimConfig::approving(crate::switch::spec())]);
+    let body = format!(
+        "spec = \"iso8583-1987-ascii\"\n[batch]\nenabled = true\n{}{}",
+        link("issuer", sims[0].addr, ""),
+        route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
+    );
+    let switch = Switch::start(&body);
+    for first in ["1", "2"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args([
+                "sim",
+                "terminal",
+                "--target",
+                &switch.terminals.to_string(),
+                "--count",
+                "12",
+            ])
+            .args(["--first-terminal", first])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let totals = |tid: &str| {
+        let sales: Vec<u64> = records(&switch.audit_dir())
+            .iter()
+            .filter(|p| {
+                p.terminal.as_deref() == Some(tid) && p.response_code.as_deref() == Some("00")
+            })
+            .map(|p| p.amount.unwrap())
+            .collect();
+        (sales.len() as u64, sales.iter().sum::<u64>())
+    };
+    let (n1, a1) = totals("T0000001");
+    let (n2, a2) = totals("T0000002");
+    assert_eq!((n1, n2), (12, 12));
+    // A restart mid-day: the open batches come back from the audit log.
+    let switch = switch.restart();
+    assert_eq!(
+        settle_batch(&switch, "0500", "T0000001", "000001", n1, a1),
+        "00"
+    );
+    assert_eq!(
+        settle_batch(&switch, "0501", "T0000001", "000001", n1, a1),
+        "00",
+        "a repeat"
+    );
+    // The batch is closed: the same totals again under a new batch number do not balance.
+    assert_eq!(
+        settle_batch(&switch, "0500", "T0000001", "000002", n1, a1),
+        "95"
+    );
+    assert_eq!(
+        settle_batch(&switch, "0500", "T0000001", "000002", 0, 0),
+        "00",
+        "an empty batch"
+    );
+    // Terminal 2 claims one more sale than the switch approved.
+    assert_eq!(
+        settle_batch(&switch, "0500", "T0000002", "000007", n2 + 1, a2 + 1500),
+        "95"
+    );
+    let mut events = Vec::new();
+    switchyard_audit::for_each(&switch.audit_dir(), |r| {
+        if r.kind == Some(switchyard_audit::RecordKind::Event) {
+            let v: serde_json::Value = switchyard_audit::payload::decode(r.seq, r.payload)?;
+            if v["event"].as_str().is_some_and(|e| e.starts_with("batch-")) {
+                events.push(v);
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    let closed: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "batch-closed" && e["terminal"] == "T0000001")
+        .collect();
+    assert_eq!(closed.len(), 2, "the repeat closed nothing: {events:?}");
+    assert_eq!(closed[0]["totals"]["debits"].as_u64(), Some(n1));
+    assert_eq!(closed[0]["totals"]["debits_amount"].as_u64(), Some(a1));
+    let off = events
+        .iter()
+        .find(|e| e["event"] == "batch-out-of-balance" && e["terminal"] == "T0000002")
+        .expect("the difference is audited");
+    assert_eq!(
+        off["totals"]["debits"].as_u64(),
+        Some(n2),
+        "the switch's own count, not absorbed"
+    );
+    assert_eq!(off["claimed"]["debits"].as_u64(), Some(n2 + 1));
+    drop(sims);
+}

@@ -121,6 +121,7 @@ impl<P: IssuerPort> Router<P> {
                 security: None,
                 business_day: None,
                 settlement_date: std::collections::HashSet::new(),
+                batches: None,
             },
         })
     }
@@ -139,6 +140,12 @@ impl<P: IssuerPort> Router<P> {
     /// Set field 15 (settlement date) on requests to these links.
     pub fn with_settlement_date(mut self, links: impl IntoIterator<Item = String>) -> Self {
         self.switch.settlement_date = links.into_iter().collect();
+        self
+    }
+
+    /// Keep the terminals' batches in `book` and answer their 0500s.
+    pub fn with_batches(mut self, book: Arc<crate::batch::BatchBook>) -> Self {
+        self.switch.batches = Some(book);
         self
     }
 

@@ -27,6 +27,7 @@
 #[cfg(test)]
 extern crate self as switchyard_router;
 
+pub mod batch;
 pub mod business_day;
 pub mod error;
 pub mod flow;

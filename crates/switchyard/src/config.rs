@@ -90,6 +90,9 @@ pub struct Config {
     /// The business day: pair records dated, a daily cut-over.
     #[serde(default)]
     pub business_day: Option<BusinessDaySection>,
+    /// Terminal batch settlement (host capture).
+    #[serde(default)]
+    pub batch: BatchSection,
     /// The merchant and terminal registry.
     #[serde(default)]
     pub registry: RegistrySection,
@@ -100,6 +103,15 @@ pub struct Config {
 pub struct RegistrySection {
     /// The registry file (merchants, terminals, rules); none: no registry checks.
     pub file: Option<PathBuf>,
+}
+
+/// `[batch]`: keep each terminal's open batch and answer its 0500s.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSection {
+    /// On: 05xx are taken; off: they are invalid transactions (12).
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// `[business_day]`: the daily cut-over that closes one business date and opens the next.

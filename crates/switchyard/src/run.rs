@@ -304,6 +304,13 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
         Some(i) => router.with_integrity(i.clone()),
         None => router,
     };
+    let router = if plan.config.batch.enabled {
+        let book = switchyard_router::batch::BatchBook::rebuild(&plan.audit.dir)
+            .map_err(|e| fail(EX_IOERR)(anyhow!("terminal batches: {e}")))?;
+        router.with_batches(Arc::new(book))
+    } else {
+        router
+    };
     let router = match &plan.config.business_day {
         None => router,
         Some(b) => {

@@ -20,6 +20,7 @@ use crate::security::Security;
 use crate::transaction::{Step, Transaction};
 
 mod admission;
+mod batch;
 mod duplicates;
 mod forwarding;
 mod issuer_answer;
@@ -36,6 +37,7 @@ pub(crate) mod testing;
 mod translation;
 
 pub(crate) use admission::Admission;
+pub(crate) use batch::{BatchSettlement, BatchTotals};
 pub(crate) use duplicates::DuplicateCheck;
 pub(crate) use forwarding::Forwarding;
 pub(crate) use issuer_answer::IssuerAnswer;
@@ -67,6 +69,8 @@ pub struct Switch<P> {
     pub(crate) business_day: Option<Arc<crate::business_day::BusinessDay>>,
     /// Links whose requests carry the business date in field 15.
     pub(crate) settlement_date: std::collections::HashSet<String>,
+    /// The terminals' open batches (none: 0500s are invalid transactions).
+    pub(crate) batches: Option<Arc<crate::batch::BatchBook>>,
 }
 
 impl<P> std::fmt::Debug for Switch<P> {
@@ -96,6 +100,7 @@ pub(crate) async fn run<'a, P: IssuerPort>(switch: &'a Switch<P>, tx: &mut Trans
         Admission.run(switch, tx).await?; // MTI policy, audit health, network management
         DuplicateCheck.run(switch, tx).await?; // in flight: 94; answered: the same answer
         RegistryCheck.run(switch, tx).await?; // merchant and terminal: 58, 03, 12
+        BatchSettlement.run(switch, tx).await?; // 0500: 00 in balance (closed) or 95
         ActivityRules.run(switch, tx).await?; // velocity, amount limits: flag or block
         Routing.run(switch, tx).await?; // BIN, MTI, processing code; a reversal's original
         Translation.run(switch, tx).await?; // into the issuer's dialect
@@ -113,5 +118,6 @@ pub(crate) async fn run<'a, P: IssuerPort>(switch: &'a Switch<P>, tx: &mut Trans
     }
     let _ = TerminalMac.run(switch, tx).await; // the answer MACed with the terminal's key
     let _ = RecordPair.run(switch, tx).await; // the pair record, durable first
+    let _ = BatchTotals.run(switch, tx).await; // a recorded approval into its open batch
     let _ = Reply.run(switch, tx).await; // duplicate window, metrics
 }

@@ -109,6 +109,7 @@ impl Fixture {
             security: options.security.clone(),
             business_day: None,
             settlement_date: std::collections::HashSet::new(),
+            batches: None,
         };
         Fixture {
             registry: options
