@@ -10,7 +10,7 @@ use switchyard_iso8583::datetime::Civil;
 use switchyard_router::business_day::{date_text, CutoverSchedule};
 use switchyard_sim::IssuerSimConfig;
 
-use crate::switch::{issuers, link, records, route, runtime, Switch, TOKENS};
+use crate::switch::{audit_events, issuers, link, records, route, runtime, Switch, TOKENS};
 
 fn post(switch: &Switch, path: &str, token: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(switch.admin).unwrap();
@@ -32,18 +32,7 @@ fn post(switch: &Switch, path: &str, token: &str) -> (String, String) {
 }
 
 fn cut_over_events(switch: &Switch) -> Vec<serde_json::Value> {
-    let mut all = Vec::new();
-    switchyard_audit::for_each(&switch.audit_dir(), |r| {
-        if r.kind == Some(switchyard_audit::RecordKind::Event) {
-            let v: serde_json::Value = switchyard_audit::payload::decode(r.seq, r.payload)?;
-            if v["event"] == "cut-over" {
-                all.push(v);
-            }
-        }
-        Ok(())
-    })
-    .unwrap();
-    all
+    audit_events(&switch.audit_dir(), |e| e == "cut-over")
 }
 
 #[test]
@@ -443,17 +432,7 @@ fn batches_close_in_balance_and_a_claimed_extra_sale_gets_95() {
         settle_batch(&switch, "0500", "T0000002", "000007", n2 + 1, a2 + 1500),
         "95"
     );
-    let mut events = Vec::new();
-    switchyard_audit::for_each(&switch.audit_dir(), |r| {
-        if r.kind == Some(switchyard_audit::RecordKind::Event) {
-            let v: serde_json::Value = switchyard_audit::payload::decode(r.seq, r.payload)?;
-            if v["event"].as_str().is_some_and(|e| e.starts_with("batch-")) {
-                events.push(v);
-            }
-        }
-        Ok(())
-    })
-    .unwrap();
+    let events = audit_events(&switch.audit_dir(), |e| e.starts_with("batch-"));
     let closed: Vec<_> = events
         .iter()
         .filter(|e| e["event"] == "batch-closed" && e["terminal"] == "T0000001")

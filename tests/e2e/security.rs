@@ -206,18 +206,10 @@ fn load(lab: &Lab, args: &[&str]) -> serde_json::Value {
 
 /// The key exchange events of the audit log started by `initiator`.
 fn exchange_events(switch: &Switch, initiator: &str) -> Vec<serde_json::Value> {
-    let mut all = Vec::new();
-    switchyard_audit::for_each(&switch.audit_dir(), |r| {
-        if r.kind == Some(switchyard_audit::RecordKind::Event) {
-            let v: serde_json::Value = switchyard_audit::payload::decode(r.seq, r.payload)?;
-            if v["event"] == "key-exchange" && v["initiator"] == initiator {
-                all.push(v);
-            }
-        }
-        Ok(())
-    })
-    .unwrap();
-    all
+    crate::switch::audit_events(&switch.audit_dir(), |e| e == "key-exchange")
+        .into_iter()
+        .filter(|v| v["initiator"] == initiator)
+        .collect()
 }
 
 /// Every byte the switch wrote under `dir` (audit log, key store, log), and `outputs`:

@@ -327,6 +327,22 @@ pub fn request(pan: &str, stan: u32, amount: u64) -> Bytes {
 }
 
 /// Every pair record of the (demo-keyed) log in `dir`, each verified as it is read.
+/// The audit log's events whose name `which` takes, in order.
+pub fn audit_events(dir: &Path, which: impl Fn(&str) -> bool) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    switchyard_audit::for_each(dir, |r| {
+        if r.kind == Some(switchyard_audit::RecordKind::Event) {
+            let v: serde_json::Value = switchyard_audit::payload::decode(r.seq, r.payload)?;
+            if v["event"].as_str().is_some_and(&which) {
+                all.push(v);
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    all
+}
+
 pub fn records(dir: &Path) -> Vec<PairRecord> {
     let mut all = Vec::new();
     let keys = switchyard_audit::AuditKeys::demo();
