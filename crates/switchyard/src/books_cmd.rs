@@ -15,15 +15,15 @@
 //! Only approvals count (00, 08, 10, 11, 16, Y1, Y3, and stand-in approvals); a declined
 //! or refused request moves nothing. Net = sales + cash + completions - refunds.
 //!
-//! Memory: one compact entry per approved transaction of the date (the reconcile index);
-//! the records are streamed.
+//! Memory: one entry per approved transaction of the date, its texts inline (about 300
+//! bytes with the index), and one audit segment at a time; the records are streamed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::anyhow;
-use switchyard_audit::{ChainKey, Filter, OnDamage, Outcome, PairRecord};
+use switchyard_audit::{ChainKey, Filter, OnDamage, Outcome, PairRecord, ShortText};
 use switchyard_router::saf::EntryState;
 
 use crate::audit_cmd::{audit_failure, warn_skipped, write_csv, write_table, Format, Reversals};
@@ -71,36 +71,32 @@ impl Kind {
     }
 }
 
-/// One approved transaction of the date.
+/// One approved transaction of the date (inline texts: no allocation each).
 #[derive(Debug, Clone)]
 pub struct Txn {
-    terminal: String,
-    merchant: String,
-    rrn: String,
-    stan: String,
+    merchant: ShortText,
+    stan: ShortText,
     amount: u64,
-    currency: String,
-    code: String,
-    auth_id: String,
+    currency: ShortText,
+    code: ShortText,
+    auth_id: ShortText,
     kind: Kind,
     reversed: bool,
 }
 
-/// A business date's approved transactions.
+/// A business date's approved transactions by (terminal, RRN or STAN).
 #[derive(Debug, Default)]
 pub struct Day {
-    txns: Vec<Txn>,
-    /// (terminal, rrn or stan) -> index in `txns`.
-    index: HashMap<(String, String), usize>,
+    txns: HashMap<(ShortText, ShortText), Txn>,
 }
 
-fn text(t: &Option<switchyard_audit::ShortText>) -> String {
-    t.as_deref().unwrap_or("").to_string()
-}
-
-fn key_of(terminal: &str, rrn: &str, stan: &str) -> (String, String) {
+fn key_of(terminal: &str, rrn: &str, stan: &str) -> (ShortText, ShortText) {
     let id = if rrn.trim().is_empty() { stan } else { rrn };
-    (terminal.trim().to_string(), id.trim().to_string())
+    (ShortText::from(terminal.trim()), ShortText::from(id.trim()))
+}
+
+fn take(t: &mut Option<ShortText>) -> ShortText {
+    t.take().unwrap_or_default()
 }
 
 impl Day {
@@ -114,50 +110,48 @@ impl Day {
     ) -> Result<Day, crate::codec_cmd::Failure> {
         let mut day = Day::default();
         let mut terminal_reversals = Vec::new();
-        let report = switchyard_audit::query(dir, key, on_damage, filter, |_, r: PairRecord| {
-            let mti = r.request_mti.as_str();
-            if mti.starts_with("04") {
-                if Outcome::approves_code(r.response_code.as_deref()) {
-                    terminal_reversals.push(key_of(
-                        &text(&r.terminal),
-                        &text(&r.rrn),
-                        &text(&r.stan),
-                    ));
+        let report =
+            switchyard_audit::query(dir, key, on_damage, filter, |_, mut r: PairRecord| {
+                let id = key_of(
+                    r.terminal.as_deref().unwrap_or(""),
+                    r.rrn.as_deref().unwrap_or(""),
+                    r.stan.as_deref().unwrap_or(""),
+                );
+                let mti = r.request_mti.as_str();
+                if mti.starts_with("04") {
+                    if Outcome::approves_code(r.response_code.as_deref()) {
+                        terminal_reversals.push(id);
+                    }
+                    return;
                 }
-                return;
-            }
-            let approved = matches!(
-                r.outcome,
-                Some(Outcome::Approved | Outcome::StandInApproved)
-            );
-            if !approved {
-                return;
-            }
-            let reversed = r
-                .reversal_id
-                .and_then(|id| reversals.get(&id))
-                .is_some_and(|e| e.state == EntryState::Delivered);
-            let txn = Txn {
-                terminal: text(&r.terminal),
-                merchant: text(&r.merchant),
-                rrn: text(&r.rrn),
-                stan: text(&r.stan),
-                amount: r.amount.unwrap_or(0),
-                currency: text(&r.currency),
-                code: text(&r.response_code),
-                auth_id: text(&r.auth_id),
-                kind: Kind::of(mti, r.processing_code.as_deref().unwrap_or("")),
-                reversed,
-            };
-            day.index
-                .insert(key_of(&txn.terminal, &txn.rrn, &txn.stan), day.txns.len());
-            day.txns.push(txn);
-        })
-        .map_err(audit_failure)?;
+                if !matches!(
+                    r.outcome,
+                    Some(Outcome::Approved | Outcome::StandInApproved)
+                ) {
+                    return;
+                }
+                let reversed = r
+                    .reversal_id
+                    .and_then(|id| reversals.get(&id))
+                    .is_some_and(|e| e.state == EntryState::Delivered);
+                let kind = Kind::of(mti, r.processing_code.as_deref().unwrap_or(""));
+                let txn = Txn {
+                    merchant: take(&mut r.merchant),
+                    stan: take(&mut r.stan),
+                    amount: r.amount.unwrap_or(0),
+                    currency: take(&mut r.currency),
+                    code: take(&mut r.response_code),
+                    auth_id: take(&mut r.auth_id),
+                    kind,
+                    reversed,
+                };
+                day.txns.insert(id, txn);
+            })
+            .map_err(audit_failure)?;
         warn_skipped(&report.read);
         for k in terminal_reversals {
-            if let Some(&i) = day.index.get(&k) {
-                day.txns[i].reversed = true;
+            if let Some(t) = day.txns.get_mut(&k) {
+                t.reversed = true;
             }
         }
         Ok(day)
@@ -177,7 +171,7 @@ const COLUMNS: [&str; 5] = ["sales", "cash", "completions", "refunds", "reversed
 /// `audit settle`: per merchant and currency.
 pub fn print_settlement(day: &Day, format: Format) -> std::io::Result<()> {
     let mut by: BTreeMap<(String, String), Totals> = BTreeMap::new();
-    for t in &day.txns {
+    for t in day.txns.values() {
         let column = match (t.reversed, t.kind) {
             (true, Kind::Sale | Kind::Cash | Kind::Completion | Kind::Refund) => "reversed",
             (false, Kind::Sale) => "sales",
@@ -187,7 +181,7 @@ pub fn print_settlement(day: &Day, format: Format) -> std::io::Result<()> {
             _ => continue,
         };
         let totals = by
-            .entry((t.merchant.clone(), t.currency.clone()))
+            .entry((t.merchant.to_string(), t.currency.to_string()))
             .or_default();
         *totals.counts.entry(column).or_default() += 1;
         *totals.amounts.entry(column).or_default() += t.amount;
@@ -279,7 +273,8 @@ pub fn reconcile(day: &Day, against: &Path, date: &str, format: Format) -> CmdRe
             FILE_COLUMNS.join(",")
         )));
     }
-    let mut seen: HashMap<(String, String), bool> = HashMap::new();
+    let mut seen: std::collections::HashSet<(ShortText, ShortText)> =
+        std::collections::HashSet::new();
     let mut differences: Vec<[String; 8]> = Vec::new();
     let mut matched = 0u64;
     for (n, line) in lines {
@@ -320,18 +315,14 @@ pub fn reconcile(day: &Day, against: &Path, date: &str, format: Format) -> CmdRe
                 detail,
             ]
         };
-        let found = day
-            .index
-            .get(&key)
-            .map(|&i| &day.txns[i])
-            .filter(|t| !t.reversed);
+        let found = day.txns.get(&key).filter(|t| !t.reversed);
         match found {
             None => differences.push(row(
                 "missing-at-switch",
                 String::new(),
                 "in the file, not approved at the switch".into(),
             )),
-            Some(_) if seen.contains_key(&key) => differences.push(row(
+            Some(_) if seen.contains(&key) => differences.push(row(
                 "duplicate-in-file",
                 String::new(),
                 "listed twice".into(),
@@ -341,13 +332,13 @@ pub fn reconcile(day: &Day, against: &Path, date: &str, format: Format) -> CmdRe
                 if t.amount != amount {
                     why.push(format!("amount {} at the switch", t.amount));
                 }
-                if t.code != cells[7] {
+                if t.code != *cells[7] {
                     why.push(format!("response code {} at the switch", t.code));
                 }
-                if t.currency != cells[6] {
+                if t.currency != *cells[6] {
                     why.push(format!("currency {} at the switch", t.currency));
                 }
-                if !cells[8].is_empty() && !t.auth_id.is_empty() && t.auth_id != cells[8] {
+                if !cells[8].is_empty() && !t.auth_id.is_empty() && t.auth_id != *cells[8] {
                     why.push(format!("authorisation id {} at the switch", t.auth_id));
                 }
                 if why.is_empty() {
@@ -357,18 +348,18 @@ pub fn reconcile(day: &Day, against: &Path, date: &str, format: Format) -> CmdRe
                 }
             }
         }
-        seen.insert(key, true);
+        seen.insert(key);
     }
-    for t in day.txns.iter().filter(|t| !t.reversed) {
-        if !seen.contains_key(&key_of(&t.terminal, &t.rrn, &t.stan)) {
+    for ((terminal, id), t) in day.txns.iter().filter(|(_, t)| !t.reversed) {
+        if !seen.contains(&(terminal.clone(), id.clone())) {
             differences.push([
                 "missing-in-file".into(),
-                t.terminal.clone(),
-                t.rrn.clone(),
-                t.stan.clone(),
+                terminal.to_string(),
+                id.to_string(),
+                t.stan.to_string(),
                 t.amount.to_string(),
                 String::new(),
-                t.currency.clone(),
+                t.currency.to_string(),
                 "approved at the switch, not in the file".into(),
             ]);
         }
