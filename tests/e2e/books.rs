@@ -363,7 +363,8 @@ fn settle_batch(
 
 /// Two terminals' batches: one closes in balance with 00 after a restart mid-day (its
 /// totals rebuilt from the audit log), its repeat is answered 00 again, counted once; the
-/// other claims one sale the switch never approved and gets 95, the difference audited.
+/// other claims one sale the switch never approved and gets 95, the difference audited,
+/// uploads its transactions (0320) and closes on the switch's totals, the extra recorded.
 #[test]
 fn batches_close_in_balance_and_a_claimed_extra_sale_gets_95() {
     let rt = runtime();
@@ -432,7 +433,79 @@ fn batches_close_in_balance_and_a_claimed_extra_sale_gets_95() {
         settle_batch(&switch, "0500", "T0000002", "000007", n2 + 1, a2 + 1500),
         "95"
     );
+    // Its upload: every transaction the switch has, and the one it claims extra; then the
+    // final 0500 closes on the switch's totals, the extra recorded, never added.
+    let theirs: Vec<(String, u64)> = records(&switch.audit_dir())
+        .iter()
+        .filter(|p| {
+            p.terminal.as_deref() == Some("T0000002") && p.response_code.as_deref() == Some("00")
+        })
+        .filter(|p| p.request_mti.as_str() == "0200")
+        .map(|p| (p.rrn.as_deref().unwrap().to_string(), p.amount.unwrap()))
+        .chain(std::iter::once(("999999000001".to_string(), 1500)))
+        .collect();
+    for (rrn, amount) in &theirs {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args([
+                "send",
+                "--target",
+                &switch.terminals.to_string(),
+                "--mti",
+                "0320",
+            ])
+            .args([
+                "--terminal",
+                "T0000002",
+                "--merchant",
+                "MERCHANT0000001",
+                "--test-card",
+                "1",
+            ])
+            .args([
+                "--amount",
+                &amount.to_string(),
+                "--field",
+                &format!("37={rrn}"),
+                "--field",
+                "60=000007",
+            ])
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            shown
+                .split("answer\n")
+                .nth(1)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("Response code") && l.trim_end().ends_with("00")),
+            "{shown}"
+        );
+    }
+    assert_eq!(
+        settle_batch(&switch, "0500", "T0000002", "000007", n2 + 1, a2 + 1500),
+        "00",
+        "the final 0500"
+    );
     let events = audit_events(&switch.audit_dir(), |e| e.starts_with("batch-"));
+    let unknown: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "batch-upload-unknown")
+        .collect();
+    assert_eq!(unknown.len(), 1, "{events:?}");
+    assert_eq!(unknown[0]["rrn"], "999999000001");
+    let after = events
+        .iter()
+        .find(|e| e["event"] == "batch-closed" && e["terminal"] == "T0000002")
+        .expect("closed after the upload");
+    assert_eq!(
+        after["totals"]["debits"].as_u64(),
+        Some(n2),
+        "the switch's own totals"
+    );
+    assert_eq!(after["after_upload"]["matched"].as_u64(), Some(n2));
+    assert_eq!(after["after_upload"]["unknown_to_switch"].as_u64(), Some(1));
+    assert_eq!(after["after_upload"]["not_uploaded"].as_u64(), Some(0));
     let closed: Vec<_> = events
         .iter()
         .filter(|e| e["event"] == "batch-closed" && e["terminal"] == "T0000001")

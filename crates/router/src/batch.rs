@@ -125,12 +125,60 @@ pub enum Settlement {
 pub struct BatchBook {
     open: Mutex<HashMap<String, BTreeMap<String, Totals>>>,
     closed: Mutex<HashMap<String, (String, Totals)>>,
+    /// Each open batch's transactions: RRN (or STAN) -> amount, for the 0320 upload.
+    items: Mutex<HashMap<String, HashMap<String, u64>>>,
+    /// Terminals uploading after a 95: what their 0320s matched and did not.
+    uploads: Mutex<HashMap<String, Upload>>,
+}
+
+/// A batch upload in progress (after a 95, until the final 0500).
+#[derive(Debug, Default, Clone)]
+pub struct Upload {
+    /// Uploaded items the switch has (by RRN or STAN).
+    pub matched: u64,
+    /// Uploaded items whose amount differs from the switch's.
+    pub amount_differs: u64,
+    /// Uploaded items the switch never approved (recorded, never added).
+    pub unknown: u64,
+    /// The items uploaded, by id.
+    seen: std::collections::HashSet<String>,
+}
+
+/// What one 0320 item is to the switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadItem {
+    /// The switch approved it, for this amount.
+    Matched,
+    /// The switch approved it for another amount (the switch's).
+    AmountDiffers(u64),
+    /// The switch has no approval of it.
+    Unknown,
+    /// No upload is expected from this terminal (no 95 before it).
+    Unexpected,
+}
+
+/// The id of a transaction in its batch: its RRN, or its STAN without one.
+fn item_id(rrn: Option<&str>, stan: Option<&str>) -> String {
+    rrn.map(str::trim)
+        .filter(|r| !r.is_empty())
+        .or(stan.map(str::trim))
+        .unwrap_or("")
+        .to_string()
 }
 
 impl BatchBook {
     /// Add a recorded pair to its terminal's open batch.
     pub fn add(&self, r: &PairRecord) {
         if let Some((terminal, currency, t)) = effect(r) {
+            let id = item_id(r.rrn.as_deref(), r.stan.as_deref());
+            let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+            let batch = items.entry(terminal.clone()).or_default();
+            if t.debit_reversals + t.credit_reversals > 0 {
+                batch.remove(&id);
+            } else {
+                batch.insert(id, r.amount.unwrap_or(0));
+            }
+            drop(items);
             let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
             open.entry(terminal)
                 .or_default()
@@ -181,6 +229,16 @@ impl BatchBook {
 
     /// Close `terminal`'s batch (that currency's part, or all of it).
     pub fn close(&self, terminal: &str, number: &str, currency: Option<&str>, totals: Totals) {
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(terminal);
+        if currency.is_none() {
+            self.items
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(terminal);
+        }
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(batch) = open.get_mut(terminal) {
             match currency {
@@ -194,6 +252,62 @@ impl BatchBook {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(terminal.to_string(), (number.to_string(), totals));
+    }
+
+    /// After a 95: the terminal's 0320s are expected.
+    pub fn expect_upload(&self, terminal: &str) {
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(terminal.to_string())
+            .or_default();
+    }
+
+    /// One 0320 item of `terminal`'s upload, matched against its open batch.
+    pub fn upload(
+        &self,
+        terminal: &str,
+        rrn: Option<&str>,
+        stan: Option<&str>,
+        amount: u64,
+    ) -> UploadItem {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(upload) = uploads.get_mut(terminal) else {
+            return UploadItem::Unexpected;
+        };
+        let id = item_id(rrn, stan);
+        let ours = self
+            .items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(terminal)
+            .and_then(|b| b.get(&id).copied());
+        let first = upload.seen.insert(id);
+        let item = match ours {
+            Some(a) if a == amount => UploadItem::Matched,
+            Some(a) => UploadItem::AmountDiffers(a),
+            None => UploadItem::Unknown,
+        };
+        if first {
+            match item {
+                UploadItem::Matched => upload.matched += 1,
+                UploadItem::AmountDiffers(_) => upload.amount_differs += 1,
+                _ => upload.unknown += 1,
+            }
+        }
+        item
+    }
+
+    /// The upload of `terminal` if one is in progress, and how many of the switch's own
+    /// transactions of the batch it did not include.
+    pub fn upload_state(&self, terminal: &str) -> Option<(Upload, u64)> {
+        let uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let upload = uploads.get(terminal)?.clone();
+        let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        let missing = items.get(terminal).map_or(0, |b| {
+            b.keys().filter(|id| !upload.seen.contains(*id)).count() as u64
+        });
+        Some((upload, missing))
     }
 
     /// The open batches as the audit log at `dir` leaves them: every pair added, every
@@ -281,5 +395,35 @@ mod tests {
         book.close("T1", "1", None, t);
         assert_eq!(book.settle("T1", "1", None, t), Settlement::Repeat);
         assert_eq!(book.open_totals("T1", None), Totals::default());
+    }
+
+    #[test]
+    fn an_upload_matches_items_by_rrn_and_counts_what_the_switch_lacks() {
+        let book = BatchBook::default();
+        let mut sale = pair("0200", "000000", 1000, Outcome::Approved, "00");
+        sale.rrn = Some(ShortText::from("000000000001"));
+        book.add(&sale);
+        assert_eq!(
+            book.upload("T1", Some("000000000001"), None, 1000),
+            UploadItem::Unexpected
+        );
+        book.expect_upload("T1");
+        assert_eq!(
+            book.upload("T1", Some("000000000001"), None, 1000),
+            UploadItem::Matched
+        );
+        assert_eq!(
+            book.upload("T1", Some("000000000001"), None, 1000),
+            UploadItem::Matched,
+            "a repeat"
+        );
+        assert_eq!(
+            book.upload("T1", Some("000000000002"), None, 900),
+            UploadItem::Unknown
+        );
+        let (upload, not_uploaded) = book.upload_state("T1").unwrap();
+        assert_eq!((upload.matched, upload.unknown, not_uploaded), (1, 1, 0));
+        book.close("T1", "1", None, book.open_totals("T1", None));
+        assert!(book.upload_state("T1").is_none());
     }
 }

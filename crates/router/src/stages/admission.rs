@@ -28,7 +28,7 @@ impl<P: IssuerPort> Stage<P> for Admission {
         match mti.class() {
             8 => tx.answer_code(b"00", Outcome::SwitchAnswered),
             1 | 2 | 4 => Step::Continue(()),
-            5 if switch.batches.is_some() => Step::Continue(()),
+            3 | 5 if switch.batches.is_some() => Step::Continue(()),
             _ => tx.answer_code(b"12", Outcome::InvalidTransaction),
         }
     }

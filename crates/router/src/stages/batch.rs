@@ -2,11 +2,17 @@
 //! advice 0520) answered by the switch from its own records ([`BatchSettlement`]: 00 in
 //! balance, the batch closed, or 95), and every recorded approval added to its terminal's
 //! open batch ([`BatchTotals`], after the record). See [`crate::batch`].
+//!
+//! After a 95 the terminal uploads its transactions (0320, answered 0330 00): each is
+//! matched to the switch's by RRN (STAN without one); one the switch never approved, or
+//! approved for another amount, is an audit event, never added. The terminal's final 0500
+//! then closes the batch with the switch's own totals (00), the upload's counts (matched,
+//! amount differs, unknown to the switch, the switch's not uploaded) in the close event.
 
 use switchyard_audit::{Outcome, RecordKind};
 
 use super::{Stage, Switch};
-use crate::batch::{Settlement, Totals};
+use crate::batch::{Settlement, Totals, UploadItem};
 use crate::flow::{now_us, IssuerPort};
 use crate::transaction::{Step, Transaction};
 
@@ -23,7 +29,11 @@ pub(crate) struct BatchTotals;
 
 impl<P: IssuerPort> Stage<P> for BatchSettlement {
     async fn run<'a>(&self, switch: &'a Switch<P>, tx: &mut Transaction<'a, P>) -> Step {
-        if tx.received.mti().class() != 5 {
+        let class = tx.received.mti().class();
+        if class == 3 {
+            return upload_item(switch, tx).await;
+        }
+        if class != 5 {
             return Step::Continue(());
         }
         let Some(book) = &switch.batches else {
@@ -50,17 +60,27 @@ impl<P: IssuerPort> Stage<P> for BatchSettlement {
                 "at_us": now_us(),
             })
         };
+        if let Some((upload, not_uploaded)) = book.upload_state(&terminal) {
+            // The final 0500 after an upload: closed on the switch's own totals.
+            let ours = book.open_totals(&terminal, currency.as_deref());
+            let mut closed = event("batch-closed", &ours, &claimed);
+            closed["after_upload"] = serde_json::json!({
+                "matched": upload.matched,
+                "amount_differs": upload.amount_differs,
+                "unknown_to_switch": upload.unknown,
+                "not_uploaded": not_uploaded,
+            });
+            if !recorded(switch, &closed).await {
+                return tx.answer_code(b"96", Outcome::SystemError);
+            }
+            book.close(&terminal, &number, currency.as_deref(), ours);
+            tracing::info!(terminal, batch = %number, unknown = upload.unknown, "batch closed after upload");
+            return tx.answer_code(b"00", Outcome::SwitchAnswered);
+        }
         match book.settle(&terminal, &number, currency.as_deref(), claimed) {
             Settlement::Repeat => tx.answer_code(b"00", Outcome::SwitchAnswered),
             Settlement::InBalance(ours) => {
-                // The close is on disk before the terminal hears of it: a restart rebuilds
-                // the batch as the terminal knows it.
-                let appended = switch
-                    .audit
-                    .append_record(RecordKind::Event, &event("batch-closed", &ours, &claimed))
-                    .await;
-                if let Err(e) = appended {
-                    tracing::error!(error = %e, "batch close not recorded: the batch stays open");
+                if !recorded(switch, &event("batch-closed", &ours, &claimed)).await {
                     return tx.answer_code(b"96", Outcome::SystemError);
                 }
                 book.close(&terminal, &number, currency.as_deref(), ours);
@@ -78,11 +98,71 @@ impl<P: IssuerPort> Stage<P> for BatchSettlement {
                 if let Err(e) = appended {
                     tracing::error!(error = %e, "batch difference not recorded");
                 }
-                tracing::warn!(terminal, batch = %number, "batch out of balance: 95");
+                book.expect_upload(&terminal);
+                tracing::warn!(terminal, batch = %number, "batch out of balance: 95, upload expected");
                 tx.answer_code(b"95", Outcome::SwitchAnswered)
             }
         }
     }
+}
+
+/// Record a batch close before the terminal hears of it (a restart then rebuilds the batch
+/// as the terminal knows it); `false` when it cannot be, and the batch stays open.
+async fn recorded<P>(switch: &Switch<P>, event: &serde_json::Value) -> bool {
+    match switch.audit.append_record(RecordKind::Event, event).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "batch close not recorded: the batch stays open");
+            false
+        }
+    }
+}
+
+/// One 0320: matched to the switch's open batch, answered 00 (12 without a 95 before).
+async fn upload_item<P: IssuerPort>(switch: &Switch<P>, tx: &mut Transaction<'_, P>) -> Step {
+    let (Some(book), Some(terminal)) = (
+        &switch.batches,
+        tx.pair.terminal.as_deref().map(str::to_string),
+    ) else {
+        return tx.answer_code(b"12", Outcome::InvalidTransaction);
+    };
+    let request = tx.request();
+    let rrn = request.field(37).map(|f| f.text());
+    let stan = request.field(11).map(|f| f.text());
+    let amount = request.field(4).and_then(|f| f.as_u64()).unwrap_or(0);
+    let item = book.upload(&terminal, rrn.as_deref(), stan.as_deref(), amount);
+    let name = match item {
+        UploadItem::Unexpected => return tx.answer_code(b"12", Outcome::InvalidTransaction),
+        UploadItem::Matched => None,
+        UploadItem::AmountDiffers(_) => Some("batch-upload-amount-differs"),
+        UploadItem::Unknown => Some("batch-upload-unknown"),
+    };
+    if let Some(name) = name {
+        let ours = match item {
+            UploadItem::AmountDiffers(a) => Some(a),
+            _ => None,
+        };
+        let event = serde_json::json!({
+            "event": name,
+            "terminal": terminal,
+            "batch": request.field(BATCH_NUMBER_FIELD).map(|f| f.text()),
+            "rrn": rrn,
+            "stan": stan,
+            "amount": amount,
+            "switch_amount": ours,
+            "at_us": now_us(),
+        });
+        tracing::warn!(
+            terminal,
+            event = name,
+            "batch upload: a transaction the switch does not have as uploaded"
+        );
+        if let Err(e) = switch.audit.append_record(RecordKind::Event, &event).await {
+            tracing::error!(error = %e, "batch upload difference not recorded");
+            return tx.answer_code(b"96", Outcome::SystemError);
+        }
+    }
+    tx.answer_code(b"00", Outcome::SwitchAnswered)
 }
 
 impl<P: IssuerPort> Stage<P> for BatchTotals {
