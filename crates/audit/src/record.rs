@@ -578,6 +578,13 @@ pub struct PairRecord {
     /// Field 39 of the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_code: Option<ShortText>,
+    /// A partial approval's amount (field 4 of an answer with response code 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_amount: Option<u64>,
+    /// A partial reversal's replacement amount (the first 12 digits of field 95): what the
+    /// original is to stand at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement_amount: Option<u64>,
     /// Field 38 of the answer (the authorisation id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_id: Option<ShortText>,
@@ -627,6 +634,9 @@ impl PairRecord {
             amount: request.field(4).and_then(|f| f.as_u64()),
             currency: text(49),
             processing_code: text(3),
+            replacement_amount: request
+                .field(95)
+                .and_then(|f| f.text().get(..12).and_then(|a| a.parse().ok())),
             pan,
             request: message,
             ..PairRecord::default()
@@ -639,6 +649,9 @@ impl PairRecord {
         self.response_mti = Some(message.mti.clone());
         self.response_code = response.field(39).map(|f| ShortText::of_field(&f, false));
         self.auth_id = response.field(38).map(|f| ShortText::of_field(&f, true));
+        if self.response_code.as_deref() == Some("10") {
+            self.approved_amount = response.field(4).and_then(|f| f.as_u64());
+        }
         self.response = Some(message);
     }
 }
@@ -649,7 +662,40 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-    use super::{FieldTexts, ShortText};
+    use super::{FieldTexts, PairRecord, ShortText};
+
+    /// A partial approval's amount (code 10, field 4 of the answer) and a partial
+    /// reversal's replacement amount (field 95) are kept for the books.
+    #[test]
+    fn partial_amounts_are_recorded() {
+        use switchyard_iso8583::{shipped, MessageBuilder, MessageView, Mti};
+        let spec = shipped("iso8583-1987-ascii").unwrap();
+        let keys = crate::AuditKeys::demo();
+        let mut b = MessageBuilder::new(spec, Mti::parse("0200").unwrap());
+        b.set(3, "000000")
+            .unwrap()
+            .set(4, "000000001000")
+            .unwrap()
+            .set(11, "000001")
+            .unwrap();
+        let request = MessageView::decode(spec, b.encode()).unwrap();
+        let mut answer = MessageBuilder::new(spec, Mti::parse("0200").unwrap());
+        answer
+            .respond_to(&request, b"10")
+            .unwrap()
+            .set(4, "000000000600")
+            .unwrap();
+        let answer = MessageView::decode(spec, answer.encode()).unwrap();
+        let mut pair = PairRecord::from_request("t", &request, &keys, 0);
+        pair.set_response(&answer);
+        assert_eq!((pair.amount, pair.approved_amount), (Some(1000), Some(600)));
+        let mut r = MessageBuilder::new(spec, Mti::parse("0400").unwrap());
+        r.set(4, "000000000600").unwrap().set(11, "000002").unwrap();
+        r.set(95, format!("{:012}{:012}{:018}", 250, 0, 0)).unwrap();
+        let reversal = MessageView::decode(spec, r.encode()).unwrap();
+        let pair = PairRecord::from_request("t", &reversal, &keys, 0);
+        assert_eq!(pair.replacement_amount, Some(250));
+    }
 
     #[test]
     fn short_texts_are_inline_or_on_the_heap_and_read_alike() {

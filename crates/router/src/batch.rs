@@ -5,7 +5,9 @@
 //! a 0200 or 0220 with processing code 20 (refund) is a **credit**; any other 0200/0220
 //! except a balance inquiry (31) is a **debit** (a sale, cash, a completion); a reversal the
 //! issuer acknowledged (0400/0420 from the terminal, 00) of either is a credit or debit
-//! **reversal**. A 0100 pre-authorisation moves nothing until its 0220. The 0500 carries the
+//! **reversal**. A 0100 pre-authorisation moves nothing until its 0220. A partial approval
+//! (10) counts the approved amount; a partial reversal (field 95) counts the amount it
+//! takes off, and the transaction stays in the batch. The 0500 carries the
 //! terminal's counts and amounts (fields 74-77 and 86-89 of ISO 8583:1987) and its batch
 //! number (field 60); with field 49 only that currency's totals are compared.
 //!
@@ -82,7 +84,12 @@ fn effect(r: &PairRecord) -> Option<(String, String, Totals)> {
     }
     let terminal = r.terminal.as_deref()?.to_string();
     let currency = r.currency.as_deref().unwrap_or("").to_string();
-    let amount = r.amount.unwrap_or(0);
+    // A partial approval counts what was approved; a partial reversal what it takes off.
+    let amount = match (r.approved_amount, r.replacement_amount) {
+        (Some(approved), _) => approved,
+        (None, Some(replacement)) => r.amount.unwrap_or(0).saturating_sub(replacement),
+        (None, None) => r.amount.unwrap_or(0),
+    };
     let refund = r
         .processing_code
         .as_deref()
@@ -174,7 +181,14 @@ impl BatchBook {
             let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
             let batch = items.entry(terminal.clone()).or_default();
             if t.debit_reversals + t.credit_reversals > 0 {
-                batch.remove(&id);
+                match r.replacement_amount.filter(|a| *a > 0) {
+                    Some(rest) => {
+                        batch.insert(id, rest);
+                    }
+                    None => {
+                        batch.remove(&id);
+                    }
+                }
             } else {
                 batch.insert(id, r.amount.unwrap_or(0));
             }
@@ -381,6 +395,16 @@ mod tests {
         }
         let t = book.open_totals("T1", None);
         assert_eq!((t.debits, t.debits_amount), (4, 6050));
+        // A partial approval of 1000 for 600, partly reversed to 250: 600 in, 350 out.
+        let partial = BatchBook::default();
+        let mut approved = pair("0200", "000000", 1000, Outcome::Approved, "10");
+        approved.approved_amount = Some(600);
+        let mut reversal = pair("0400", "000000", 600, Outcome::Reversed, "00");
+        reversal.replacement_amount = Some(250);
+        partial.add(&approved);
+        partial.add(&reversal);
+        let p = partial.open_totals("T1", None);
+        assert_eq!((p.debits_amount, p.debit_reversals_amount), (600, 350));
         assert_eq!((t.credits, t.credits_amount), (1, 400));
         assert_eq!((t.debit_reversals, t.debit_reversals_amount), (1, 1000));
         assert_eq!((t.credit_reversals, t.credit_reversals_amount), (1, 400));

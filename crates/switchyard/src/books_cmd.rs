@@ -13,7 +13,9 @@
 //! | reversal (0400/0420 from the terminal, or the switch's own after an unknown outcome) | - | the original no longer counts; it is listed as reversed |
 //!
 //! Only approvals count (00, 08, 10, 11, 16, Y1, Y3, and stand-in approvals); a declined
-//! or refused request moves nothing. Net = sales + cash + completions - refunds.
+//! or refused request moves nothing. A partial approval (10) counts the approved amount
+//! (field 4 of the answer); a partial reversal (field 95) leaves the original at its
+//! replacement amount. Net = sales + cash + completions - refunds.
 //!
 //! Memory: one entry per approved transaction of the date, its texts inline (about 300
 //! bytes with the index), and one audit segment at a time; the records are streamed.
@@ -120,7 +122,8 @@ impl Day {
                 let mti = r.request_mti.as_str();
                 if mti.starts_with("04") {
                     if Outcome::approves_code(r.response_code.as_deref()) {
-                        terminal_reversals.push(id);
+                        // A partial reversal leaves the original at its replacement amount.
+                        terminal_reversals.push((id, r.replacement_amount.filter(|a| *a > 0)));
                     }
                     return;
                 }
@@ -138,7 +141,7 @@ impl Day {
                 let txn = Txn {
                     merchant: take(&mut r.merchant),
                     stan: take(&mut r.stan),
-                    amount: r.amount.unwrap_or(0),
+                    amount: r.approved_amount.or(r.amount).unwrap_or(0),
                     currency: take(&mut r.currency),
                     code: take(&mut r.response_code),
                     auth_id: take(&mut r.auth_id),
@@ -149,9 +152,12 @@ impl Day {
             })
             .map_err(audit_failure)?;
         warn_skipped(&report.read);
-        for k in terminal_reversals {
+        for (k, rest) in terminal_reversals {
             if let Some(t) = day.txns.get_mut(&k) {
-                t.reversed = true;
+                match rest {
+                    Some(rest) => t.amount = rest.min(t.amount),
+                    None => t.reversed = true,
+                }
             }
         }
         Ok(day)
