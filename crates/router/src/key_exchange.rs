@@ -78,7 +78,10 @@ fn parse_key_field(text: &str) -> Result<Delivered, &'static str> {
     if !matches!(text.len(), 38 | 54) {
         return Err("expected a TR-31 block, or 32 or 48 hex digits of key and 6 of check value");
     }
-    let (key, kcv) = text.split_at(text.len() - 6);
+    // Checked: the field's text comes from the issuer and need not be ASCII.
+    let (key, kcv) = text
+        .split_at_checked(text.len() - 6)
+        .ok_or("the key field is not hex")?;
     Ok(Delivered::X917 {
         key: from_hex(key).map_err(|_| "the key is not hex")?,
         kcv: from_hex(kcv).map_err(|_| "the check value is not hex")?,
@@ -291,4 +294,24 @@ async fn send_key<P: IssuerPort>(
     promoted
         .map(|info| to_hex(&info.kcv))
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_field_is_read_without_trusting_it() {
+        let x917 = format!("{}{}", "0123456789ABCDEF".repeat(2), "08D7B4");
+        assert!(matches!(parse_key_field(&x917), Ok(Delivered::X917 { .. })));
+        assert!(matches!(
+            parse_key_field("B0080P0TE00E0000AB"),
+            Ok(Delivered::Tr31(_))
+        ));
+        // 38 bytes, a multibyte character across the key / check value boundary.
+        let bad = format!("{}é{}", "A".repeat(31), "12345");
+        assert_eq!(bad.len(), 38);
+        assert!(parse_key_field(&bad).is_err());
+        assert!(parse_key_field("too short").is_err());
+    }
 }

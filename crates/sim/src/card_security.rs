@@ -326,7 +326,11 @@ impl IssuerKeys {
             return false;
         };
         let text = field.text();
-        let Some((key, kcv)) = text.len().checked_sub(6).map(|at| text.split_at(at)) else {
+        let Some((key, kcv)) = text
+            .len()
+            .checked_sub(6)
+            .and_then(|at| text.split_at_checked(at))
+        else {
             return false;
         };
         let (Ok(key), Ok(kcv), Ok(zmk)) = (

@@ -23,11 +23,13 @@ impl<P: IssuerPort> Stage<P> for Translation {
             translate(tx.request(), route.link.spec())
         };
         // Field 15 (settlement date, MMDD of the business date) where the link takes it.
-        let dated = match (
-            &switch.business_day,
-            switch.settlement_date.contains(route.link_name),
-        ) {
-            (Some(day), true) => outbound.and_then(|view| {
+        // The set is looked at only when a business day is kept (not on every request).
+        let dated_by = switch
+            .business_day
+            .as_ref()
+            .filter(|_| switch.settlement_date.contains(route.link_name));
+        let dated = match dated_by {
+            Some(day) => outbound.and_then(|view| {
                 let date = crate::business_day::date_number(day.day_at(tx.pair.received_us));
                 with_settlement_date(&view, date % 10_000)
             }),
