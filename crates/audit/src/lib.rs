@@ -36,5 +36,6 @@ pub use reader::{
     for_each, for_each_recent, read_checked, verify, OnDamage, RecordRef, Skipped, VerifyReport,
 };
 pub use record::{
-    protect, FieldTexts, Outcome, PairRecord, ProtectedMessage, ProtectedPan, ShortText,
+    additional_amount, protect, FieldTexts, Outcome, PairRecord, PartialAmount, ProtectedMessage,
+    ProtectedPan, ShortText,
 };

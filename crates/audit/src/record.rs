@@ -73,11 +73,15 @@ pub enum Outcome {
     /// Refused by card security: a PIN block or MAC the switch could not translate or
     /// verify (39 = 63, or the dialect's code); never forwarded.
     SecurityError,
+    /// A completion (0220) or void (0200, processing code 02) whose original the switch
+    /// does not hold: no standing authorisation or open-batch transaction with that RRN and
+    /// authorisation id (39 = 25); never forwarded.
+    NoOriginal,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Outcome; 19] = [
+    pub const ALL: [Outcome; 20] = [
         Outcome::Approved,
         Outcome::Declined,
         Outcome::Timeout,
@@ -97,6 +101,7 @@ impl Outcome {
         Outcome::StandInApproved,
         Outcome::SystemError,
         Outcome::SecurityError,
+        Outcome::NoOriginal,
     ];
 
     /// The kebab-case name used in JSON, metrics and the CLI.
@@ -121,6 +126,7 @@ impl Outcome {
             Outcome::StandInApproved => "stand-in-approved",
             Outcome::SystemError => "system-error",
             Outcome::SecurityError => "security-error",
+            Outcome::NoOriginal => "no-original",
         }
     }
 
@@ -643,17 +649,54 @@ impl PairRecord {
         }
     }
 
-    /// Add the answer the terminal got (its PAN, masked, is the request's: not hashed again).
+    /// Add the answer the terminal got (its PAN, masked, is the request's: not hashed again);
+    /// a partial approval's amount from field 4.
     pub fn set_response(&mut self, response: &MessageView<'_>) {
+        self.set_response_with(response, PartialAmount::Field4);
+    }
+
+    /// [`set_response`](Self::set_response), a partial approval's amount where `partial`
+    /// says the dialect carries it.
+    pub fn set_response_with(&mut self, response: &MessageView<'_>, partial: PartialAmount) {
         let (message, _) = protect_keyed(response, None);
         self.response_mti = Some(message.mti.clone());
         self.response_code = response.field(39).map(|f| ShortText::of_field(&f, false));
         self.auth_id = response.field(38).map(|f| ShortText::of_field(&f, true));
         if self.response_code.as_deref() == Some("10") {
-            self.approved_amount = response.field(4).and_then(|f| f.as_u64());
+            self.approved_amount = match partial {
+                PartialAmount::Field4 => response.field(4).and_then(|f| f.as_u64()),
+                PartialAmount::AdditionalAmounts { amount_type } => response
+                    .field(54)
+                    .and_then(|f| additional_amount(&f.text(), amount_type)),
+            };
         }
         self.response = Some(message);
     }
+}
+
+/// Where a dialect carries a partial approval's amount (response code 10).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PartialAmount {
+    /// Field 4 of the answer.
+    #[default]
+    Field4,
+    /// Field 54 (additional amounts), the set of this amount type.
+    AdditionalAmounts {
+        /// The amount type (2 digits), for example `02`.
+        amount_type: [u8; 2],
+    },
+}
+
+/// The amount of type `amount_type` in a field 54 of ISO 8583:1987: sets of 20 characters
+/// (account type 2, amount type 2, currency 3, sign `C`/`D` 1, amount 12). A debit-signed
+/// amount is not an approval and is not taken.
+pub fn additional_amount(field54: &str, amount_type: [u8; 2]) -> Option<u64> {
+    field54.as_bytes().chunks(20).find_map(|set| {
+        if set.len() != 20 || set[2..4] != amount_type || set[7] != b'C' {
+            return None;
+        }
+        std::str::from_utf8(&set[8..20]).ok()?.parse().ok()
+    })
 }
 
 #[cfg(test)]
@@ -695,6 +738,23 @@ mod tests {
         let reversal = MessageView::decode(spec, r.encode()).unwrap();
         let pair = PairRecord::from_request("t", &reversal, &keys, 0);
         assert_eq!(pair.replacement_amount, Some(250));
+        // A dialect that carries the approved amount in field 54 (type 02, credit-signed).
+        let f54 = "0001978C0000000100000002978C000000000600";
+        assert_eq!(super::additional_amount(f54, *b"02"), Some(600));
+        assert_eq!(super::additional_amount(f54, *b"57"), None);
+        assert_eq!(
+            super::additional_amount("0002978D000000000600", *b"02"),
+            None
+        );
+        assert_eq!(
+            super::additional_amount("0002978C00000", *b"02"),
+            None,
+            "short"
+        );
+        assert_eq!(
+            super::additional_amount("0002978C00000000060é", *b"02"),
+            None
+        );
     }
 
     #[test]

@@ -72,48 +72,103 @@ impl Totals {
     }
 }
 
-/// What one pair record adds to its terminal's batch, in its currency.
-fn effect(r: &PairRecord) -> Option<(String, String, Totals)> {
-    let approved = matches!(
+/// Whether a pair record is an approval that counts: the issuer's (or a stand-in) approval
+/// of a request, or the issuer's acknowledgement of a terminal's reversal.
+fn counts(r: &PairRecord) -> bool {
+    matches!(
         r.outcome,
         Some(Outcome::Approved | Outcome::StandInApproved)
-    ) || (r.request_mti.starts_with("04")
-        && Outcome::approves_code(r.response_code.as_deref()));
-    if !approved {
-        return None;
+    ) || (r.request_mti.starts_with("04") && Outcome::approves_code(r.response_code.as_deref()))
+}
+
+/// What a request is to a terminal's batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// 0100: a hold, nothing in the batch until its 0220.
+    PreAuth,
+    /// 0200/0220, processing code 20.
+    Credit,
+    /// Any other 0200/0220 (a sale, cash, a completion).
+    Debit,
+    /// 0200, processing code 02: the original (same RRN) taken out.
+    Void,
+    /// 04xx of a refund.
+    CreditReversal,
+    /// 04xx of anything else.
+    DebitReversal,
+    /// A balance inquiry (31) and everything else: nothing.
+    Nothing,
+}
+
+impl Entry {
+    fn of(mti: &str, processing_code: Option<&str>) -> Entry {
+        let pc = processing_code.and_then(|p| p.get(..2)).unwrap_or("");
+        match (mti, pc) {
+            ("0100" | "0101", _) => Entry::PreAuth,
+            ("0200" | "0201" | "0220" | "0221", "31") => Entry::Nothing,
+            ("0200" | "0201", "02") => Entry::Void,
+            ("0200" | "0201" | "0220" | "0221", "20") => Entry::Credit,
+            ("0200" | "0201" | "0220" | "0221", _) => Entry::Debit,
+            ("0400" | "0401" | "0420" | "0421", "20") => Entry::CreditReversal,
+            ("0400" | "0401" | "0420" | "0421", _) => Entry::DebitReversal,
+            _ => Entry::Nothing,
+        }
     }
-    let terminal = r.terminal.as_deref()?.to_string();
-    let currency = r.currency.as_deref().unwrap_or("").to_string();
-    // A partial approval counts what was approved; a partial reversal what it takes off.
-    let amount = match (r.approved_amount, r.replacement_amount) {
-        (Some(approved), _) => approved,
-        (None, Some(replacement)) => r.amount.unwrap_or(0).saturating_sub(replacement),
-        (None, None) => r.amount.unwrap_or(0),
-    };
-    let refund = r
-        .processing_code
-        .as_deref()
-        .is_some_and(|p| p.starts_with("20"));
-    let mut t = Totals::default();
-    match r.request_mti.as_str() {
-        "0200" | "0220"
-            if r.processing_code
-                .as_deref()
-                .is_some_and(|p| p.starts_with("31")) =>
-        {
-            return None
+}
+
+/// One transaction of an open batch (for the 0320 upload and voids).
+#[derive(Debug, Clone)]
+struct Item {
+    amount: u64,
+    credit: bool,
+    auth_id: String,
+}
+
+/// A standing pre-authorisation, waiting for its completion.
+#[derive(Debug, Clone)]
+struct Hold {
+    auth_id: String,
+    at_us: i64,
+}
+
+/// What the switch does with a completion whose authorisation it does not hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnmatchedCompletions {
+    /// Answer 25 (no original), never forwarded.
+    #[default]
+    Refuse,
+    /// Forward it (a voice-authorised "forced post"), flagged
+    /// `completion-without-authorisation` in its record.
+    Forward,
+}
+
+/// How the book treats completions and pre-authorisations.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    /// A completion without its authorisation.
+    pub unmatched_completions: UnmatchedCompletions,
+    /// How long a pre-authorisation stands waiting for its completion.
+    pub hold_us: i64,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        BatchPolicy {
+            unmatched_completions: UnmatchedCompletions::Refuse,
+            hold_us: 30 * 86_400 * 1_000_000,
         }
-        "0200" | "0220" if refund => (t.credits, t.credits_amount) = (1, amount),
-        "0200" | "0220" => (t.debits, t.debits_amount) = (1, amount),
-        "0400" | "0401" | "0420" | "0421" if refund => {
-            (t.credit_reversals, t.credit_reversals_amount) = (1, amount)
-        }
-        "0400" | "0401" | "0420" | "0421" => {
-            (t.debit_reversals, t.debit_reversals_amount) = (1, amount)
-        }
-        _ => return None,
     }
-    Some((terminal, currency, t))
+}
+
+/// Whether a completion or void found its original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Original {
+    /// Found, with the same authorisation id.
+    Matched,
+    /// Found under that RRN with another authorisation id.
+    AuthIdDiffers,
+    /// Nothing under that RRN (or the hold expired).
+    Missing,
 }
 
 /// What the switch answers a 0500.
@@ -130,10 +185,13 @@ pub enum Settlement {
 /// Every terminal's open batch (per currency) and the last one it closed.
 #[derive(Debug, Default)]
 pub struct BatchBook {
+    policy: BatchPolicy,
     open: Mutex<HashMap<String, BTreeMap<String, Totals>>>,
     closed: Mutex<HashMap<String, (String, Totals)>>,
-    /// Each open batch's transactions: RRN (or STAN) -> amount, for the 0320 upload.
-    items: Mutex<HashMap<String, HashMap<String, u64>>>,
+    /// Each open batch's transactions by RRN (or STAN), for the 0320 upload and voids.
+    items: Mutex<HashMap<String, HashMap<String, Item>>>,
+    /// Each terminal's standing pre-authorisations by RRN, for their completions.
+    holds: Mutex<HashMap<String, HashMap<String, Hold>>>,
     /// Terminals uploading after a 95: what their 0320s matched and did not.
     uploads: Mutex<HashMap<String, Upload>>,
 }
@@ -164,6 +222,13 @@ pub enum UploadItem {
     Unexpected,
 }
 
+fn same_auth_id(ours: &str, theirs: Option<&str>) -> Original {
+    match theirs.map(str::trim) == Some(ours.trim()) {
+        true => Original::Matched,
+        false => Original::AuthIdDiffers,
+    }
+}
+
 /// The id of a transaction in its batch: its RRN, or its STAN without one.
 fn item_id(rrn: Option<&str>, stan: Option<&str>) -> String {
     rrn.map(str::trim)
@@ -173,38 +238,155 @@ fn item_id(rrn: Option<&str>, stan: Option<&str>) -> String {
         .to_string()
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl BatchBook {
-    /// Add a recorded pair to its terminal's open batch.
+    /// An empty book with this policy.
+    pub fn new(policy: BatchPolicy) -> BatchBook {
+        BatchBook {
+            policy,
+            ..BatchBook::default()
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> BatchPolicy {
+        self.policy
+    }
+
+    /// Add a recorded pair to its terminal's open batch (or its holds).
     pub fn add(&self, r: &PairRecord) {
-        if let Some((terminal, currency, t)) = effect(r) {
-            let id = item_id(r.rrn.as_deref(), r.stan.as_deref());
-            let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
-            let batch = items.entry(terminal.clone()).or_default();
-            if t.debit_reversals + t.credit_reversals > 0 {
-                match r.replacement_amount.filter(|a| *a > 0) {
-                    Some(rest) => {
-                        batch.insert(id, rest);
-                    }
-                    None => {
-                        batch.remove(&id);
+        if !counts(r) {
+            return;
+        }
+        let Some(terminal) = r.terminal.as_deref() else {
+            return;
+        };
+        let id = item_id(r.rrn.as_deref(), r.stan.as_deref());
+        let currency = r.currency.as_deref().unwrap_or("");
+        // A partial approval counts what was approved.
+        let amount = r.approved_amount.or(r.amount).unwrap_or(0);
+        let mut t = Totals::default();
+        match Entry::of(&r.request_mti, r.processing_code.as_deref()) {
+            Entry::Nothing => return,
+            Entry::PreAuth => return self.hold(terminal, id, r),
+            entry @ (Entry::Credit | Entry::Debit) => {
+                if r.request_mti.starts_with("022") {
+                    if let Some(h) = lock(&self.holds).get_mut(terminal) {
+                        h.remove(&id);
                     }
                 }
-            } else {
-                batch.insert(id, r.amount.unwrap_or(0));
+                let credit = entry == Entry::Credit;
+                match credit {
+                    true => (t.credits, t.credits_amount) = (1, amount),
+                    false => (t.debits, t.debits_amount) = (1, amount),
+                }
+                let item = Item {
+                    amount,
+                    credit,
+                    auth_id: r.auth_id.as_deref().unwrap_or("").to_string(),
+                };
+                lock(&self.items)
+                    .entry(terminal.to_string())
+                    .or_default()
+                    .insert(id, item);
             }
-            drop(items);
-            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            open.entry(terminal)
-                .or_default()
-                .entry(currency)
-                .or_default()
-                .add(&t);
+            Entry::Void => {
+                // The original taken out of the batch, counted as its side's reversal.
+                let original = lock(&self.items)
+                    .get_mut(terminal)
+                    .and_then(|b| b.remove(&id));
+                let Some(o) = original else { return };
+                match o.credit {
+                    true => (t.credit_reversals, t.credit_reversals_amount) = (1, o.amount),
+                    false => (t.debit_reversals, t.debit_reversals_amount) = (1, o.amount),
+                }
+            }
+            entry @ (Entry::CreditReversal | Entry::DebitReversal) => {
+                let taken = self.reverse(terminal, &id, r);
+                match entry == Entry::CreditReversal {
+                    true => (t.credit_reversals, t.credit_reversals_amount) = (1, taken),
+                    false => (t.debit_reversals, t.debit_reversals_amount) = (1, taken),
+                }
+            }
+        }
+        lock(&self.open)
+            .entry(terminal.to_string())
+            .or_default()
+            .entry(currency.to_string())
+            .or_default()
+            .add(&t);
+    }
+
+    /// A pre-authorisation standing for its completion (the terminal's expired ones gone).
+    fn hold(&self, terminal: &str, id: String, r: &PairRecord) {
+        let mut holds = lock(&self.holds);
+        let standing = holds.entry(terminal.to_string()).or_default();
+        let expiry = r.received_us.saturating_sub(self.policy.hold_us);
+        standing.retain(|_, h| h.at_us >= expiry);
+        let auth_id = r.auth_id.as_deref().unwrap_or("").to_string();
+        let at_us = r.received_us;
+        standing.insert(id, Hold { auth_id, at_us });
+    }
+
+    /// The amount a reversal takes off its original: all of it, or down to a partial
+    /// reversal's replacement amount (the rest stays in the batch).
+    fn reverse(&self, terminal: &str, id: &str, r: &PairRecord) -> u64 {
+        let mut items = lock(&self.items);
+        let batch = items.entry(terminal.to_string()).or_default();
+        let requested = r.amount.unwrap_or(0);
+        match r.replacement_amount.filter(|a| *a > 0) {
+            Some(rest) => match batch.get_mut(id) {
+                Some(o) => {
+                    let before = o.amount;
+                    o.amount = rest.min(o.amount);
+                    before.saturating_sub(rest)
+                }
+                None => requested.saturating_sub(rest),
+            },
+            None => batch.remove(id).map_or(requested, |o| o.amount),
+        }
+    }
+
+    /// Whether a completion of `terminal` (its RRN and authorisation id, field 38) has a
+    /// standing pre-authorisation at `now_us`.
+    pub fn authorisation_of(
+        &self,
+        terminal: &str,
+        rrn: Option<&str>,
+        auth_id: Option<&str>,
+        now_us: i64,
+    ) -> Original {
+        let holds = lock(&self.holds);
+        let id = item_id(rrn, None);
+        match holds.get(terminal).and_then(|h| h.get(&id)) {
+            Some(h) if h.at_us < now_us.saturating_sub(self.policy.hold_us) => Original::Missing,
+            Some(h) => same_auth_id(&h.auth_id, auth_id),
+            None => Original::Missing,
+        }
+    }
+
+    /// Whether a void of `terminal` (the original's RRN and authorisation id) has its
+    /// original in the open batch.
+    pub fn voided_original(
+        &self,
+        terminal: &str,
+        rrn: Option<&str>,
+        auth_id: Option<&str>,
+    ) -> Original {
+        let items = lock(&self.items);
+        let id = item_id(rrn, None);
+        match items.get(terminal).and_then(|b| b.get(&id)) {
+            Some(item) => same_auth_id(&item.auth_id, auth_id),
+            None => Original::Missing,
         }
     }
 
     /// The open batch of `terminal`: in `currency`, or all currencies summed.
     pub fn open_totals(&self, terminal: &str, currency: Option<&str>) -> Totals {
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let open = lock(&self.open);
         let mut sum = Totals::default();
         for (c, t) in open.get(terminal).into_iter().flatten() {
             if currency.is_none_or(|want| want == c) {
@@ -227,7 +409,7 @@ impl BatchBook {
         if ours == claimed && ours != Totals::default() {
             return Settlement::InBalance(ours);
         }
-        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        let closed = lock(&self.closed);
         if closed
             .get(terminal)
             .is_some_and(|(n, t)| n == number && *t == claimed)
@@ -243,17 +425,11 @@ impl BatchBook {
 
     /// Close `terminal`'s batch (that currency's part, or all of it).
     pub fn close(&self, terminal: &str, number: &str, currency: Option<&str>, totals: Totals) {
-        self.uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(terminal);
+        lock(&self.uploads).remove(terminal);
         if currency.is_none() {
-            self.items
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(terminal);
+            lock(&self.items).remove(terminal);
         }
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = lock(&self.open);
         if let Some(batch) = open.get_mut(terminal) {
             match currency {
                 Some(c) => {
@@ -262,19 +438,12 @@ impl BatchBook {
                 None => batch.clear(),
             }
         }
-        self.closed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(terminal.to_string(), (number.to_string(), totals));
+        lock(&self.closed).insert(terminal.to_string(), (number.to_string(), totals));
     }
 
     /// After a 95: the terminal's 0320s are expected.
     pub fn expect_upload(&self, terminal: &str) {
-        self.uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(terminal.to_string())
-            .or_default();
+        lock(&self.uploads).entry(terminal.to_string()).or_default();
     }
 
     /// One 0320 item of `terminal`'s upload, matched against its open batch.
@@ -285,7 +454,7 @@ impl BatchBook {
         stan: Option<&str>,
         amount: u64,
     ) -> UploadItem {
-        let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut uploads = lock(&self.uploads);
         let Some(upload) = uploads.get_mut(terminal) else {
             return UploadItem::Unexpected;
         };
@@ -295,7 +464,7 @@ impl BatchBook {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(terminal)
-            .and_then(|b| b.get(&id).copied());
+            .and_then(|b| b.get(&id).map(|i| i.amount));
         let first = upload.seen.insert(id);
         let item = match ours {
             Some(a) if a == amount => UploadItem::Matched,
@@ -315,33 +484,51 @@ impl BatchBook {
     /// The upload of `terminal` if one is in progress, and how many of the switch's own
     /// transactions of the batch it did not include.
     pub fn upload_state(&self, terminal: &str) -> Option<(Upload, u64)> {
-        let uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let uploads = lock(&self.uploads);
         let upload = uploads.get(terminal)?.clone();
-        let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        let items = lock(&self.items);
         let missing = items.get(terminal).map_or(0, |b| {
             b.keys().filter(|id| !upload.seen.contains(*id)).count() as u64
         });
         Some((upload, missing))
     }
 
-    /// The open batches as the audit log at `dir` leaves them: every pair added, every
-    /// `batch-closed` event closing its terminal's batch.
-    pub fn rebuild(dir: &std::path::Path) -> Result<BatchBook, switchyard_audit::AuditError> {
-        let book = BatchBook::default();
+    /// The book as the audit log at `dir` leaves it: every pair added, every `batch-closed`
+    /// event closing its terminal's batch, and an upload after a `batch-out-of-balance`
+    /// taken up where it stood (its 0320s replayed), so a restart mid-upload loses nothing.
+    pub fn rebuild(
+        dir: &std::path::Path,
+        policy: BatchPolicy,
+    ) -> Result<BatchBook, switchyard_audit::AuditError> {
+        let book = BatchBook::new(policy);
         switchyard_audit::for_each(dir, |r| {
             match r.kind {
                 Some(switchyard_audit::RecordKind::Pair) => {
                     let pair: PairRecord = switchyard_audit::payload::decode(r.seq, r.payload)?;
+                    if pair.request_mti.starts_with("032")
+                        && pair.outcome == Some(Outcome::SwitchAnswered)
+                    {
+                        book.upload(
+                            pair.terminal.as_deref().unwrap_or(""),
+                            pair.rrn.as_deref(),
+                            pair.stan.as_deref(),
+                            pair.amount.unwrap_or(0),
+                        );
+                    }
                     book.add(&pair);
                 }
                 Some(switchyard_audit::RecordKind::Event) => {
                     let event: serde_json::Value =
                         switchyard_audit::payload::decode(r.seq, r.payload)?;
+                    let terminal = event["terminal"].as_str().unwrap_or("");
+                    if event["event"] == "batch-out-of-balance" {
+                        book.expect_upload(terminal);
+                    }
                     if event["event"] == "batch-closed" {
                         let totals: Totals =
                             serde_json::from_value(event["totals"].clone()).unwrap_or_default();
                         book.close(
-                            event["terminal"].as_str().unwrap_or(""),
+                            terminal,
                             event["batch"].as_str().unwrap_or(""),
                             event["currency"].as_str(),
                             totals,
@@ -352,6 +539,10 @@ impl BatchBook {
             }
             Ok(())
         })?;
+        let expiry = crate::flow::now_us().saturating_sub(policy.hold_us);
+        for standing in lock(&book.holds).values_mut() {
+            standing.retain(|_, h| h.at_us >= expiry);
+        }
         Ok(book)
     }
 }
@@ -377,21 +568,25 @@ mod tests {
     #[test]
     fn each_type_lands_in_its_column_and_what_moves_nothing_is_left_out() {
         let book = BatchBook::default();
-        for p in [
-            pair("0200", "000000", 1000, Outcome::Approved, "00"),
-            pair("0200", "010000", 2000, Outcome::Approved, "00"),
-            pair("0220", "000000", 3000, Outcome::Approved, "00"),
-            pair("0200", "200000", 400, Outcome::Approved, "00"),
-            pair("0400", "000000", 1000, Outcome::Reversed, "00"),
-            pair("0400", "200000", 400, Outcome::Reversed, "00"),
+        // (the RRN: a reversal names its original's)
+        for (rrn, p) in [
+            ("1", pair("0200", "000000", 1000, Outcome::Approved, "00")),
+            ("2", pair("0200", "010000", 2000, Outcome::Approved, "00")),
+            ("3", pair("0220", "000000", 3000, Outcome::Approved, "00")),
+            ("4", pair("0200", "200000", 400, Outcome::Approved, "00")),
+            ("1", pair("0400", "000000", 1000, Outcome::Reversed, "00")),
+            ("4", pair("0400", "200000", 400, Outcome::Reversed, "00")),
             // Nothing: a decline, a balance inquiry, a pre-authorisation, a stand-in
             // approval counts.
-            pair("0200", "000000", 9999, Outcome::Declined, "05"),
-            pair("0200", "310000", 0, Outcome::Approved, "00"),
-            pair("0100", "000000", 7777, Outcome::Approved, "00"),
-            pair("0200", "000000", 50, Outcome::StandInApproved, "00"),
+            ("5", pair("0200", "000000", 9999, Outcome::Declined, "05")),
+            ("6", pair("0200", "310000", 0, Outcome::Approved, "00")),
+            ("7", pair("0100", "000000", 7777, Outcome::Approved, "00")),
+            (
+                "8",
+                pair("0200", "000000", 50, Outcome::StandInApproved, "00"),
+            ),
         ] {
-            book.add(&p);
+            book.add(&with_ids(p, rrn, "", 0));
         }
         let t = book.open_totals("T1", None);
         assert_eq!((t.debits, t.debits_amount), (4, 6050));
@@ -449,5 +644,104 @@ mod tests {
         assert_eq!((upload.matched, upload.unknown, not_uploaded), (1, 1, 0));
         book.close("T1", "1", None, book.open_totals("T1", None));
         assert!(book.upload_state("T1").is_none());
+    }
+
+    fn with_ids(mut p: PairRecord, rrn: &str, auth_id: &str, at_us: i64) -> PairRecord {
+        p.rrn = Some(ShortText::from(rrn));
+        p.auth_id = Some(ShortText::from(auth_id));
+        p.received_us = at_us;
+        p
+    }
+
+    /// A completion needs its standing pre-authorisation (RRN and authorisation id), takes
+    /// it once, and counts as a debit; a hold expires; a void takes its original out of the
+    /// open batch as its side's reversal.
+    #[test]
+    fn completions_match_their_authorisation_and_voids_their_original() {
+        let day = 86_400 * 1_000_000;
+        let book = BatchBook::new(BatchPolicy {
+            hold_us: 2 * day,
+            ..BatchPolicy::default()
+        });
+        let hold = pair("0100", "000000", 5000, Outcome::Approved, "00");
+        book.add(&with_ids(hold, "000000000010", "A1B2C3", day));
+        assert_eq!(
+            book.open_totals("T1", None),
+            Totals::default(),
+            "a hold moves nothing"
+        );
+        let rrn = Some("000000000010");
+        assert_eq!(
+            book.authorisation_of("T1", rrn, Some("A1B2C3"), day + 1),
+            Original::Matched
+        );
+        assert_eq!(
+            book.authorisation_of("T1", rrn, Some("ZZZZZZ"), day + 1),
+            Original::AuthIdDiffers
+        );
+        assert_eq!(
+            book.authorisation_of("T2", rrn, Some("A1B2C3"), day + 1),
+            Original::Missing,
+            "another terminal's"
+        );
+        assert_eq!(
+            book.authorisation_of("T1", rrn, Some("A1B2C3"), 4 * day),
+            Original::Missing,
+            "expired"
+        );
+        let completion = pair("0220", "000000", 4200, Outcome::Approved, "00");
+        book.add(&with_ids(completion, "000000000010", "A1B2C3", day + 2));
+        let t = book.open_totals("T1", None);
+        assert_eq!((t.debits, t.debits_amount), (1, 4200));
+        assert_eq!(
+            book.authorisation_of("T1", rrn, Some("A1B2C3"), day + 3),
+            Original::Missing,
+            "completed once"
+        );
+        // A refund, then its void: the refund counted, then a credit reversal.
+        let refund = pair("0200", "200000", 700, Outcome::Approved, "00");
+        book.add(&with_ids(refund, "000000000011", "R00001", day));
+        assert_eq!(
+            book.voided_original("T1", Some("000000000011"), Some("R00001")),
+            Original::Matched
+        );
+        let void = pair("0200", "020000", 700, Outcome::Approved, "00");
+        book.add(&with_ids(void, "000000000011", "R00001", day));
+        let t = book.open_totals("T1", None);
+        assert_eq!((t.credits, t.credits_amount), (1, 700));
+        assert_eq!((t.credit_reversals, t.credit_reversals_amount), (1, 700));
+        assert_eq!(
+            book.voided_original("T1", Some("000000000011"), Some("R00001")),
+            Original::Missing,
+            "voided once"
+        );
+        // A declined void moves nothing.
+        let declined = pair("0200", "020000", 4200, Outcome::Declined, "05");
+        book.add(&with_ids(declined, "000000000010", "A1B2C3", day));
+        assert_eq!(book.open_totals("T1", None).debit_reversals, 0);
+    }
+
+    /// An upload in progress survives a restart: the book rebuilt from the audit log has
+    /// the 95 and the 0320s already matched.
+    #[tokio::test]
+    async fn an_upload_in_progress_is_rebuilt_from_the_log() {
+        use switchyard_audit::{AuditConfig, AuditKeys, AuditLog, RecordKind};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = std::sync::Arc::new(AuditKeys::demo());
+        let (log, _) = AuditLog::open(AuditConfig::new(dir.path()), keys).unwrap();
+        let mut sale = pair("0200", "000000", 1000, Outcome::Approved, "00");
+        sale.rrn = Some(ShortText::from("000000000001"));
+        log.append_record(RecordKind::Pair, &sale).await.unwrap();
+        let event = serde_json::json!({"event": "batch-out-of-balance", "terminal": "T1"});
+        log.append_record(RecordKind::Event, &event).await.unwrap();
+        for rrn in ["000000000001", "000000000009"] {
+            let mut item = pair("0320", "000000", 1000, Outcome::SwitchAnswered, "00");
+            item.rrn = Some(ShortText::from(rrn));
+            log.append_record(RecordKind::Pair, &item).await.unwrap();
+        }
+        drop(log);
+        let book = BatchBook::rebuild(dir.path(), BatchPolicy::default()).unwrap();
+        let (upload, not_uploaded) = book.upload_state("T1").expect("upload in progress");
+        assert_eq!((upload.matched, upload.unknown, not_uploaded), (1, 1, 0));
     }
 }

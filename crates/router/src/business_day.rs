@@ -1,5 +1,5 @@
 //! The business day: which day's books a transaction belongs to. A daily cut-over time in
-//! a time zone (a fixed offset from UTC) closes one business date and opens the next; an
+//! a time zone (a fixed offset from UTC, or an IANA zone with its daylight saving) closes one business date and opens the next; an
 //! operator can cut over early by hand. Every pair record carries its business date, taken
 //! at the moment the request was received, and every cut-over is an audit event.
 //!
@@ -13,16 +13,41 @@ use std::sync::Mutex;
 use switchyard_iso8583::datetime::Civil;
 
 /// When the day ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CutoverSchedule {
     /// The local time of the cut-over, seconds after midnight (0..86400).
     pub at_s: u32,
-    /// The time zone: seconds east of UTC.
-    pub offset_s: i32,
+    /// The time zone.
+    pub zone: Zone,
 }
 
+/// The time zone the cut-over is kept in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Zone {
+    /// A fixed offset: seconds east of UTC.
+    Fixed(i32),
+    /// An IANA zone (`Europe/Berlin`), its offset changing with daylight saving: the
+    /// database is built into the binary (it does not depend on the host's zoneinfo).
+    Iana(jiff::tz::TimeZone),
+}
+
+impl Zone {
+    /// Seconds east of UTC at the instant `us`.
+    fn offset_at(&self, us: i64) -> i64 {
+        match self {
+            Zone::Fixed(s) => i64::from(*s),
+            Zone::Iana(tz) => jiff::Timestamp::from_microsecond(us)
+                .map_or(0, |t| i64::from(tz.to_offset(t).seconds())),
+        }
+    }
+}
+
+const ZONE_FORMS: &str = "UTC, +HH:MM / -HH:MM, or an IANA name such as Europe/Berlin";
+
 impl CutoverSchedule {
-    /// A schedule from `HH:MM` and an offset `+HH:MM` / `-HH:MM` (or `UTC`).
+    /// A schedule from `HH:MM` and a zone: `UTC`, an offset `+HH:MM` / `-HH:MM`, or an
+    /// IANA name (`Europe/London`: the cut-over follows the local clock through daylight
+    /// saving).
     pub fn parse(at: &str, zone: &str) -> Result<CutoverSchedule, String> {
         let hm = |text: &str| -> Option<u32> {
             let (h, m) = text.split_once(':')?;
@@ -30,26 +55,31 @@ impl CutoverSchedule {
             (h < 24 && m < 60 && text.len() == 5).then_some(h * 3600 + m * 60)
         };
         let at_s = hm(at).ok_or_else(|| format!("cut-over time {at:?}: HH:MM"))?;
-        let offset_s = match zone {
-            "UTC" | "Z" | "+00:00" => 0,
-            _ => {
-                let (sign, rest) = match zone.split_at_checked(1) {
-                    Some(("+", rest)) => (1, rest),
-                    Some(("-", rest)) => (-1, rest),
-                    _ => return Err(format!("time zone {zone:?}: UTC or +HH:MM / -HH:MM")),
-                };
-                let s = hm(rest)
-                    .filter(|s| *s <= 14 * 3600)
-                    .ok_or_else(|| format!("time zone {zone:?}: UTC or +HH:MM / -HH:MM"))?;
-                sign * i32::try_from(s).unwrap_or(0)
-            }
+        let zone = match zone {
+            "UTC" | "Z" | "+00:00" => Zone::Fixed(0),
+            _ => match zone.split_at_checked(1) {
+                Some((sign @ ("+" | "-"), rest)) => {
+                    let s = hm(rest)
+                        .filter(|s| *s <= 14 * 3600)
+                        .ok_or_else(|| format!("time zone {zone:?}: {ZONE_FORMS}"))?;
+                    let s = i32::try_from(s).unwrap_or(0);
+                    Zone::Fixed(if sign == "-" { -s } else { s })
+                }
+                _ => Zone::Iana(
+                    jiff::tz::TimeZone::get(zone)
+                        .map_err(|_| format!("time zone {zone:?}: {ZONE_FORMS}"))?,
+                ),
+            },
         };
-        Ok(CutoverSchedule { at_s, offset_s })
+        Ok(CutoverSchedule { at_s, zone })
     }
 
-    /// The business day (days since 1970-01-01) of the instant `us` (µs since the epoch).
+    /// The business day (days since 1970-01-01) of the instant `us` (µs since the epoch):
+    /// the local date, or the next one at and after the cut-over's local time. On a day
+    /// the clocks change, the cut-over is at that local time on the new clock (a cut-over
+    /// in the hour that is skipped falls at the end of the skipped hour).
     pub fn day_at(&self, us: i64) -> i64 {
-        let local = us.div_euclid(1_000_000) + i64::from(self.offset_s);
+        let local = us.div_euclid(1_000_000) + self.zone.offset_at(us);
         let (day, time) = (local.div_euclid(86_400), local.rem_euclid(86_400));
         if self.at_s > 0 && time >= i64::from(self.at_s) {
             day + 1
@@ -229,12 +259,35 @@ mod tests {
         );
         for bad in [
             ("24:00", "UTC"),
-            ("23:00", "CET"),
+            ("23:00", "Mars/Olympus_Mons"),
+            ("23:00", "+1:00"),
             ("7:00", "UTC"),
             ("23:00", "+15:00"),
         ] {
             assert!(CutoverSchedule::parse(bad.0, bad.1).is_err(), "{bad:?}");
         }
+    }
+
+    /// An IANA zone: the cut-over at 23:00 on the local clock is 22:00 UTC in winter and
+    /// 21:00 UTC in summer in Berlin, and the day the clocks go forward has 23 hours.
+    #[test]
+    fn an_iana_zone_keeps_the_cut_over_on_the_local_clock_through_daylight_saving() {
+        let berlin = CutoverSchedule::parse("23:00", "Europe/Berlin").unwrap();
+        let date = |t: &str| date_text(berlin.day_at(us(t)));
+        assert_eq!(date("2026-12-03T21:59:59Z"), "20261203");
+        assert_eq!(date("2026-12-03T22:00:00Z"), "20261204", "winter: UTC+1");
+        assert_eq!(date("2026-07-03T20:59:59Z"), "20260703");
+        assert_eq!(date("2026-07-03T21:00:00Z"), "20260704", "summer: UTC+2");
+        // 29 March 2026: 02:00 local becomes 03:00 (01:00 UTC). The day before closed at
+        // 22:00 UTC, this one at 21:00 UTC.
+        assert_eq!(date("2026-03-28T22:00:00Z"), "20260329");
+        assert_eq!(date("2026-03-29T20:59:59Z"), "20260329");
+        assert_eq!(date("2026-03-29T21:00:00Z"), "20260330");
+        // Midnight in New York: the local calendar date.
+        let ny = CutoverSchedule::parse("00:00", "America/New_York").unwrap();
+        assert_eq!(date_text(ny.day_at(us("2026-12-04T04:59:59Z"))), "20261203");
+        assert_eq!(date_text(ny.day_at(us("2026-07-04T03:59:59Z"))), "20260703");
+        assert_eq!(date_text(ny.day_at(us("2026-07-04T04:00:00Z"))), "20260704");
     }
 
     #[test]

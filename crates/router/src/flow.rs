@@ -122,6 +122,7 @@ impl<P: IssuerPort> Router<P> {
                 business_day: None,
                 settlement_date: std::collections::HashSet::new(),
                 batches: None,
+                partial_amount: switchyard_audit::PartialAmount::Field4,
             },
         })
     }
@@ -140,6 +141,12 @@ impl<P: IssuerPort> Router<P> {
     /// Set field 15 (settlement date) on requests to these links.
     pub fn with_settlement_date(mut self, links: impl IntoIterator<Item = String>) -> Self {
         self.switch.settlement_date = links.into_iter().collect();
+        self
+    }
+
+    /// Take a partial approval's amount from where the terminals' dialect carries it.
+    pub fn with_partial_amount(mut self, partial: switchyard_audit::PartialAmount) -> Self {
+        self.switch.partial_amount = partial;
         self
     }
 

@@ -43,6 +43,12 @@ pub struct IssuerSimConfig {
     pub max_connections: usize,
     /// Serve TLS with this certificate (the issuer side of a TLS link).
     pub tls: Option<Arc<switchyard_mux::ServerTls>>,
+    /// Approve a sale or pre-authorisation above this amount in part: response code 10,
+    /// field 4 of the answer this amount.
+    pub partial_over: Option<u64>,
+    /// Never answer an authorisation or financial request of exactly this amount (its
+    /// reversal is answered): a deterministic timeout.
+    pub silent_amount: Option<u64>,
     /// Zone keys: PIN blocks checked (the expected PIN approves, others get 55), MACs
     /// checked on requests (63 when wrong) and made on answers.
     pub keys: Option<Arc<crate::card_security::IssuerKeys>>,
@@ -59,6 +65,8 @@ impl IssuerSimConfig {
             delay_min: Duration::ZERO,
             delay_max: Duration::ZERO,
             silence_rate: 0.0,
+            partial_over: None,
+            silent_amount: None,
             disconnect_after: None,
             max_connections: 64,
             tls: None,
@@ -83,6 +91,10 @@ pub struct Approval {
     /// The business date: field 15 (MMDD) in the current year when the request had it,
     /// else the UTC date it arrived (`YYYYMMDD`).
     pub business_date: String,
+    /// The response code given (00, or 10 for a partial approval).
+    pub code: String,
+    /// A pre-authorisation waiting for its completion (not settled: not in the file).
+    pub hold: bool,
 }
 
 /// What the issuer approved and what was reversed. Keyed by terminal id (41), the STAN the
@@ -117,10 +129,14 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Approvals still standing (not reversed).
+    /// Approvals still standing (not reversed or voided, pre-authorisations completed).
     pub fn standing(&self) -> Vec<((String, String, String), Approval)> {
         let map = self.approvals.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut all: Vec<_> = map
+            .iter()
+            .filter(|(_, v)| !v.hold)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
@@ -134,7 +150,7 @@ impl Ledger {
         );
         for ((terminal, stan, _), a) in self.standing() {
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},00,{}\n",
+                "{},{},{},{},{},{},{},{},{}\n",
                 a.business_date,
                 a.rrn,
                 terminal.trim(),
@@ -142,6 +158,7 @@ impl Ledger {
                 stan,
                 a.amount,
                 a.currency,
+                a.code,
                 a.auth_id
             ));
         }
@@ -406,6 +423,11 @@ fn answer(
     if rng.chance(f64::from_bits(ledger.silence.load(Ordering::Relaxed))) {
         return None;
     }
+    let amount = request.field(4).and_then(|f| f.as_u64()).unwrap_or(0);
+    if matches!(mti.class(), 1 | 2) && config.silent_amount == Some(amount) {
+        return None;
+    }
+    let processing = text(3);
     let delay = rng.between(config.delay_min, config.delay_max);
     match mti.class() {
         4 if !mac_verifies_if_keyed(config, ledger, request) => {
@@ -425,15 +447,70 @@ fn answer(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(key.1.clone());
-            let removed = ledger
-                .approvals
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+            // A partial reversal (field 95's replacement amount) leaves the rest standing.
+            let replacement = text(95)
+                .get(..12)
+                .and_then(|a| a.parse::<u64>().ok())
+                .filter(|a| *a > 0);
+            let mut approvals = ledger.approvals.lock().unwrap_or_else(|p| p.into_inner());
+            let removed = match (replacement, approvals.get_mut(&key)) {
+                (Some(rest), Some(a)) => {
+                    a.amount = rest.min(a.amount);
+                    Some(())
+                }
+                _ => approvals.remove(&key).map(|_| ()),
+            };
+            drop(approvals);
             if removed.is_some() {
                 ledger.reversed.fetch_add(1, Ordering::Relaxed);
             }
             builder.respond_to(request, b"00").ok()?;
+        }
+        // A completion names its pre-authorisation, a void its original (RRN + auth id).
+        2 if mti.function() == 2 || processing.starts_with("02") => {
+            let completion = mti.function() == 2;
+            let mut approvals = ledger.approvals.lock().unwrap_or_else(|p| p.into_inner());
+            let original = approvals
+                .iter()
+                .find(|(k, a)| {
+                    k.0 == text(41)
+                        && a.rrn == text(37)
+                        && a.auth_id == text(38).trim()
+                        && a.hold == completion
+                })
+                .map(|(k, _)| k.clone());
+            let code: &[u8] = match (original, completion) {
+                (Some(k), true) => {
+                    let hold = approvals.remove(&k).unwrap_or_default();
+                    let completed = Approval {
+                        amount,
+                        hold: false,
+                        code: "00".into(),
+                        ..hold
+                    };
+                    approvals.insert((text(41), text(11), text(7)), completed);
+                    b"00"
+                }
+                (Some(k), false) => {
+                    approvals.remove(&k);
+                    ledger.reversed.fetch_add(1, Ordering::Relaxed);
+                    b"00"
+                }
+                (None, _) => b"25",
+            };
+            drop(approvals);
+            builder.respond_to(request, code).ok()?;
+            if code == b"00" {
+                ledger.approved.fetch_add(1, Ordering::Relaxed);
+                builder.copy_from(request, 38).ok()?;
+            } else {
+                ledger.declined.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // A balance inquiry: approved, no money moves.
+        2 if processing.starts_with("31") => {
+            builder.respond_to(request, b"00").ok()?;
+            ledger.approved.fetch_add(1, Ordering::Relaxed);
         }
         1 | 2 if mti.function() == 0 => {
             if let Some(code) = refused_by_keys(config, ledger, request) {
@@ -441,17 +518,26 @@ fn answer(
                 ledger.declined.fetch_add(1, Ordering::Relaxed);
             } else if rng.chance(config.approval_rate) {
                 let auth_id = format!("{:06}", rng.next() % 1_000_000);
-                builder.respond_to(request, b"00").ok()?;
+                let partial = config
+                    .partial_over
+                    .filter(|limit| amount > *limit && !processing.starts_with("20"));
+                let code = if partial.is_some() { "10" } else { "00" };
+                builder.respond_to(request, code.as_bytes()).ok()?;
+                if let Some(limit) = partial {
+                    builder.set_u64(4, limit).ok()?;
+                }
                 if config.spec.field(38).is_some() {
                     builder.set(38, &auth_id).ok()?;
                 }
                 let approval = Approval {
-                    amount: request.field(4).and_then(|f| f.as_u64()).unwrap_or(0),
+                    amount: partial.unwrap_or(amount),
                     auth_id,
                     rrn: text(37),
                     merchant: text(42),
                     currency: text(49),
                     business_date: business_date(request.field(15).map(|f| f.text())),
+                    code: code.into(),
+                    hold: mti.class() == 1,
                 };
                 ledger
                     .approvals

@@ -270,7 +270,7 @@ pub fn run(command: AuditCommand) -> CmdResult {
             let (filter, key, on_damage) = read.open()?;
             let reversals = read.reversals(&key)?;
             let day = crate::books_cmd::Day::read(&read.dir, &key, on_damage, &filter, &reversals)?;
-            written(crate::books_cmd::print_settlement(&day, read.format))
+            crate::books_cmd::print_settlement(&day, read.format)
         }
         AuditCommand::Reconcile { read, against } => {
             let (filter, key, on_damage) = read.open()?;
@@ -391,7 +391,7 @@ fn reversal_text(r: &PairRecord, reversals: &Reversals) -> String {
 
 /// A write to standard output: one that found it closed (`| head`) ends the command
 /// quietly, as Unix tools do.
-fn written(result: std::io::Result<()>) -> CmdResult {
+pub(crate) fn written(result: std::io::Result<()>) -> CmdResult {
     match result {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.map_err(|e| fail(EX_IOERR)(e.into())),
@@ -570,20 +570,24 @@ pub(crate) fn write_csv<const N: usize>(
     header: &[String; N],
     rows: &[[String; N]],
 ) -> std::io::Result<()> {
-    for row in std::iter::once(header).chain(rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .map(|c| {
-                if c.contains([',', '"', '\n', '\r']) {
-                    format!("\"{}\"", c.replace('"', "\"\""))
-                } else {
-                    c.clone()
-                }
-            })
-            .collect();
-        writeln!(out, "{}", cells.join(","))?;
-    }
-    Ok(())
+    std::iter::once(header)
+        .chain(rows)
+        .try_for_each(|row| write_csv_row(out, row))
+}
+
+/// One CSV line, cells quoted where they must be.
+pub(crate) fn write_csv_row(out: &mut impl Write, row: &[String]) -> std::io::Result<()> {
+    let cells: Vec<String> = row
+        .iter()
+        .map(|c| {
+            if c.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", c.replace('"', "\"\""))
+            } else {
+                c.clone()
+            }
+        })
+        .collect();
+    writeln!(out, "{}", cells.join(","))
 }
 
 pub(crate) fn write_table<const N: usize>(

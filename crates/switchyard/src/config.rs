@@ -93,6 +93,9 @@ pub struct Config {
     /// Terminal batch settlement (host capture).
     #[serde(default)]
     pub batch: BatchSection,
+    /// What the pair records keep for the books.
+    #[serde(default)]
+    pub books: BooksSection,
     /// The merchant and terminal registry.
     #[serde(default)]
     pub registry: RegistrySection,
@@ -112,6 +115,83 @@ pub struct BatchSection {
     /// On: 05xx are taken; off: they are invalid transactions (12).
     #[serde(default)]
     pub enabled: bool,
+    /// A completion whose pre-authorisation the switch does not hold: `refuse` (25, the
+    /// default) or `forward` (a voice-authorised forced post, flagged in its record).
+    #[serde(default)]
+    pub unmatched_completions: UnmatchedCompletionsSetting,
+    /// How many days a pre-authorisation stands waiting for its completion.
+    #[serde(default = "default_hold_days")]
+    pub preauth_hold_days: u32,
+}
+
+fn default_hold_days() -> u32 {
+    30
+}
+
+/// `[batch] unmatched_completions`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnmatchedCompletionsSetting {
+    /// Answer 25.
+    #[default]
+    Refuse,
+    /// Forward, flagged.
+    Forward,
+}
+
+impl BatchSection {
+    /// The book's policy.
+    pub fn policy(&self) -> switchyard_router::batch::BatchPolicy {
+        use switchyard_router::batch::{BatchPolicy, UnmatchedCompletions};
+        BatchPolicy {
+            unmatched_completions: match self.unmatched_completions {
+                UnmatchedCompletionsSetting::Refuse => UnmatchedCompletions::Refuse,
+                UnmatchedCompletionsSetting::Forward => UnmatchedCompletions::Forward,
+            },
+            hold_us: i64::from(self.preauth_hold_days) * 86_400 * 1_000_000,
+        }
+    }
+}
+
+/// `[books]`: what the pair records keep for settlement and reconciliation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BooksSection {
+    /// Where the terminals' dialect carries a partial approval's amount (response code
+    /// 10): `4` (field 4 of the answer, the default) or `54` (additional amounts).
+    #[serde(default)]
+    pub partial_amount_field: Option<u8>,
+    /// With field 54: the amount type of the approved amount (2 digits).
+    #[serde(default)]
+    pub partial_amount_type: Option<String>,
+}
+
+impl BooksSection {
+    /// Where a partial approval's amount is, or what is wrong with the setting.
+    pub fn partial_amount(&self) -> Result<switchyard_audit::PartialAmount, String> {
+        use switchyard_audit::PartialAmount;
+        match (
+            self.partial_amount_field,
+            self.partial_amount_type.as_deref(),
+        ) {
+            (None | Some(4), None) => Ok(PartialAmount::Field4),
+            (Some(54), Some(t)) => match t.as_bytes() {
+                [a, b] if a.is_ascii_digit() && b.is_ascii_digit() => {
+                    Ok(PartialAmount::AdditionalAmounts {
+                        amount_type: [*a, *b],
+                    })
+                }
+                _ => Err(format!("books.partial_amount_type: {t:?} is not 2 digits")),
+            },
+            (Some(54), None) => {
+                Err("books.partial_amount_field = 54 needs partial_amount_type".into())
+            }
+            (None | Some(4), Some(_)) => {
+                Err("books.partial_amount_type: only with partial_amount_field = 54".into())
+            }
+            (Some(f), _) => Err(format!("books.partial_amount_field: {f} (4 or 54)")),
+        }
+    }
 }
 
 /// `[business_day]`: the daily cut-over that closes one business date and opens the next.
@@ -120,7 +200,8 @@ pub struct BatchSection {
 pub struct BusinessDaySection {
     /// Local time of the cut-over, `HH:MM` (`00:00`: the calendar date).
     pub cutover: String,
-    /// The time zone of the cut-over: `UTC` or a fixed offset `+HH:MM` / `-HH:MM`.
+    /// The time zone of the cut-over: `UTC`, a fixed offset `+HH:MM` / `-HH:MM`, or an IANA
+    /// zone (`Europe/Berlin`: the cut-over follows the local clock through daylight saving).
     #[serde(default = "default_zone")]
     pub time_zone: String,
 }
@@ -1011,6 +1092,9 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
         },
     };
     check_security(&config, &mut problems);
+    if let Err(e) = config.books.partial_amount() {
+        problems.push(e);
+    }
     if config.business_day.is_none() {
         for l in config.links.iter().filter(|l| l.settlement_date) {
             problems.push(format!(

@@ -304,9 +304,18 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
         Some(i) => router.with_integrity(i.clone()),
         None => router,
     };
+    let partial = plan
+        .config
+        .books
+        .partial_amount()
+        .map_err(|e| fail(EX_CONFIG)(anyhow!(e)))?;
+    let router = router.with_partial_amount(partial);
     let router = if plan.config.batch.enabled {
-        let book = switchyard_router::batch::BatchBook::rebuild(&plan.audit.dir)
-            .map_err(|e| fail(EX_IOERR)(anyhow!("terminal batches: {e}")))?;
+        let book = switchyard_router::batch::BatchBook::rebuild(
+            &plan.audit.dir,
+            plan.config.batch.policy(),
+        )
+        .map_err(|e| fail(EX_IOERR)(anyhow!("terminal batches: {e}")))?;
         router.with_batches(Arc::new(book))
     } else {
         router

@@ -106,6 +106,13 @@ pub struct IssuerArgs {
     /// `audit reconcile` reads).
     #[arg(long)]
     ledger_csv: Option<PathBuf>,
+    /// Approve a sale or pre-authorisation above this amount (minor units) in part:
+    /// response code 10 with this amount in field 4.
+    #[arg(long)]
+    partial_over: Option<u64>,
+    /// Never answer a request of exactly this amount (a timeout the switch reverses).
+    #[arg(long)]
+    silent_amount: Option<u64>,
 }
 
 /// The simulated issuer's zone keys (files of hex digits; `aes:` before them for AES).
@@ -415,6 +422,8 @@ fn issuer(args: IssuerArgs) -> CmdResult {
         delay_min,
         delay_max,
         silence_rate: args.silence_rate,
+        partial_over: args.partial_over,
+        silent_amount: args.silent_amount,
         disconnect_after: args.disconnect_after,
         max_connections: 1024,
         keys: args.keys.keys().map_err(fail(EX_USAGE))?,

@@ -3,6 +3,10 @@
 //! balance, the batch closed, or 95), and every recorded approval added to its terminal's
 //! open batch ([`BatchTotals`], after the record). See [`crate::batch`].
 //!
+//! A completion (0220) must name its standing pre-authorisation and a void (0200,
+//! processing code 02) its original in the open batch, by RRN and authorisation id; one
+//! that does not is answered 25 and never forwarded.
+//!
 //! After a 95 the terminal uploads its transactions (0320, answered 0330 00): each is
 //! matched to the switch's by RRN (STAN without one); one the switch never approved, or
 //! approved for another amount, is an audit event, never added. The terminal's final 0500
@@ -12,7 +16,7 @@
 use switchyard_audit::{Outcome, RecordKind};
 
 use super::{Stage, Switch};
-use crate::batch::{Settlement, Totals, UploadItem};
+use crate::batch::{Original, Settlement, Totals, UnmatchedCompletions, UploadItem};
 use crate::flow::{now_us, IssuerPort};
 use crate::transaction::{Step, Transaction};
 
@@ -32,6 +36,9 @@ impl<P: IssuerPort> Stage<P> for BatchSettlement {
         let class = tx.received.mti().class();
         if class == 3 {
             return upload_item(switch, tx).await;
+        }
+        if class == 2 {
+            return original_of(switch, tx);
         }
         if class != 5 {
             return Step::Continue(());
@@ -116,6 +123,48 @@ async fn recorded<P>(switch: &Switch<P>, event: &serde_json::Value) -> bool {
             false
         }
     }
+}
+
+/// A completion (0220) needs its standing pre-authorisation, a void (0200, processing code
+/// 02) its original in the open batch: the same RRN (37) and authorisation id (38). Without
+/// one: 25, never forwarded (a completion is forwarded, flagged, when the policy says so).
+fn original_of<P: IssuerPort>(switch: &Switch<P>, tx: &mut Transaction<'_, P>) -> Step {
+    let (Some(book), Some(terminal)) = (&switch.batches, tx.pair.terminal.as_deref()) else {
+        return Step::Continue(());
+    };
+    let mti = tx.pair.request_mti.as_str();
+    let completion = matches!(mti, "0220" | "0221");
+    let void = matches!(mti, "0200" | "0201")
+        && tx
+            .pair
+            .processing_code
+            .as_deref()
+            .is_some_and(|p| p.starts_with("02"));
+    if !completion && !void {
+        return Step::Continue(());
+    }
+    let request = tx.request();
+    let rrn = request.field(37).map(|f| f.text());
+    let auth_id = request.field(38).map(|f| f.text());
+    let found = match completion {
+        true => book.authorisation_of(terminal, rrn.as_deref(), auth_id.as_deref(), now_us()),
+        false => book.voided_original(terminal, rrn.as_deref(), auth_id.as_deref()),
+    };
+    if found == Original::Matched {
+        return Step::Continue(());
+    }
+    let what = match (completion, found) {
+        (true, Original::AuthIdDiffers) => "completion-authorisation-id-differs",
+        (true, _) => "completion-without-authorisation",
+        (false, Original::AuthIdDiffers) => "void-authorisation-id-differs",
+        (false, _) => "void-without-original",
+    };
+    tracing::warn!(terminal, what, "no original for this transaction");
+    tx.pair.rules.push(what.to_string());
+    if completion && book.policy().unmatched_completions == UnmatchedCompletions::Forward {
+        return Step::Continue(());
+    }
+    tx.answer_code(b"25", Outcome::NoOriginal)
 }
 
 /// One 0320: matched to the switch's open batch, answered 00 (12 without a 95 before).

@@ -71,6 +71,8 @@ pub struct Switch<P> {
     pub(crate) settlement_date: std::collections::HashSet<String>,
     /// The terminals' open batches (none: 0500s are invalid transactions).
     pub(crate) batches: Option<Arc<crate::batch::BatchBook>>,
+    /// Where the terminals' dialect carries a partial approval's amount.
+    pub(crate) partial_amount: switchyard_audit::PartialAmount,
 }
 
 impl<P> std::fmt::Debug for Switch<P> {

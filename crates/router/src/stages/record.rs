@@ -21,7 +21,7 @@ impl<P: IssuerPort> Stage<P> for RecordPair {
             return Step::Continue(());
         };
         if let Some(response) = &answer.response {
-            tx.pair.set_response(response);
+            tx.pair.set_response_with(response, switch.partial_amount);
         }
         tx.recorded = append_pair(switch, &mut tx.pair, answer.outcome, tx.started).await;
         if tx.recorded {

@@ -110,6 +110,7 @@ impl Fixture {
             business_day: None,
             settlement_date: std::collections::HashSet::new(),
             batches: None,
+            partial_amount: switchyard_audit::PartialAmount::Field4,
         };
         Fixture {
             registry: options
