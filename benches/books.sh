@@ -2,7 +2,8 @@
 # The books benchmark: a day of RECORDS (default 1,000,000) approved transactions in an
 # audit log, reconciled against the issuer's settlement file of the same transactions, and
 # settled; wall time and peak memory (maximum resident set size) of each command, against
-# the goal of a day under a minute.
+# the goals of a day under a minute and memory bounded by a constant (under 128 MiB: one
+# audit segment, one partition, the partitions' buffers), whatever the day's size.
 #   benches/books.sh [RECORDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,5 +20,6 @@ for cmd in reconcile settle; do
     "${extra[@]}" --format csv > "$dir/$cmd.out" || { echo "$cmd failed: $(tail -3 "$dir/$cmd.out")"; exit 1; }
   read -r secs kib < "$dir/$cmd.time"
   verdict=$(awk -v s="$secs" 'BEGIN { print (s < 60) ? "met" : "NOT met" }')
-  printf '%-9s %8d records  %6.1f s  %7.1f MiB peak  (goal: under 60 s: %s)\n' "$cmd" "$n" "$secs" "$(awk -v k="$kib" 'BEGIN{print k/1024}')" "$verdict"
+  memory=$(awk -v k="$kib" 'BEGIN { print (k < 131072) ? "met" : "NOT met" }')
+  printf '%-9s %8d records  %6.1f s  %7.1f MiB peak  (goals: under 60 s: %s; under 128 MiB: %s)\n' "$cmd" "$n" "$secs" "$(awk -v k="$kib" 'BEGIN{print k/1024}')" "$verdict" "$memory"
 done

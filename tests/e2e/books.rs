@@ -7,6 +7,8 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use switchyard_iso8583::datetime::Civil;
+use switchyard_iso8583::{MessageBuilder, Mti};
+use switchyard_router::batch::Totals;
 use switchyard_router::business_day::{date_text, CutoverSchedule};
 use switchyard_sim::IssuerSimConfig;
 
@@ -139,23 +141,15 @@ fn a_hand_cut_over_during_load_splits_the_day_and_survives_a_restart() {
 /// fifth: `audit reconcile` against the issuer's own settlement file finds nothing; against
 /// a copy with three planted differences it reports exactly those and exits 65; `audit
 /// settle` nets each merchant's approved sales.
-#[test]
-fn reconcile_against_the_issuers_file_and_settle_the_merchants() {
-    let work = tempfile::tempdir().unwrap();
-    let ledger = work.path().join("issuer-settlement.csv");
+/// A `sim issuer` process writing its settlement file to `ledger` at stop: it and its port.
+fn issuer_process(ledger: &std::path::Path, args: &[&str]) -> (std::process::Child, u16) {
     let port = crate::switch::free_port();
-    let mut issuer = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args([
-            "sim",
-            "issuer",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--approval-rate",
-            "0.8",
-        ])
+    let issuer = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["sim", "issuer", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
         .arg("--ledger-csv")
-        .arg(&ledger)
-        .stdout(std::process::Stdio::null())
+        .arg(ledger)
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -167,6 +161,55 @@ fn reconcile_against_the_issuers_file_and_settle_the_merchants() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    (issuer, port)
+}
+
+/// `switchyard audit reconcile` (against `against`) or `audit settle` of `date`.
+fn audit_books(
+    switch: &Switch,
+    command: &str,
+    date: &str,
+    format: &str,
+    against: Option<&std::path::Path>,
+) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    c.args(["audit", command, "--dir"])
+        .arg(switch.audit_dir())
+        .args(["--demo-keys", "--business-date", date, "--format", format]);
+    if let Some(file) = against {
+        c.arg("--against").arg(file);
+    }
+    c.output().unwrap()
+}
+
+/// `audit settle` of `date`: its JSON rows, one per merchant and currency.
+fn settle_rows(switch: &Switch, date: &str) -> Vec<serde_json::Value> {
+    let settle = audit_books(switch, "settle", date, "jsonl", None);
+    assert!(
+        settle.status.success(),
+        "{}",
+        String::from_utf8_lossy(&settle.stderr)
+    );
+    String::from_utf8_lossy(&settle.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Stop an issuer process: its ledger summary line.
+fn stop_issuer(issuer: std::process::Child) -> String {
+    let _ = Command::new("kill")
+        .args(["-TERM", &issuer.id().to_string()])
+        .status();
+    let out = issuer.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn reconcile_against_the_issuers_file_and_settle_the_merchants() {
+    let work = tempfile::tempdir().unwrap();
+    let ledger = work.path().join("issuer-settlement.csv");
+    let (issuer, port) = issuer_process(&ledger, &["--approval-rate", "0.8"]);
     let body = format!(
         "spec = \"iso8583-1987-ascii\"\n[business_day]\ncutover = \"00:00\"\ntime_zone = \"UTC\"\n{}settlement_date = true\n{}",
         link("issuer", format!("127.0.0.1:{port}"), ""),
@@ -191,10 +234,7 @@ fn reconcile_against_the_issuers_file_and_settle_the_merchants() {
         assert_eq!(report["answered"].as_u64(), Some(40), "{report}");
         sent += 40;
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &issuer.id().to_string()])
-        .status();
-    issuer.wait().unwrap();
+    stop_issuer(issuer);
     let file = std::fs::read_to_string(&ledger).unwrap();
     let pairs = records(&switch.audit_dir());
     assert_eq!(pairs.len(), sent);
@@ -208,23 +248,8 @@ fn reconcile_against_the_issuers_file_and_settle_the_merchants() {
         approved.len() < sent && approved.len() > sent / 2,
         "some declined"
     );
-    let dir = switch.audit_dir().display().to_string();
     let reconcile = |against: &std::path::Path, format: &str| {
-        Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args([
-                "audit",
-                "reconcile",
-                "--dir",
-                &dir,
-                "--demo-keys",
-                "--business-date",
-                &date,
-            ])
-            .args(["--format", format])
-            .arg("--against")
-            .arg(against)
-            .output()
-            .unwrap()
+        audit_books(&switch, "reconcile", &date, format, Some(against))
     };
     let clean = reconcile(&ledger, "table");
     let said = String::from_utf8_lossy(&clean.stdout).to_string();
@@ -276,29 +301,7 @@ fn reconcile_against_the_issuers_file_and_settle_the_merchants() {
         "{csv}"
     );
     // Settlement: each merchant's net is its approved sales.
-    let settle = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args([
-            "audit",
-            "settle",
-            "--dir",
-            &dir,
-            "--demo-keys",
-            "--business-date",
-            &date,
-            "--format",
-            "jsonl",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        settle.status.success(),
-        "{}",
-        String::from_utf8_lossy(&settle.stderr)
-    );
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&settle.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = settle_rows(&switch, &date);
     assert_eq!(rows.len(), 3, "{rows:?}");
     for row in &rows {
         let merchant = row["merchant"].as_str().unwrap();
@@ -524,4 +527,385 @@ fn batches_close_in_balance_and_a_claimed_extra_sale_gets_95() {
     );
     assert_eq!(off["claimed"]["debits"].as_u64(), Some(n2 + 1));
     drop(sims);
+}
+
+/// A terminal of the mixed day: its connection, its RRNs and what it knows of its batch.
+struct Till {
+    tid: &'static str,
+    merchant: &'static str,
+    conn: crate::switch::Terminal<std::net::TcpStream>,
+    stan: u32,
+    /// The batch as the terminal keeps it.
+    totals: Totals,
+    /// The transactions the terminal would upload: (RRN, amount).
+    items: Vec<(String, u64)>,
+}
+
+/// An answer: (response code, authorisation id, field 4).
+type Answer = (String, String, u64);
+
+impl Till {
+    fn new(switch: &Switch, tid: &'static str, merchant: &'static str, first: u32) -> Till {
+        Till {
+            tid,
+            merchant,
+            conn: crate::switch::Terminal::connect(switch.terminals),
+            stan: first,
+            totals: Totals::default(),
+            items: Vec::new(),
+        }
+    }
+
+    /// Send `mti` with processing code `pc` and `amount`; `rrn` and `auth` name an original
+    /// (none: a new RRN).
+    fn send(
+        &mut self,
+        mti: &str,
+        pc: &str,
+        amount: u64,
+        original: Option<(&str, &str)>,
+    ) -> (String, Answer) {
+        self.stan += 1;
+        let rrn = original.map_or(format!("{}{:08}", &self.tid[4..], self.stan), |o| {
+            o.0.to_string()
+        });
+        let mut b = MessageBuilder::new(crate::switch::spec(), Mti::parse(mti).unwrap());
+        b.set(2, "4761730000000119").unwrap().set(3, pc).unwrap();
+        b.set_u64(4, amount).unwrap().set(7, "1124093000").unwrap();
+        b.set_u64(11, u64::from(self.stan))
+            .unwrap()
+            .set(37, &rrn)
+            .unwrap();
+        b.set(41, self.tid).unwrap().set(42, self.merchant).unwrap();
+        b.set(49, "978").unwrap();
+        if let Some((_, auth)) = original.filter(|o| !o.1.is_empty()) {
+            b.set(38, auth).unwrap();
+        }
+        if mti == "0400" {
+            // The original's MTI, STAN and transmission time (field 90).
+            let stan = rrn[rrn.len() - 6..].to_string();
+            b.set(90, &format!("0200{stan}1124093000{:022}", 0))
+                .unwrap();
+        }
+        let a = self.conn.call(&b.encode());
+        let text = |n| {
+            a.field(n)
+                .map(|f| f.text().trim().to_string())
+                .unwrap_or_default()
+        };
+        let amount = a.field(4).and_then(|f| f.as_u64()).unwrap_or(0);
+        (rrn, (text(39), text(38), amount))
+    }
+
+    /// A debit (sale, cash, completion) or credit (refund) the terminal keeps.
+    fn keep(&mut self, rrn: &str, amount: u64, credit: bool) {
+        match credit {
+            true => {
+                (self.totals.credits, self.totals.credits_amount) =
+                    (self.totals.credits + 1, self.totals.credits_amount + amount)
+            }
+            false => {
+                (self.totals.debits, self.totals.debits_amount) =
+                    (self.totals.debits + 1, self.totals.debits_amount + amount)
+            }
+        }
+        self.items.push((rrn.to_string(), amount));
+    }
+
+    /// A debit the terminal took back (void or reversal).
+    fn take_back(&mut self, rrn: &str, amount: u64) {
+        self.totals.debit_reversals += 1;
+        self.totals.debit_reversals_amount += amount;
+        self.items.retain(|(r, _)| r != rrn);
+    }
+
+    /// The day's mix: sales, cash, a refund, a balance inquiry, a void, a pre-authorisation
+    /// and its completion, a completion and a void the switch has no original of (25),
+    /// a partial approval, a timeout and a reversal.
+    fn mixed_day(&mut self) {
+        let mut sales = Vec::new();
+        for amount in [1_000, 2_000, 3_000, 4_000] {
+            let (rrn, (code, auth, _)) = self.send("0200", "000000", amount, None);
+            assert_eq!(code, "00", "{} sale", self.tid);
+            self.keep(&rrn, amount, false);
+            sales.push((rrn, auth, amount));
+        }
+        let (rrn, (code, _, _)) = self.send("0200", "010000", 5_000, None);
+        assert_eq!(code, "00", "cash");
+        self.keep(&rrn, 5_000, false);
+        let (rrn, (code, _, _)) = self.send("0200", "200000", 500, None);
+        assert_eq!(code, "00", "refund");
+        self.keep(&rrn, 500, true);
+        let (_, (code, _, _)) = self.send("0200", "310000", 0, None);
+        assert_eq!(code, "00", "balance inquiry");
+        // The first sale voided (its RRN and authorisation id), the second reversed.
+        let (rrn, auth, amount) = sales[0].clone();
+        let (_, (code, _, _)) = self.send("0200", "020000", amount, Some((&rrn, &auth)));
+        assert_eq!(code, "00", "void");
+        self.take_back(&rrn, amount);
+        let (rrn, _, amount) = sales[1].clone();
+        let (_, (code, _, _)) = self.send("0400", "000000", amount, Some((&rrn, "")));
+        assert_eq!(code, "00", "reversal");
+        self.take_back(&rrn, amount);
+        // A pre-authorisation of 200.00 completed at 180.00.
+        let (rrn, (code, auth, _)) = self.send("0100", "000000", 20_000, None);
+        assert_eq!(code, "00", "pre-authorisation");
+        assert!(!auth.is_empty(), "an authorisation id");
+        let (_, (code, _, _)) = self.send("0220", "000000", 18_000, Some((&rrn, "999999")));
+        assert_eq!(code, "25", "a completion naming another authorisation id");
+        let (_, (code, _, _)) = self.send("0220", "000000", 18_000, Some((&rrn, &auth)));
+        assert_eq!(code, "00", "completion");
+        self.keep(&rrn, 18_000, false);
+        let (_, (code, _, _)) = self.send("0220", "000000", 18_000, Some((&rrn, &auth)));
+        assert_eq!(code, "25", "a second completion of the same authorisation");
+        let (_, (code, _, _)) = self.send("0200", "020000", 900, Some(("000000000404", "123456")));
+        assert_eq!(code, "25", "a void of nothing");
+        // 600.00 asked, 500.00 approved.
+        let (rrn, (code, _, approved)) = self.send("0200", "000000", 60_000, None);
+        assert_eq!(
+            (code.as_str(), approved),
+            ("10", 50_000),
+            "partial approval"
+        );
+        self.keep(&rrn, 50_000, false);
+        // No answer from the issuer: the terminal is told so, the switch reverses it.
+        let (_, (code, _, _)) = self.send("0200", "000000", 777, None);
+        assert_ne!(code, "00", "a timeout is no approval");
+    }
+
+    /// The terminal's 0500 (or 0501) with its totals: the answer's code.
+    fn settle(&mut self, batch: &str, totals: &Totals) -> String {
+        self.stan += 1;
+        let mut b = MessageBuilder::new(crate::switch::spec(), Mti::parse("0500").unwrap());
+        b.set(7, "1124093000")
+            .unwrap()
+            .set_u64(11, u64::from(self.stan))
+            .unwrap();
+        b.set(41, self.tid).unwrap().set(42, self.merchant).unwrap();
+        b.set(60, batch).unwrap();
+        for (n, v) in [
+            (74, totals.credits),
+            (75, totals.credit_reversals),
+            (76, totals.debits),
+            (77, totals.debit_reversals),
+            (86, totals.credits_amount),
+            (87, totals.credit_reversals_amount),
+            (88, totals.debits_amount),
+            (89, totals.debit_reversals_amount),
+        ] {
+            b.set_u64(n, v).unwrap();
+        }
+        let a = self.conn.call(&b.encode());
+        a.field(39).map(|f| f.text()).unwrap_or_default()
+    }
+
+    /// One 0320 upload item: the answer's code.
+    fn upload(&mut self, batch: &str, rrn: &str, amount: u64) -> String {
+        self.stan += 1;
+        let mut b = MessageBuilder::new(crate::switch::spec(), Mti::parse("0320").unwrap());
+        b.set(2, "4761730000000119")
+            .unwrap()
+            .set(3, "000000")
+            .unwrap();
+        b.set_u64(4, amount).unwrap().set(7, "1124093000").unwrap();
+        b.set_u64(11, u64::from(self.stan))
+            .unwrap()
+            .set(37, rrn)
+            .unwrap();
+        b.set(41, self.tid).unwrap().set(42, self.merchant).unwrap();
+        b.set(60, batch).unwrap();
+        let a = self.conn.call(&b.encode());
+        a.field(39).map(|f| f.text()).unwrap_or_default()
+    }
+}
+
+/// A business day of mixed traffic from several terminals through the real switch and a
+/// `sim issuer` process, with load from a `sim terminal` process beside it and a hand
+/// cut-over in the middle: each terminal's batch closes in balance with 00; one that claims
+/// a sale the switch never approved gets 95, uploads (the switch restarted half-way
+/// through the upload) and the extra is reported, not absorbed; both business dates
+/// reconcile against the issuer's settlement file with no differences and between them
+/// hold every row of it once; settle pays each merchant what its terminal kept.
+#[test]
+fn a_mixed_day_closes_every_batch_and_reconciles_both_dates_with_the_issuer() {
+    let work = tempfile::tempdir().unwrap();
+    let ledger = work.path().join("issuer-settlement.csv");
+    let (issuer, port) = issuer_process(
+        &ledger,
+        &["--partial-over", "50000", "--silent-amount", "777"],
+    );
+    // The scheduled cut-over twelve hours away: only the hand one falls in the test. An
+    // IANA zone.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let away = Civil::from_unix(now + 12 * 3600);
+    let cutover = format!("{:02}:{:02}", away.hour, away.minute);
+    let body = format!(
+        "spec = \"iso8583-1987-ascii\"\n[business_day]\ncutover = \"{cutover}\"\ntime_zone = \"Europe/Berlin\"\n[batch]\nenabled = true\n{}settlement_date = true\ntimeout_ms = 400\n{}",
+        link("issuer", format!("127.0.0.1:{port}"), ""),
+        route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
+    );
+    let switch = Switch::start(&body);
+    let target = switch.terminals.to_string();
+    let load = std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["sim", "terminal", "--target", &target, "--connections", "2"])
+            .args([
+                "--window",
+                "2",
+                "--duration",
+                "4",
+                "--json",
+                "--first-terminal",
+                "50",
+            ])
+            .output()
+            .unwrap()
+    });
+    let mut tills = vec![
+        Till::new(&switch, "TMIX0001", "MERCHANTMIX0001", 100),
+        Till::new(&switch, "TMIX0002", "MERCHANTMIX0002", 200),
+        Till::new(&switch, "TMIX0003", "MERCHANTMIX0003", 300),
+    ];
+    for t in &mut tills {
+        t.mixed_day();
+    }
+    let day_one: Vec<Totals> = tills.iter().map(|t| t.totals).collect();
+    let (status, said) = post(&switch, "/cutover", TOKENS[0].2);
+    assert_eq!(status, "200", "{said}");
+    // After the cut-over: two more sales each, on the next business date.
+    for t in &mut tills {
+        for amount in [1_100, 1_200] {
+            let (rrn, (code, _, _)) = t.send("0200", "000000", amount, None);
+            assert_eq!(code, "00");
+            t.keep(&rrn, amount, false);
+        }
+    }
+    let out = load.join().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["answered"], report["sent"], "{report}");
+    // Two terminals close in balance.
+    for t in &mut tills[..2] {
+        let totals = t.totals;
+        assert_eq!(t.settle("000001", &totals), "00", "{} in balance", t.tid);
+    }
+    // The third claims one sale more, gets 95 and uploads; the switch restarts half-way.
+    let t3 = &mut tills[2];
+    let mut claimed = t3.totals;
+    claimed.debits += 1;
+    claimed.debits_amount += 4_242;
+    assert_eq!(t3.settle("000001", &claimed), "95");
+    let mut upload = t3.items.clone();
+    upload.push(("MIX3EXTRA001".to_string(), 4_242));
+    let half = upload.len() / 2;
+    for (rrn, amount) in &upload[..half] {
+        assert_eq!(t3.upload("000001", rrn, *amount), "00");
+    }
+    let switch = switch.restart();
+    t3.conn = crate::switch::Terminal::connect(switch.terminals);
+    for (rrn, amount) in &upload[half..] {
+        assert_eq!(t3.upload("000001", rrn, *amount), "00");
+    }
+    assert_eq!(t3.settle("000001", &claimed), "00", "the final 0500");
+    let kept = t3.items.len() as u64;
+    let summary = stop_issuer(issuer);
+    // The batches: closed on the switch's totals, equal to what each terminal kept.
+    let events = audit_events(&switch.audit_dir(), |e| e.starts_with("batch-"));
+    for t in &tills {
+        let closed: Vec<_> = events
+            .iter()
+            .filter(|e| e["event"] == "batch-closed" && e["terminal"] == t.tid)
+            .collect();
+        assert_eq!(closed.len(), 1, "{events:?}");
+        let totals: Totals = serde_json::from_value(closed[0]["totals"].clone()).unwrap();
+        assert_eq!(totals, t.totals, "{}", t.tid);
+    }
+    let after = events
+        .iter()
+        .find(|e| e["event"] == "batch-closed" && e["terminal"] == "TMIX0003")
+        .unwrap();
+    assert_eq!(
+        after["after_upload"]["matched"].as_u64(),
+        Some(kept),
+        "{after}"
+    );
+    assert_eq!(after["after_upload"]["unknown_to_switch"].as_u64(), Some(1));
+    assert_eq!(after["after_upload"]["not_uploaded"].as_u64(), Some(0));
+    let unknown: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "batch-upload-unknown")
+        .collect();
+    assert_eq!(unknown.len(), 1, "{events:?}");
+    assert_eq!(unknown[0]["rrn"], "MIX3EXTRA001");
+    // What had no original never reached the issuer.
+    let pairs = records(&switch.audit_dir());
+    let refused: Vec<_> = pairs
+        .iter()
+        .filter(|p| p.outcome == Some(switchyard_audit::Outcome::NoOriginal))
+        .collect();
+    assert_eq!(refused.len(), 9, "three a terminal");
+    assert!(refused
+        .iter()
+        .all(|p| p.issuer.is_none() && p.response_code.as_deref() == Some("25")));
+    // The timeouts were reversed to the issuer: 3 of them and the terminals' 3 reversals.
+    let reversals: u64 = summary
+        .split("reversals ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(reversals >= 6, "{summary}");
+    // Both business dates reconcile with the issuer's file, and hold every row of it once.
+    let file = std::fs::read_to_string(&ledger).unwrap();
+    let mut dates: Vec<String> = pairs
+        .iter()
+        .filter_map(|p| p.business_date.as_deref().map(str::to_string))
+        .collect();
+    dates.sort();
+    dates.dedup();
+    assert_eq!(dates.len(), 2, "{dates:?}");
+    let mut matched = 0;
+    for date in &dates {
+        let out = audit_books(&switch, "reconcile", date, "table", Some(&ledger));
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{date}: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let n: usize = said
+            .lines()
+            .last()
+            .and_then(|l| l.strip_suffix(" matched, 0 differences"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{said}"));
+        matched += n;
+    }
+    assert_eq!(
+        matched,
+        file.lines().count() - 1,
+        "every row of the file once"
+    );
+    // Settle: each mixed merchant on the first date is owed what its terminal kept then.
+    let rows = settle_rows(&switch, &dates[0]);
+    for (t, kept) in tills.iter().zip(&day_one) {
+        let row = rows
+            .iter()
+            .find(|r| r["merchant"] == t.merchant)
+            .unwrap_or_else(|| panic!("{rows:?}"));
+        let net = kept.debits_amount as i64
+            - kept.debit_reversals_amount as i64
+            - kept.credits_amount as i64;
+        assert_eq!(row["net"].as_i64(), Some(net), "{row}");
+        assert_eq!(row["completions_amount"].as_u64(), Some(18_000), "{row}");
+        assert_eq!(
+            row["reversed_count"].as_u64(),
+            Some(2),
+            "the void and the reversal: {row}"
+        );
+        assert_eq!(row["refunds_amount"].as_u64(), Some(500), "{row}");
+    }
+    switch.assert_audit_verifies();
 }
