@@ -584,8 +584,7 @@ impl Till {
         if mti == "0400" {
             // The original's MTI, STAN and transmission time (field 90).
             let stan = rrn[rrn.len() - 6..].to_string();
-            b.set(90, format!("0200{stan}1124093000{:022}", 0))
-                .unwrap();
+            b.set(90, format!("0200{stan}1124093000{:022}", 0)).unwrap();
         }
         let a = self.conn.call(&b.encode());
         let text = |n| {

@@ -5,7 +5,9 @@
 //! a 0200 or 0220 with processing code 20 (refund) is a **credit**; any other 0200/0220
 //! except a balance inquiry (31) is a **debit** (a sale, cash, a completion); a reversal the
 //! issuer acknowledged (0400/0420 from the terminal, 00) of either is a credit or debit
-//! **reversal**. A 0100 pre-authorisation moves nothing until its 0220. A partial approval
+//! **reversal**. A 0100 pre-authorisation moves nothing: it is a hold until its 0220, which
+//! must name it by RRN and authorisation id; a void (0200, processing code 02) names its
+//! original in the open batch the same way and counts as that side's reversal. A partial approval
 //! (10) counts the approved amount; a partial reversal (field 95) counts the amount it
 //! takes off, and the transaction stays in the batch. The 0500 carries the
 //! terminal's counts and amounts (fields 74-77 and 86-89 of ISO 8583:1987) and its batch
