@@ -7,6 +7,7 @@
 mod audit_cli;
 mod books;
 mod cli;
+mod cluster;
 mod deploy;
 mod integrity;
 mod interop;

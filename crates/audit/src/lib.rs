@@ -25,6 +25,7 @@ pub mod payload;
 pub mod query;
 pub mod reader;
 pub mod record;
+pub mod tail;
 mod waiter;
 
 pub use error::{AuditError, Result};
@@ -39,3 +40,4 @@ pub use record::{
     additional_amount, protect, FieldTexts, Outcome, PairRecord, PartialAmount, ProtectedMessage,
     ProtectedPan, ShortText,
 };
+pub use tail::{read_frame, ChainCheck, Tail};

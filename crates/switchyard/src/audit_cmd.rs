@@ -18,15 +18,22 @@ use switchyard_audit::{
 use switchyard_iso8583::datetime::Civil;
 use switchyard_router::saf::{EntryState, SafEntry};
 
-use crate::codec_cmd::{fail, CmdResult, EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_USAGE};
+use crate::codec_cmd::{
+    fail, CmdResult, EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
     /// Check every record's CRC, sequence number and keyed chain; exit 65 at the first problem.
     Verify {
         /// The audit log directory.
+        #[arg(long, required_unless_present = "stream", conflicts_with = "stream")]
+        dir: Option<PathBuf>,
+        /// Or the audit stream: a NATS server URL; each instance's chain verified on its own.
         #[arg(long)]
-        dir: PathBuf,
+        stream: Option<String>,
+        #[command(flatten)]
+        source: StreamArgs,
         #[command(flatten)]
         key: ChainKeyArgs,
     },
@@ -241,15 +248,23 @@ pub(crate) fn audit_failure(e: AuditError) -> crate::codec_cmd::Failure {
 
 pub fn run(command: AuditCommand) -> CmdResult {
     match command {
-        AuditCommand::Verify { dir, key } => {
-            let source = key_source(
+        AuditCommand::Verify {
+            dir,
+            stream,
+            source,
+            key,
+        } => {
+            let key_source = key_source(
                 &key.chain_key_file,
                 &key.chain_key_env,
                 key.demo_keys,
                 "chain",
             )
             .map_err(fail(EX_USAGE))?;
-            let key = ChainKey::load(&source).map_err(audit_failure)?;
+            let key = ChainKey::load(&key_source).map_err(audit_failure)?;
+            let Some(dir) = dir else {
+                return verify_stream(&source.config(stream.unwrap_or_default()), &key);
+            };
             let report = switchyard_audit::verify(&dir, &key).map_err(audit_failure)?;
             let range = match (report.first_seq, report.last_seq) {
                 (Some(a), Some(b)) => format!("sequence {a}..={b}"),
@@ -366,6 +381,107 @@ impl ReadArgs {
             },
         };
         switchyard_router::saf::history(&dir, Some(chain)).map_err(audit_failure)
+    }
+}
+
+/// Where the audit stream is (`--stream URL`).
+#[derive(Args, Debug)]
+pub struct StreamArgs {
+    /// The stream's name.
+    #[arg(long, default_value = "SWITCHYARD_AUDIT")]
+    stream_name: String,
+    /// The audit subjects' prefix.
+    #[arg(long, default_value = "switchyard.audit")]
+    stream_subject: String,
+    /// A NATS credentials file.
+    #[arg(long)]
+    stream_credentials: Option<PathBuf>,
+    /// A CA certificate to trust for TLS to the server.
+    #[arg(long)]
+    stream_tls_ca: Option<PathBuf>,
+}
+
+impl StreamArgs {
+    fn config(&self, server: String) -> switchyard_cluster::ClusterConfig {
+        let mut c =
+            switchyard_cluster::ClusterConfig::new(vec![server], "audit-cli", PathBuf::new());
+        c.audit_stream.clone_from(&self.stream_name);
+        c.audit_subject.clone_from(&self.stream_subject);
+        c.credentials_file.clone_from(&self.stream_credentials);
+        c.tls_ca_file.clone_from(&self.stream_tls_ca);
+        c
+    }
+}
+
+/// `audit verify --stream`: every instance's records in the stream, each instance's chain
+/// checked on its own (sequence numbers in order, none missing or repeated, chain values).
+fn verify_stream(config: &switchyard_cluster::ClusterConfig, key: &ChainKey) -> CmdResult {
+    struct Instance<'k> {
+        check: switchyard_audit::ChainCheck<'k>,
+        first: u64,
+        last: u64,
+        failure: Option<String>,
+    }
+    let mut instances: BTreeMap<String, Instance<'_>> = BTreeMap::new();
+    let read = crate::keys_cmd::runtime()?
+        .block_on(switchyard_cluster::read_audit_stream(
+            config,
+            |instance, frame| {
+                let i = instances
+                    .entry(instance.to_string())
+                    .or_insert_with(|| Instance {
+                        check: switchyard_audit::ChainCheck::new(key),
+                        first: 0,
+                        last: 0,
+                        failure: None,
+                    });
+                if i.failure.is_some() {
+                    return;
+                }
+                match i.check.check(frame) {
+                    Ok(seq) => {
+                        if i.first == 0 {
+                            i.first = seq;
+                        }
+                        i.last = seq;
+                    }
+                    Err(e) => i.failure = Some(format!("after record {}: {e}", i.last)),
+                }
+            },
+        ))
+        .map_err(|e| fail(EX_UNAVAILABLE)(e.into()))?;
+    let mut out = std::io::stdout().lock();
+    let mut failed = Vec::new();
+    for (name, i) in &instances {
+        let anchored = i
+            .check
+            .anchored_at
+            .map(|s| format!(" (the stream starts at record {s}: chained from there)"))
+            .unwrap_or_default();
+        let line = match &i.failure {
+            None => format!(
+                "ok: instance {name}: {} records verified (sequence {}..={}){anchored}",
+                i.check.records, i.first, i.last
+            ),
+            Some(f) => {
+                failed.push(name.clone());
+                format!("FAILED: instance {name}: {f}")
+            }
+        };
+        written(writeln!(out, "{line}"))?;
+    }
+    written(writeln!(
+        out,
+        "{read} records of {} instances in stream {}",
+        instances.len(),
+        config.audit_stream
+    ))?;
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(fail(EX_DATAERR)(anyhow!(
+            "the audit stream does not verify for {}",
+            failed.join(", ")
+        ))),
     }
 }
 

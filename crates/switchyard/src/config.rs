@@ -99,6 +99,91 @@ pub struct Config {
     /// The merchant and terminal registry.
     #[serde(default)]
     pub registry: RegistrySection,
+    /// Several instances as one switch (NATS JetStream): the audit stream.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: this instance's place in a group of instances on NATS JetStream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// NATS server URLs.
+    pub servers: Vec<String>,
+    /// This instance's id (unique in the group), or...
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// ...the environment variable holding it (a StatefulSet's pod name, `sw-0`).
+    #[serde(default)]
+    pub instance_env: Option<String>,
+    /// A NATS credentials file.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// A CA certificate to trust for TLS to the servers (TLS then required).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// The audit stream (default `SWITCHYARD_AUDIT`).
+    #[serde(default)]
+    pub audit_stream: Option<String>,
+    /// The audit subjects' prefix (default `switchyard.audit`).
+    #[serde(default)]
+    pub audit_subject: Option<String>,
+    /// The stream's duplicate window in seconds, when the switch creates it (default 600).
+    #[serde(default)]
+    pub duplicate_window_s: Option<u64>,
+    /// The stream's replicas, when the switch creates it (default 1; 3 on a 3-node cluster).
+    #[serde(default)]
+    pub replicas: Option<usize>,
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub ack_timeout_ms: Option<u64>,
+    /// Publishes waiting for their acknowledgement at most (default 256).
+    #[serde(default)]
+    pub max_pending: Option<usize>,
+}
+
+impl ClusterSection {
+    /// The shipper's configuration, its cursor beside the audit directory.
+    pub fn config(&self, audit_dir: &Path) -> Result<switchyard_cluster::ClusterConfig, String> {
+        let instance = match (&self.instance, &self.instance_env) {
+            (Some(id), None) => id.clone(),
+            (None, Some(var)) => {
+                std::env::var(var).map_err(|_| format!("cluster.instance_env: {var} is not set"))?
+            }
+            _ => return Err("cluster: one of instance or instance_env".into()),
+        };
+        let mut c = switchyard_cluster::ClusterConfig::new(
+            self.servers.clone(),
+            &instance,
+            audit_dir.with_extension("stream-cursor"),
+        );
+        c.credentials_file.clone_from(&self.credentials_file);
+        c.tls_ca_file.clone_from(&self.tls_ca_file);
+        if let Some(v) = &self.audit_stream {
+            c.audit_stream.clone_from(v);
+        }
+        if let Some(v) = &self.audit_subject {
+            c.audit_subject.clone_from(v);
+        }
+        if let Some(v) = self.duplicate_window_s {
+            c.duplicate_window = Duration::from_secs(v);
+        }
+        if let Some(v) = self.replicas {
+            c.replicas = v;
+        }
+        if let Some(v) = self.connect_timeout_ms {
+            c.connect_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = self.ack_timeout_ms {
+            c.ack_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = self.max_pending {
+            c.max_pending = v;
+        }
+        c.check().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -1094,6 +1179,11 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
     check_security(&config, &mut problems);
     if let Err(e) = config.books.partial_amount() {
         problems.push(e);
+    }
+    if let Some(c) = &config.cluster {
+        if let Err(e) = c.config(&config.audit.dir) {
+            problems.push(e);
+        }
     }
     if config.business_day.is_none() {
         for l in config.links.iter().filter(|l| l.settlement_date) {

@@ -148,7 +148,8 @@ impl Opened {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, crate::codec_cmd::Failure> {
+/// A runtime for a command's few network calls.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, crate::codec_cmd::Failure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

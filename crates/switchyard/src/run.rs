@@ -229,6 +229,21 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
         .map_err(|e| fail(EX_IOERR)(anyhow!("audit log: {e}")))?;
     tracing::info!(dir = %plan.audit.dir.display(), next_seq = recovery.next_seq, torn_bytes = recovery.torn_bytes, "audit log open");
     let audit = Arc::new(audit);
+    let (stream_stop, stream_stopped) = tokio::sync::watch::channel(false);
+    let shipper = match &plan.config.cluster {
+        None => None,
+        Some(section) => {
+            let config = section
+                .config(&plan.audit.dir)
+                .map_err(|e| fail(EX_CONFIG)(anyhow!(e)))?;
+            let metrics = switchyard_cluster::ShipperMetrics::new(&telemetry.registry)
+                .map_err(|e| fail(EX_IOERR)(e.into()))?;
+            tracing::info!(instance = %config.instance, subject = %config.instance_subject(), "audit stream on");
+            let shipper = switchyard_cluster::AuditShipper::new(config, audit.clone(), metrics)
+                .map_err(|e| fail(EX_CONFIG)(e.into()))?;
+            Some(tokio::spawn(shipper.run(stream_stopped)))
+        }
+    };
 
     // Simulated issuers first, so that their links can connect at once.
     let mut simulators = Vec::new();
@@ -504,6 +519,11 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
     }
     admin_stop.cancel();
     let flushed = audit.flush().await;
+    // The audit stream records what it has shipped; the rest goes at the next start.
+    let _ = stream_stop.send(true);
+    if let Some(shipper) = shipper {
+        let _ = tokio::time::timeout(Duration::from_secs(2), shipper).await;
+    }
     let closed = audit.close();
     drop(simulators);
     match (flushed, closed) {

@@ -7,6 +7,7 @@
 mod crash;
 mod durability;
 mod pci;
+mod tail;
 mod tamper;
 
 use std::path::Path;
