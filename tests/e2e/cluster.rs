@@ -237,3 +237,112 @@ fn two_instances_ship_every_record_once_through_a_broker_outage() {
     assert_eq!(duplicates, 0.0, "resumed after the stream's last record");
     drop(sims);
 }
+
+/// A 0200 from terminal `tid` with STAN `stan` (the same bytes every time: a retransmission).
+fn purchase(tid: &str, stan: u32, amount: u64) -> bytes::Bytes {
+    let rrn = format!("{stan:012}");
+    crate::switch::financial(
+        "4761730000000119",
+        tid,
+        stan,
+        amount,
+        &[(37, &rrn), (42, "MERCHANT0000001")],
+    )
+}
+
+fn code_and_auth(answer: &switchyard_iso8583::MessageView<'_>) -> (String, String) {
+    let text = |n| answer.field(n).map(|f| f.text()).unwrap_or_default();
+    (text(39), text(38))
+}
+
+/// Two instances share the duplicate window and the reversal index: a retransmission sent
+/// to the other instance while the original is in flight gets 94, and after it the same
+/// answer, and the issuer saw the request once (its ledger says so); a terminal's reversal
+/// sent to the other instance reverses the original at the issuer (quoting the STAN the
+/// issuer saw from the first instance's link).
+#[test]
+fn a_retransmission_or_a_reversal_on_the_other_instance_is_handled_as_one_switch() {
+    use std::sync::atomic::Ordering;
+    let rt = runtime();
+    let mut slow = IssuerSimConfig::approving(crate::switch::spec());
+    slow.delay_min = Duration::from_millis(600);
+    slow.delay_max = Duration::from_millis(600);
+    let sims = issuers(&rt, vec![slow]);
+    let nats = Nats::start();
+    let body = |id: &str| {
+        format!(
+            "spec = \"iso8583-1987-ascii\"\n{}{}{}",
+            cluster_section(&nats, id),
+            link("issuer", sims[0].addr, "timeout_ms = 3000"),
+            route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
+        )
+    };
+    let a = Switch::start(&body("sw-0"));
+    let b = Switch::start(&body("sw-1"));
+    let ledger = &sims[0].ledger;
+    let before = ledger.requests.load(Ordering::Relaxed);
+    let mut on_a = crate::switch::Terminal::connect(a.terminals);
+    let mut on_b = crate::switch::Terminal::connect(b.terminals);
+    let request = purchase("TCLUSTR1", 41, 4_200);
+    on_a.send(&request);
+    std::thread::sleep(Duration::from_millis(200));
+    // In flight on A: B says 94 and forwards nothing.
+    let (code, _) = code_and_auth(&on_b.call(&request));
+    assert_eq!(
+        code,
+        "94",
+        "{}",
+        std::fs::read_to_string(b.config.with_file_name("switchyard.log")).unwrap()
+    );
+    let first = on_a.recv().expect("A answers");
+    let (code, auth) = code_and_auth(&first);
+    assert_eq!(code, "00");
+    assert!(!auth.is_empty());
+    // Answered on A: B answers the same, still without forwarding.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        let (code, auth) = code_and_auth(&on_b.call(&request));
+        if code != "94" || Instant::now() > deadline {
+            break (code, auth);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(again, ("00".to_string(), auth), "the same answer");
+    assert_eq!(
+        ledger.requests.load(Ordering::Relaxed) - before,
+        1,
+        "the issuer saw it once"
+    );
+    // A reversal on B of a purchase A forwarded reverses it at the issuer.
+    let original = purchase("TCLUSTR1", 42, 5_100);
+    assert_eq!(code_and_auth(&on_a.call(&original)).0, "00");
+    std::thread::sleep(Duration::from_millis(300));
+    let reversed_before = ledger.reversed.load(Ordering::Relaxed);
+    let mut reversal = switchyard_iso8583::MessageBuilder::new(
+        crate::switch::spec(),
+        switchyard_iso8583::Mti::parse("0400").unwrap(),
+    );
+    let view = switchyard_iso8583::MessageView::decode(crate::switch::spec(), original).unwrap();
+    for n in [2, 3, 4, 7, 37, 41, 42, 49] {
+        reversal.copy_from(&view, n).unwrap();
+    }
+    reversal.set(11, "000043").unwrap();
+    reversal
+        .set(90, format!("0200000042{}{:022}", "1124093000", 0))
+        .unwrap();
+    assert_eq!(code_and_auth(&on_b.call(&reversal.encode())).0, "00");
+    assert_eq!(
+        ledger.reversed.load(Ordering::Relaxed) - reversed_before,
+        1,
+        "the original found and reversed at the issuer"
+    );
+    let scrape = http_get(b.admin, "/metrics").1;
+    assert!(
+        metric_in(
+            &scrape,
+            "switchyard_shared_state_total",
+            &[("op", "original"), ("result", "ok")]
+        ) >= 1.0
+    );
+    drop(sims);
+}

@@ -16,6 +16,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod shared;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

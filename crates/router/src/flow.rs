@@ -123,6 +123,7 @@ impl<P: IssuerPort> Router<P> {
                 settlement_date: std::collections::HashSet::new(),
                 batches: None,
                 partial_amount: switchyard_audit::PartialAmount::Field4,
+                shared: None,
             },
         })
     }
@@ -141,6 +142,12 @@ impl<P: IssuerPort> Router<P> {
     /// Set field 15 (settlement date) on requests to these links.
     pub fn with_settlement_date(mut self, links: impl IntoIterator<Item = String>) -> Self {
         self.switch.settlement_date = links.into_iter().collect();
+        self
+    }
+
+    /// Share the duplicate window and the reversal index with the group.
+    pub fn with_shared_state(mut self, shared: crate::shared::SharedConfig) -> Self {
+        self.switch.shared = Some(shared);
         self
     }
 

@@ -84,7 +84,8 @@ impl TextKey {
         Some(key)
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    /// The key's bytes (the parts joined by 0x1F).
+    pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
     }
 }
@@ -111,9 +112,9 @@ impl std::fmt::Debug for TextKey {
 }
 
 /// A forwarded request: terminal id, its STAN, field 7.
-type OriginalKey = TextKey;
+pub type OriginalKey = TextKey;
 /// Where it went: the link and the STAN the issuer saw.
-type Original = (ShortText, ShortText);
+pub type Original = (ShortText, ShortText);
 
 /// Identifies a terminal's request for duplicate detection: terminal id, STAN,
 /// transmission date and time, MTI class.
@@ -318,8 +319,7 @@ impl Integrity {
         link: &str,
         issuer_stan: &str,
     ) {
-        let parts = [terminal.as_bytes(), stan.as_bytes(), field7.as_bytes()];
-        let Some(key) = TextKey::of(&parts) else {
+        let Some(key) = Self::forwarded_key(terminal, stan, field7) else {
             return;
         };
         let mut map = self.originals.lock(&key);
@@ -329,6 +329,13 @@ impl Integrity {
     /// For a terminal's reversal (04xx with field 90): the link its original went to and the
     /// STAN the issuer saw.
     pub fn original_of(&self, request: &MessageView<'_>) -> Option<Original> {
+        let key = Self::original_key(request)?;
+        self.originals.lock(&key).get(&key).cloned()
+    }
+
+    /// The key a terminal's reversal names its original by (terminal id, and field 90's
+    /// STAN and transmission time); `None` for anything but a reversal.
+    pub fn original_key(request: &MessageView<'_>) -> Option<OriginalKey> {
         if request.mti().class() != 4 {
             return None;
         }
@@ -339,8 +346,12 @@ impl Integrity {
             f90.get(4..10)?.as_bytes(),
             f90.get(10..20)?.as_bytes(),
         ];
-        let key = TextKey::of(&parts)?;
-        self.originals.lock(&key).get(&key).cloned()
+        TextKey::of(&parts)
+    }
+
+    /// The key a forwarded request is remembered by for its reversal.
+    pub fn forwarded_key(terminal: &str, stan: &str, field7: &str) -> Option<OriginalKey> {
+        TextKey::of(&[terminal.as_bytes(), stan.as_bytes(), field7.as_bytes()])
     }
 
     /// Remember an approval until its answer has surely left (for undelivered answers).

@@ -38,6 +38,7 @@ pub mod registry;
 pub mod routes;
 pub mod saf;
 pub mod security;
+pub mod shared;
 mod stages;
 mod transaction;
 

@@ -99,6 +99,7 @@ pub struct RouterMetrics {
     undelivered: IntCounterVec,
     refused: IntCounterVec,
     rule_hits: IntCounterVec,
+    shared: IntCounterVec,
 }
 
 impl RouterMetrics {
@@ -166,8 +167,13 @@ impl RouterMetrics {
                 Opts::new("switchyard_rule_hits_total", "Abnormal-activity rules that fired, by rule and action (flag or block)."),
                 &["rule", "action"],
             )?,
+            shared: IntCounterVec::new(
+                Opts::new("switchyard_shared_state_total", "Operations on the group's shared state (duplicate window, reversal index), by operation and result (ok, unreachable)."),
+                &["op", "result"],
+            )?,
         };
         m.start_at_zero();
+        registry.register(Box::new(m.shared.clone()))?;
         registry.register(Box::new(m.refused.clone()))?;
         registry.register(Box::new(m.rule_hits.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
@@ -203,6 +209,12 @@ impl RouterMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// A shared-state operation and how it went.
+    pub(crate) fn shared(&self, op: &str, ok: bool) {
+        let result = if ok { "ok" } else { "unreachable" };
+        self.shared.with_label_values(&[op, result]).inc();
+    }
+
     pub(crate) fn issuer_latency(&self, link: &str, elapsed: Duration) {
         self.issuer_duration
             .with_label_values(&[link])
@@ -218,6 +230,11 @@ impl RouterMetrics {
         for rule in RULES {
             for action in ["flag", "block"] {
                 self.rule_hits.with_label_values(&[rule, action]);
+            }
+        }
+        for op in ["claim", "settle", "forwarded", "original"] {
+            for result in ["ok", "unreachable"] {
+                self.shared.with_label_values(&[op, result]);
             }
         }
     }

@@ -86,6 +86,8 @@ pub struct Transaction<'a, P> {
     pub registry: Option<&'a Registry>,
     /// The duplicate-detection entry to complete with the answer.
     pub duplicate: Option<DuplicateKey>,
+    /// The group's duplicate window has this request as this instance's (settle it).
+    pub shared_claim: bool,
     /// Where it goes.
     pub route: Option<ChosenRoute<'a, P>>,
     /// The request in the issuer's dialect.
@@ -133,6 +135,7 @@ impl<'a, P: IssuerPort> Transaction<'a, P> {
             routes,
             registry,
             duplicate: None,
+            shared_claim: false,
             route: None,
             outbound: None,
             forwarded: None,

@@ -128,9 +128,10 @@ pub struct ClusterSection {
     /// The audit subjects' prefix (default `switchyard.audit`).
     #[serde(default)]
     pub audit_subject: Option<String>,
-    /// The stream's duplicate window in seconds, when the switch creates it (default 600).
+    /// The audit stream's duplicate window in seconds, when the switch creates it
+    /// (default 600).
     #[serde(default)]
-    pub duplicate_window_s: Option<u64>,
+    pub stream_duplicate_window_s: Option<u64>,
     /// The stream's replicas, when the switch creates it (default 1; 3 on a 3-node cluster).
     #[serde(default)]
     pub replicas: Option<usize>,
@@ -141,6 +142,31 @@ pub struct ClusterSection {
     /// Publishes waiting for their acknowledgement at most (default 256).
     #[serde(default)]
     pub max_pending: Option<usize>,
+    /// Share the duplicate window and the reversal index with the group (default on;
+    /// needs `[integrity]`).
+    #[serde(default = "default_true")]
+    pub shared_state: bool,
+    /// How long a shared-state operation may take before the broker counts as unreachable.
+    #[serde(default = "default_shared_timeout")]
+    pub shared_timeout_ms: u64,
+    /// Then: `continue` with this instance's own view (counted) or `fail-closed` (91).
+    #[serde(default)]
+    pub when_unreachable: WhenUnreachableSetting,
+}
+
+fn default_shared_timeout() -> u64 {
+    250
+}
+
+/// `[cluster] when_unreachable`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenUnreachableSetting {
+    /// This instance's own view.
+    #[default]
+    Continue,
+    /// 91.
+    FailClosed,
 }
 
 impl ClusterSection {
@@ -166,7 +192,7 @@ impl ClusterSection {
         if let Some(v) = &self.audit_subject {
             c.audit_subject.clone_from(v);
         }
-        if let Some(v) = self.duplicate_window_s {
+        if let Some(v) = self.stream_duplicate_window_s {
             c.duplicate_window = Duration::from_secs(v);
         }
         if let Some(v) = self.replicas {
@@ -1183,6 +1209,9 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
     if let Some(c) = &config.cluster {
         if let Err(e) = c.config(&config.audit.dir) {
             problems.push(e);
+        }
+        if c.shared_state && !config.integrity.enabled {
+            problems.push("cluster.shared_state: needs [integrity] (the duplicate window and reversal index it shares)".into());
         }
     }
     if config.business_day.is_none() {

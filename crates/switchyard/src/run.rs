@@ -319,6 +319,29 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
         Some(i) => router.with_integrity(i.clone()),
         None => router,
     };
+    let router = match (&plan.config.cluster, &integrity) {
+        (Some(section), Some(i)) if section.shared_state => {
+            let config = section
+                .config(&plan.audit.dir)
+                .map_err(|e| fail(EX_CONFIG)(anyhow!(e)))?;
+            let state = switchyard_cluster::shared::JetStreamState::new(config, i.duplicate_window);
+            let policy = match section.when_unreachable {
+                config::WhenUnreachableSetting::Continue => {
+                    switchyard_router::shared::WhenUnreachable::Continue
+                }
+                config::WhenUnreachableSetting::FailClosed => {
+                    switchyard_router::shared::WhenUnreachable::FailClosed
+                }
+            };
+            tracing::info!(policy = ?policy, "duplicate window and reversal index shared with the group");
+            router.with_shared_state(switchyard_router::shared::SharedConfig::new(
+                Arc::new(state),
+                Duration::from_millis(section.shared_timeout_ms),
+                policy,
+            ))
+        }
+        _ => router,
+    };
     let partial = plan
         .config
         .books

@@ -7,7 +7,8 @@ use switchyard_iso8583::MessageView;
 
 use super::{Stage, Switch};
 use crate::flow::IssuerPort;
-use crate::integrity::Duplicate;
+use crate::integrity::{Duplicate, DuplicateKey};
+use crate::shared::{Claim, SharedConfig, WhenUnreachable};
 use crate::transaction::{Step, Transaction};
 
 /// Requests seen before.
@@ -23,7 +24,10 @@ impl<P: IssuerPort> Stage<P> for DuplicateCheck {
             Duplicate::NotChecked => Step::Continue(()),
             Duplicate::Fresh(key) => {
                 tx.duplicate = Some(key);
-                Step::Continue(())
+                match &switch.shared {
+                    Some(shared) => claim_in_group(switch, shared, tx, key).await,
+                    None => Step::Continue(()),
+                }
             }
             Duplicate::InFlight => tx.answer_code(b"94", Outcome::Duplicate),
             Duplicate::Answered(previous) => {
@@ -31,6 +35,51 @@ impl<P: IssuerPort> Stage<P> for DuplicateCheck {
                 tx.answer_with(previous, Outcome::Duplicate)
             }
         }
+    }
+}
+
+/// A request fresh here, claimed in the group: the first instance to claim it forwards it;
+/// another has it in flight (94) or answered it (the same answer). Unreachable: the policy.
+async fn claim_in_group<P: IssuerPort>(
+    switch: &Switch<P>,
+    shared: &SharedConfig,
+    tx: &mut Transaction<'_, P>,
+    key: DuplicateKey,
+) -> Step {
+    let claimed = shared.within(shared.state.claim(key.as_bytes())).await;
+    switch.metrics.shared("claim", claimed.is_ok());
+    let forget = |tx: &mut Transaction<'_, P>| {
+        if let (Some(i), Some(k)) = (&switch.integrity, tx.duplicate.take()) {
+            i.finish(k, None);
+        }
+    };
+    match claimed {
+        Ok(Claim::Ours) => {
+            tx.shared_claim = true;
+            Step::Continue(())
+        }
+        Ok(Claim::InFlight) => {
+            forget(tx);
+            tx.answer_code(b"94", Outcome::Duplicate)
+        }
+        Ok(Claim::Answered(answer)) => {
+            forget(tx);
+            let again = answer
+                .answer_to(&tx.received)
+                .and_then(|b| MessageView::decode(tx.received.spec(), b).ok());
+            tx.answer_with(again, Outcome::Duplicate)
+        }
+        Err(why) => match shared.when_unreachable {
+            WhenUnreachable::Continue => {
+                tracing::warn!(reason = %why.0, "shared duplicate window unreachable: this instance's view only");
+                Step::Continue(())
+            }
+            WhenUnreachable::FailClosed => {
+                tracing::warn!(reason = %why.0, "shared duplicate window unreachable: 91");
+                forget(tx);
+                tx.answer_code(b"91", Outcome::LinkDown)
+            }
+        },
     }
 }
 

@@ -73,6 +73,8 @@ pub struct Switch<P> {
     pub(crate) batches: Option<Arc<crate::batch::BatchBook>>,
     /// Where the terminals' dialect carries a partial approval's amount.
     pub(crate) partial_amount: switchyard_audit::PartialAmount,
+    /// The group's shared state (none: a single instance).
+    pub(crate) shared: Option<crate::shared::SharedConfig>,
 }
 
 impl<P> std::fmt::Debug for Switch<P> {

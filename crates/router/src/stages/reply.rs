@@ -4,6 +4,7 @@
 
 use super::{Stage, Switch};
 use crate::flow::IssuerPort;
+use crate::shared::SharedAnswer;
 use crate::transaction::{Step, Transaction};
 
 /// The duplicate window and the metrics.
@@ -17,6 +18,21 @@ impl<P: IssuerPort> Stage<P> for Reply {
         };
         if let (Some(integrity), Some(key)) = (&switch.integrity, tx.duplicate.take()) {
             integrity.finish(key, answer.response.as_ref().map(|a| a.buffer()));
+            if let (true, Some(shared)) = (tx.shared_claim, &switch.shared) {
+                // The group learns the answer without the terminal waiting for it: a
+                // retransmission elsewhere meanwhile is told 94, then this answer.
+                let kept = answer
+                    .response
+                    .as_ref()
+                    .and_then(|a| SharedAnswer::of(&tx.received, a));
+                let (shared, metrics) = (shared.clone(), switch.metrics.clone());
+                tokio::spawn(async move {
+                    let settled = shared
+                        .within(shared.state.settle(key.as_bytes(), kept))
+                        .await;
+                    metrics.shared("settle", settled.is_ok());
+                });
+            }
         }
         switch.metrics.observe(
             tx.listener,

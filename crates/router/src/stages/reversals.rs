@@ -35,6 +35,17 @@ impl<P: IssuerPort> Stage<P> for Reversals {
                     .unwrap_or_default();
                 let issuer_stan = pair.issuer_stan.as_ref().unwrap_or(s);
                 integrity.forwarded(t, s, &f7, route.link_name, issuer_stan);
+                let key = crate::integrity::Integrity::forwarded_key(t, s, &f7);
+                if let (Some(shared), Some(key)) = (&switch.shared, key) {
+                    let (shared, metrics) = (shared.clone(), switch.metrics.clone());
+                    let (link, issuer_stan) =
+                        (route.link_name.to_string(), issuer_stan.to_string());
+                    tokio::spawn(async move {
+                        let op = shared.state.forwarded(key.as_bytes(), &link, &issuer_stan);
+                        let kept = shared.within(op).await;
+                        metrics.shared("forwarded", kept.is_ok());
+                    });
+                }
             }
         }
         let basis = |kept: Option<ReversalBasis>| {

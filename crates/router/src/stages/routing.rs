@@ -16,10 +16,34 @@ pub(crate) struct Routing;
 
 impl<P: IssuerPort> Stage<P> for Routing {
     async fn run<'a>(&self, switch: &'a Switch<P>, tx: &mut Transaction<'a, P>) -> Step {
-        let original = switch
+        let mut original = switch
             .integrity
             .as_ref()
             .and_then(|i| i.original_of(tx.request()));
+        if let (None, Some(shared), Some(key)) = (
+            &original,
+            &switch.shared,
+            crate::integrity::Integrity::original_key(tx.request()),
+        ) {
+            // A reversal of a request another instance forwarded.
+            let found = shared.within(shared.state.original(key.as_bytes())).await;
+            switch.metrics.shared("original", found.is_ok());
+            match found {
+                Ok(o) => {
+                    original =
+                        o.map(|(l, s)| (ShortText::from(l.as_str()), ShortText::from(s.as_str())))
+                }
+                Err(why)
+                    if shared.when_unreachable == crate::shared::WhenUnreachable::FailClosed =>
+                {
+                    tracing::warn!(reason = %why.0, "shared reversal index unreachable: 91");
+                    return tx.answer_code(b"91", Outcome::LinkDown);
+                }
+                Err(why) => {
+                    tracing::warn!(reason = %why.0, "shared reversal index unreachable: routed by its card");
+                }
+            }
+        }
         let routes = tx.routes;
         let (name, link, stand_in) = match &original {
             Some((link, issuer_stan)) => {

@@ -111,6 +111,7 @@ impl Fixture {
             settlement_date: std::collections::HashSet::new(),
             batches: None,
             partial_amount: switchyard_audit::PartialAmount::Field4,
+            shared: None,
         };
         Fixture {
             registry: options

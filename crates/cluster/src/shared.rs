@@ -1,0 +1,258 @@
+//! The group's shared state on JetStream key-value buckets: the duplicate window
+//! (`<prefix>_duplicates`, entries kept for the duplicate window) and the reversal index
+//! (`<prefix>_originals`, a day). Keys are the router's keys in hex (terminal ids, STANs,
+//! transmission times: no card data); values are small JSON documents.
+//!
+//! A claim is a `create` (atomic: it fails when the key exists), so the first instance to
+//! claim a request wins. An in-flight claim older than [`STALE_CLAIM`] (its instance died
+//! with it) is taken over with a compare-and-set on its revision.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use switchyard_router::shared::{Claim, SharedAnswer, SharedFuture, SharedState, Unreachable};
+use tokio::sync::OnceCell;
+
+use crate::{connect, ClusterConfig};
+
+/// An in-flight claim older than this is an instance's that died with the request.
+pub const STALE_CLAIM: Duration = Duration::from_secs(120);
+
+/// How long the reversal index keeps where a request went.
+const ORIGINALS_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// One claim or answer, as the bucket holds it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+enum Entry {
+    InFlight { instance: String, at_ms: u64 },
+    Answered(SharedAnswer),
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Original {
+    link: String,
+    issuer_stan: String,
+}
+
+/// The buckets, opened (or created) at first use.
+#[derive(Debug)]
+struct Buckets {
+    duplicates: kv::Store,
+    originals: kv::Store,
+}
+
+/// The group's shared state on JetStream.
+#[derive(Debug)]
+pub struct JetStreamState {
+    config: ClusterConfig,
+    duplicate_window: Duration,
+    buckets: OnceCell<Buckets>,
+}
+
+fn unreachable(what: &str) -> impl Fn(String) -> Unreachable + '_ {
+    move |e| Unreachable(format!("{what}: {e}"))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn hex(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl JetStreamState {
+    /// Shared state for the group `config` names; answers kept for `duplicate_window`.
+    pub fn new(config: ClusterConfig, duplicate_window: Duration) -> JetStreamState {
+        JetStreamState {
+            config,
+            duplicate_window,
+            buckets: OnceCell::new(),
+        }
+    }
+
+    async fn buckets(&self) -> Result<&Buckets, Unreachable> {
+        self.buckets
+            .get_or_try_init(|| async {
+                let client = connect(&self.config)
+                    .await
+                    .map_err(|e| Unreachable(e.to_string()))?;
+                let js = jetstream::ContextBuilder::new()
+                    .timeout(self.config.ack_timeout)
+                    .build(client);
+                let prefix = self.config.audit_stream.to_ascii_lowercase();
+                let duplicates = bucket(
+                    &js,
+                    &format!("{prefix}_duplicates"),
+                    self.duplicate_window,
+                    self.config.replicas,
+                )
+                .await?;
+                let originals = bucket(
+                    &js,
+                    &format!("{prefix}_originals"),
+                    ORIGINALS_TTL,
+                    self.config.replicas,
+                )
+                .await?;
+                Ok(Buckets {
+                    duplicates,
+                    originals,
+                })
+            })
+            .await
+    }
+
+    fn in_flight(&self) -> Result<Bytes, Unreachable> {
+        let entry = Entry::InFlight {
+            instance: self.config.instance.clone(),
+            at_ms: now_ms(),
+        };
+        serde_json::to_vec(&entry)
+            .map(Bytes::from)
+            .map_err(|e| Unreachable(e.to_string()))
+    }
+
+    async fn claim_key(&self, key: &[u8]) -> Result<Claim, Unreachable> {
+        let b = self.buckets().await?;
+        let key = hex(key);
+        for _ in 0..3 {
+            match b.duplicates.create(&key, self.in_flight()?).await {
+                Ok(_) => return Ok(Claim::Ours),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(unreachable("claim")(e.to_string())),
+            }
+            let Some(found) = b
+                .duplicates
+                .entry(key.clone())
+                .await
+                .map_err(|e| unreachable("claim")(e.to_string()))?
+            else {
+                continue; // deleted meanwhile: claim again
+            };
+            if found.operation != kv::Operation::Put {
+                continue;
+            }
+            match serde_json::from_slice::<Entry>(&found.value) {
+                Ok(Entry::Answered(a)) => return Ok(Claim::Answered(a)),
+                Ok(Entry::InFlight { at_ms, .. })
+                    if now_ms().saturating_sub(at_ms) > STALE_CLAIM.as_millis() as u64 =>
+                {
+                    // Its instance died with it: take it over, if no one else did first.
+                    match b
+                        .duplicates
+                        .update(&key, self.in_flight()?, found.revision)
+                        .await
+                    {
+                        Ok(_) => return Ok(Claim::Ours),
+                        Err(_) => continue,
+                    }
+                }
+                Ok(Entry::InFlight { .. }) => return Ok(Claim::InFlight),
+                Err(e) => return Err(unreachable("claim")(format!("entry: {e}"))),
+            }
+        }
+        Ok(Claim::InFlight)
+    }
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, Unreachable> {
+    use jetstream::stream::{Config, DiscardPolicy, StorageType};
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    // The bucket's stream as a key-value bucket is made (the client's own
+    // `create_key_value` first asks for account details a 2.9 server does not give).
+    js.get_or_create_stream(Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: DiscardPolicy::New,
+        duplicate_window: max_age.min(Duration::from_secs(120)),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| unreachable("bucket")(e.to_string()))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| unreachable("bucket")(e.to_string()))
+}
+
+impl SharedState for JetStreamState {
+    fn claim<'a>(&'a self, key: &'a [u8]) -> SharedFuture<'a, Claim> {
+        Box::pin(self.claim_key(key))
+    }
+
+    fn settle<'a>(&'a self, key: &'a [u8], answer: Option<SharedAnswer>) -> SharedFuture<'a, ()> {
+        Box::pin(async move {
+            let b = self.buckets().await?;
+            let key = hex(key);
+            match answer {
+                Some(a) => {
+                    let value = serde_json::to_vec(&Entry::Answered(a))
+                        .map_err(|e| Unreachable(e.to_string()))?;
+                    b.duplicates
+                        .put(&key, Bytes::from(value))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| unreachable("settle")(e.to_string()))
+                }
+                None => b
+                    .duplicates
+                    .delete(&key)
+                    .await
+                    .map_err(|e| unreachable("settle")(e.to_string())),
+            }
+        })
+    }
+
+    fn forwarded<'a>(
+        &'a self,
+        key: &'a [u8],
+        link: &'a str,
+        issuer_stan: &'a str,
+    ) -> SharedFuture<'a, ()> {
+        Box::pin(async move {
+            let b = self.buckets().await?;
+            let value = serde_json::to_vec(&Original {
+                link: link.to_string(),
+                issuer_stan: issuer_stan.to_string(),
+            })
+            .map_err(|e| Unreachable(e.to_string()))?;
+            b.originals
+                .put(hex(key), Bytes::from(value))
+                .await
+                .map(|_| ())
+                .map_err(|e| unreachable("forwarded")(e.to_string()))
+        })
+    }
+
+    fn original<'a>(&'a self, key: &'a [u8]) -> SharedFuture<'a, Option<(String, String)>> {
+        Box::pin(async move {
+            let b = self.buckets().await?;
+            let found = b
+                .originals
+                .get(hex(key))
+                .await
+                .map_err(|e| unreachable("original")(e.to_string()))?;
+            Ok(found
+                .and_then(|v| serde_json::from_slice::<Original>(&v).ok())
+                .map(|o| (o.link, o.issuer_stan)))
+        })
+    }
+}
