@@ -93,13 +93,16 @@ fn alerts_and_dashboard_use_only_metrics_the_switch_exports() {
         .local_addr()
         .unwrap()
         .port();
+    // The audit stream on (its metrics), on a real nats-server.
+    let nats = crate::cluster::Nats::start();
     let body = format!(
-        "[registry]\nfile = \"{}\"\n\
+        "{}[registry]\nfile = \"{}\"\n\
          [[listeners]]\nname = \"terminals-tls\"\nlisten = \"127.0.0.1:{tls_port}\"\n[listeners.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
          [[links]]\nname = \"approver\"\nendpoints = [\"{}\"]\n\
          [[links]]\nname = \"silent\"\nendpoints = [\"{}\"]\ntimeout_ms = 200\n\
          [[routes]]\nname = \"visa\"\nbins = [\"4000\"]\nlink = \"approver\"\n\
          [[routes]]\nname = \"visa-big\"\nbins = [\"4\"]\nlink = \"silent\"\n",
+        crate::cluster::cluster_section(&nats, "sw-deploy"),
         registry.display(),
         cert_path.display(),
         key_path.display(),

@@ -129,4 +129,90 @@ mod tests {
             assert!(tx.answer.is_none());
         }
     }
+
+    fn shared(
+        f: &mut Fixture,
+        state: std::sync::Arc<crate::stages::testing::MemoryShared>,
+        when: WhenUnreachable,
+    ) {
+        let timeout = std::time::Duration::from_millis(100);
+        f.switch.shared = Some(SharedConfig::new(state, timeout, when));
+    }
+
+    /// Two instances on one shared window: the second sees the first's request in flight
+    /// (94), then its answer (the same code and authorisation id, built for the request).
+    #[tokio::test]
+    async fn a_request_another_instance_has_is_answered_from_the_group() {
+        let state = std::sync::Arc::new(crate::stages::testing::MemoryShared::default());
+        let (mut one, mut two) = (Fixture::new(), Fixture::new());
+        shared(&mut one, state.clone(), WhenUnreachable::Continue);
+        shared(&mut two, state.clone(), WhenUnreachable::Continue);
+        let req = request("0200", "4761730000000119", 1000, 7);
+        let mut first = one.transaction(req.clone());
+        assert!(DuplicateCheck
+            .run(&one.switch, &mut first)
+            .await
+            .is_continue());
+        assert!(first.shared_claim);
+        let mut elsewhere = two.transaction(req.clone());
+        assert!(DuplicateCheck
+            .run(&two.switch, &mut elsewhere)
+            .await
+            .is_break());
+        assert_eq!(
+            elsewhere.answered(),
+            Some((Some("94".into()), Outcome::Duplicate))
+        );
+        let mut b = switchyard_iso8583::MessageBuilder::new(req.spec(), req.mti());
+        b.respond_to(&req, b"00")
+            .unwrap()
+            .set(38, "A1B2C3")
+            .unwrap();
+        let answer = MessageView::decode(req.spec(), b.encode()).unwrap();
+        let kept = crate::shared::SharedAnswer::of(&req, &answer).unwrap();
+        use crate::shared::SharedState;
+        let key = first.duplicate.unwrap();
+        state.settle(key.as_bytes(), Some(kept)).await.unwrap();
+        let mut later = two.transaction(req);
+        assert!(DuplicateCheck.run(&two.switch, &mut later).await.is_break());
+        assert_eq!(
+            later.answered(),
+            Some((Some("00".into()), Outcome::Duplicate))
+        );
+        let again = later
+            .answer
+            .as_ref()
+            .and_then(|a| a.response.as_ref())
+            .unwrap();
+        assert_eq!(again.field(38).map(|f| f.text()).as_deref(), Some("A1B2C3"));
+        assert_eq!(again.field(11).map(|f| f.text()).as_deref(), Some("000007"));
+    }
+
+    /// The broker down: fail closed answers 91 and forgets the request here (its repeat is
+    /// handled afresh); continue forwards on this instance's own view.
+    #[tokio::test]
+    async fn an_unreachable_group_fails_closed_or_continues_as_configured() {
+        let down = std::sync::Arc::new(crate::stages::testing::MemoryShared {
+            down: true,
+            ..Default::default()
+        });
+        let mut closed = Fixture::new();
+        shared(&mut closed, down.clone(), WhenUnreachable::FailClosed);
+        let req = request("0200", "4761730000000119", 1000, 9);
+        let mut tx = closed.transaction(req.clone());
+        assert!(DuplicateCheck.run(&closed.switch, &mut tx).await.is_break());
+        assert_eq!(tx.answered(), Some((Some("91".into()), Outcome::LinkDown)));
+        assert!(
+            matches!(closed.integrity().begin(&req), Duplicate::Fresh(_)),
+            "forgotten"
+        );
+        let mut open = Fixture::new();
+        shared(&mut open, down, WhenUnreachable::Continue);
+        let mut tx = open.transaction(req);
+        assert!(DuplicateCheck
+            .run(&open.switch, &mut tx)
+            .await
+            .is_continue());
+        assert!(!tx.shared_claim);
+    }
 }

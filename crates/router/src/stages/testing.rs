@@ -221,3 +221,65 @@ pub(crate) fn request_with(
     }
     MessageView::decode(spec(), b.encode()).unwrap()
 }
+
+/// A group's shared state in memory (what `switchyard-cluster` keeps on JetStream), or
+/// one that cannot be reached.
+#[derive(Debug, Default)]
+pub struct MemoryShared {
+    pub down: bool,
+    pub claims: Mutex<std::collections::HashMap<Vec<u8>, Option<crate::shared::SharedAnswer>>>,
+}
+
+impl crate::shared::SharedState for MemoryShared {
+    fn claim<'a>(&'a self, key: &'a [u8]) -> crate::shared::SharedFuture<'a, crate::shared::Claim> {
+        use crate::shared::Claim;
+        let result = match self.down {
+            true => Err(crate::shared::Unreachable("down".into())),
+            false => {
+                let mut claims = self.claims.lock().unwrap();
+                Ok(match claims.get(key) {
+                    None => {
+                        claims.insert(key.to_vec(), None);
+                        Claim::Ours
+                    }
+                    Some(None) => Claim::InFlight,
+                    Some(Some(a)) => Claim::Answered(a.clone()),
+                })
+            }
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        key: &'a [u8],
+        answer: Option<crate::shared::SharedAnswer>,
+    ) -> crate::shared::SharedFuture<'a, ()> {
+        let mut claims = self.claims.lock().unwrap();
+        match answer {
+            Some(a) => {
+                claims.insert(key.to_vec(), Some(a));
+            }
+            None => {
+                claims.remove(key);
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn forwarded<'a>(
+        &'a self,
+        _: &'a [u8],
+        _: &'a str,
+        _: &'a str,
+    ) -> crate::shared::SharedFuture<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn original<'a>(
+        &'a self,
+        _: &'a [u8],
+    ) -> crate::shared::SharedFuture<'a, Option<(String, String)>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+}
