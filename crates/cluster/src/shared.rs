@@ -177,7 +177,7 @@ async fn bucket(
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
         max_age,
-        storage: StorageType::File,
+        storage: StorageType::Memory,
         num_replicas: replicas,
         allow_rollup: true,
         deny_delete: true,

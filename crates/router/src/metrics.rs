@@ -20,6 +20,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
+/// Shared-state operations: 50 µs to 250 ms (the default timeout).
+const SHARED_BUCKETS: [f64; 12] = [
+    0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25,
+];
+
 const KNOWN_MTIS: &[&str] = &[
     "0100", "0101", "0120", "0121", "0200", "0201", "0220", "0221", "0400", "0401", "0420", "0421",
     "0800", "0810", "0110", "0210", "0410", "0430",
@@ -100,6 +105,7 @@ pub struct RouterMetrics {
     refused: IntCounterVec,
     rule_hits: IntCounterVec,
     shared: IntCounterVec,
+    shared_duration: HistogramVec,
 }
 
 impl RouterMetrics {
@@ -171,9 +177,18 @@ impl RouterMetrics {
                 Opts::new("switchyard_shared_state_total", "Operations on the group's shared state (duplicate window, reversal index), by operation and result (ok, unreachable)."),
                 &["op", "result"],
             )?,
+            shared_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "switchyard_shared_state_duration_seconds",
+                    "Time of an operation on the group's shared state, by operation (a claim is on every request's path).",
+                )
+                .buckets(SHARED_BUCKETS.to_vec()),
+                &["op"],
+            )?,
         };
         m.start_at_zero();
         registry.register(Box::new(m.shared.clone()))?;
+        registry.register(Box::new(m.shared_duration.clone()))?;
         registry.register(Box::new(m.refused.clone()))?;
         registry.register(Box::new(m.rule_hits.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
@@ -209,10 +224,13 @@ impl RouterMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// A shared-state operation and how it went.
-    pub(crate) fn shared(&self, op: &str, ok: bool) {
+    /// A shared-state operation, how it went and how long it took.
+    pub(crate) fn shared(&self, op: &str, ok: bool, took: Duration) {
         let result = if ok { "ok" } else { "unreachable" };
         self.shared.with_label_values(&[op, result]).inc();
+        self.shared_duration
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
     }
 
     pub(crate) fn issuer_latency(&self, link: &str, elapsed: Duration) {

@@ -46,8 +46,11 @@ async fn claim_in_group<P: IssuerPort>(
     tx: &mut Transaction<'_, P>,
     key: DuplicateKey,
 ) -> Step {
+    let started = std::time::Instant::now();
     let claimed = shared.within(shared.state.claim(key.as_bytes())).await;
-    switch.metrics.shared("claim", claimed.is_ok());
+    switch
+        .metrics
+        .shared("claim", claimed.is_ok(), started.elapsed());
     let forget = |tx: &mut Transaction<'_, P>| {
         if let (Some(i), Some(k)) = (&switch.integrity, tx.duplicate.take()) {
             i.finish(k, None);

@@ -27,10 +27,11 @@ impl<P: IssuerPort> Stage<P> for Reply {
                     .and_then(|a| SharedAnswer::of(&tx.received, a));
                 let (shared, metrics) = (shared.clone(), switch.metrics.clone());
                 tokio::spawn(async move {
+                    let started = std::time::Instant::now();
                     let settled = shared
                         .within(shared.state.settle(key.as_bytes(), kept))
                         .await;
-                    metrics.shared("settle", settled.is_ok());
+                    metrics.shared("settle", settled.is_ok(), started.elapsed());
                 });
             }
         }

@@ -41,9 +41,10 @@ impl<P: IssuerPort> Stage<P> for Reversals {
                     let (link, issuer_stan) =
                         (route.link_name.to_string(), issuer_stan.to_string());
                     tokio::spawn(async move {
+                        let started = std::time::Instant::now();
                         let op = shared.state.forwarded(key.as_bytes(), &link, &issuer_stan);
                         let kept = shared.within(op).await;
-                        metrics.shared("forwarded", kept.is_ok());
+                        metrics.shared("forwarded", kept.is_ok(), started.elapsed());
                     });
                 }
             }

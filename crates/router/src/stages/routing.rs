@@ -26,8 +26,11 @@ impl<P: IssuerPort> Stage<P> for Routing {
             crate::integrity::Integrity::original_key(tx.request()),
         ) {
             // A reversal of a request another instance forwarded.
+            let started = std::time::Instant::now();
             let found = shared.within(shared.state.original(key.as_bytes())).await;
-            switch.metrics.shared("original", found.is_ok());
+            switch
+                .metrics
+                .shared("original", found.is_ok(), started.elapsed());
             match found {
                 Ok(o) => {
                     original =
