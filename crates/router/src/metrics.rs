@@ -104,8 +104,41 @@ pub struct RouterMetrics {
     undelivered: IntCounterVec,
     refused: IntCounterVec,
     rule_hits: IntCounterVec,
-    shared: IntCounterVec,
-    shared_duration: HistogramVec,
+    shared: SharedStateMetrics,
+}
+
+/// The group's shared state: operations by result, and their times.
+#[derive(Debug, Clone)]
+struct SharedStateMetrics {
+    ops: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl SharedStateMetrics {
+    fn new(registry: &Registry) -> Result<SharedStateMetrics, RouterError> {
+        let m = SharedStateMetrics {
+            ops: IntCounterVec::new(
+                Opts::new("switchyard_shared_state_total", "Operations on the group's shared state (duplicate window, reversal index), by operation and result (ok, unreachable)."),
+                &["op", "result"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "switchyard_shared_state_duration_seconds",
+                    "Time of an operation on the group's shared state, by operation (a claim is on every request's path).",
+                )
+                .buckets(SHARED_BUCKETS.to_vec()),
+                &["op"],
+            )?,
+        };
+        for op in ["claim", "settle", "forwarded", "original"] {
+            for result in ["ok", "unreachable"] {
+                m.ops.with_label_values(&[op, result]);
+            }
+        }
+        registry.register(Box::new(m.ops.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        Ok(m)
+    }
 }
 
 impl RouterMetrics {
@@ -173,22 +206,9 @@ impl RouterMetrics {
                 Opts::new("switchyard_rule_hits_total", "Abnormal-activity rules that fired, by rule and action (flag or block)."),
                 &["rule", "action"],
             )?,
-            shared: IntCounterVec::new(
-                Opts::new("switchyard_shared_state_total", "Operations on the group's shared state (duplicate window, reversal index), by operation and result (ok, unreachable)."),
-                &["op", "result"],
-            )?,
-            shared_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "switchyard_shared_state_duration_seconds",
-                    "Time of an operation on the group's shared state, by operation (a claim is on every request's path).",
-                )
-                .buckets(SHARED_BUCKETS.to_vec()),
-                &["op"],
-            )?,
+            shared: SharedStateMetrics::new(registry)?,
         };
         m.start_at_zero();
-        registry.register(Box::new(m.shared.clone()))?;
-        registry.register(Box::new(m.shared_duration.clone()))?;
         registry.register(Box::new(m.refused.clone()))?;
         registry.register(Box::new(m.rule_hits.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
@@ -227,8 +247,9 @@ impl RouterMetrics {
     /// A shared-state operation, how it went and how long it took.
     pub(crate) fn shared(&self, op: &str, ok: bool, took: Duration) {
         let result = if ok { "ok" } else { "unreachable" };
-        self.shared.with_label_values(&[op, result]).inc();
-        self.shared_duration
+        self.shared.ops.with_label_values(&[op, result]).inc();
+        self.shared
+            .duration
             .with_label_values(&[op])
             .observe(took.as_secs_f64());
     }
@@ -248,11 +269,6 @@ impl RouterMetrics {
         for rule in RULES {
             for action in ["flag", "block"] {
                 self.rule_hits.with_label_values(&[rule, action]);
-            }
-        }
-        for op in ["claim", "settle", "forwarded", "original"] {
-            for result in ["ok", "unreachable"] {
-                self.shared.with_label_values(&[op, result]);
             }
         }
     }
