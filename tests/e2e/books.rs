@@ -33,6 +33,17 @@ fn post(switch: &Switch, path: &str, token: &str) -> (String, String) {
     )
 }
 
+/// Now (seconds since the epoch) and a cut-over time (`HH:MM`) about half a day away, so
+/// that only a hand cut-over falls in a test.
+fn cutover_far_away() -> (i64, String) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let away = Civil::from_unix(now + 12 * 3600);
+    (now, format!("{:02}:{:02}", away.hour, away.minute))
+}
+
 fn cut_over_events(switch: &Switch) -> Vec<serde_json::Value> {
     audit_events(&switch.audit_dir(), |e| e == "cut-over")
 }
@@ -41,13 +52,7 @@ fn cut_over_events(switch: &Switch) -> Vec<serde_json::Value> {
 fn a_hand_cut_over_during_load_splits_the_day_and_survives_a_restart() {
     let rt = runtime();
     let sims = issuers(&rt, vec![IssuerSimConfig::approving(crate::switch::spec())]);
-    // The scheduled cut-over twelve hours away, so that only the hand one falls in the test.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let away = Civil::from_unix(now + 12 * 3600);
-    let cutover = format!("{:02}:{:02}", away.hour, away.minute);
+    let (now, cutover) = cutover_far_away();
     let schedule = CutoverSchedule::parse(&cutover, "+02:00").unwrap();
     let today = date_text(schedule.day_at(now * 1_000_000));
     let tomorrow = date_text(schedule.day_at(now * 1_000_000) + 1);
@@ -733,14 +738,8 @@ fn a_mixed_day_closes_every_batch_and_reconciles_both_dates_with_the_issuer() {
         &ledger,
         &["--partial-over", "50000", "--silent-amount", "777"],
     );
-    // The scheduled cut-over twelve hours away: only the hand one falls in the test. An
-    // IANA zone.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let away = Civil::from_unix(now + 12 * 3600);
-    let cutover = format!("{:02}:{:02}", away.hour, away.minute);
+    // The cut-over in an IANA zone.
+    let (_, cutover) = cutover_far_away();
     let body = format!(
         "spec = \"iso8583-1987-ascii\"\n[business_day]\ncutover = \"{cutover}\"\ntime_zone = \"Europe/Berlin\"\n[batch]\nenabled = true\n{}settlement_date = true\ntimeout_ms = 400\n{}",
         link("issuer", format!("127.0.0.1:{port}"), ""),

@@ -86,6 +86,20 @@ pub fn cluster_section(nats: &Nats, id: &str) -> String {
     )
 }
 
+/// Two instances, `sw-0` and `sw-1`, of one group on `nats`, both linked to `issuer` (the
+/// link's `extra` settings added).
+fn two_instances(nats: &Nats, issuer: std::net::SocketAddr, extra: &str) -> (Switch, Switch) {
+    let body = |id: &str| {
+        format!(
+            "spec = \"iso8583-1987-ascii\"\n{}{}{}",
+            cluster_section(nats, id),
+            link("issuer", issuer, extra),
+            route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
+        )
+    };
+    (Switch::start(&body("sw-0")), Switch::start(&body("sw-1")))
+}
+
 /// Load on `switch` from a `sim terminal` process for `seconds`: (sent, answered).
 fn load(
     switch: &Switch,
@@ -183,16 +197,7 @@ fn two_instances_ship_every_record_once_through_a_broker_outage() {
     let rt = runtime();
     let sims = issuers(&rt, vec![IssuerSimConfig::approving(crate::switch::spec())]);
     let mut nats = Nats::start();
-    let body = |id: &str| {
-        format!(
-            "spec = \"iso8583-1987-ascii\"\n{}{}{}",
-            cluster_section(&nats, id),
-            link("issuer", sims[0].addr, ""),
-            route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
-        )
-    };
-    let a = Switch::start(&body("sw-0"));
-    let b = Switch::start(&body("sw-1"));
+    let (a, b) = two_instances(&nats, sims[0].addr, "");
     let loads = [load(&a, 14, "1"), load(&b, 14, "20")];
     std::thread::sleep(Duration::from_secs(2));
     nats.kill();
@@ -269,16 +274,7 @@ fn a_retransmission_or_a_reversal_on_the_other_instance_is_handled_as_one_switch
     slow.delay_max = Duration::from_millis(600);
     let sims = issuers(&rt, vec![slow]);
     let nats = Nats::start();
-    let body = |id: &str| {
-        format!(
-            "spec = \"iso8583-1987-ascii\"\n{}{}{}",
-            cluster_section(&nats, id),
-            link("issuer", sims[0].addr, "timeout_ms = 3000"),
-            route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
-        )
-    };
-    let a = Switch::start(&body("sw-0"));
-    let b = Switch::start(&body("sw-1"));
+    let (a, b) = two_instances(&nats, sims[0].addr, "timeout_ms = 3000");
     let ledger = &sims[0].ledger;
     let before = ledger.requests.load(Ordering::Relaxed);
     let mut on_a = crate::switch::Terminal::connect(a.terminals);
