@@ -34,10 +34,26 @@ fn nats_server() -> PathBuf {
 
 impl Nats {
     pub fn start() -> Nats {
+        Nats::with_accounts("")
+    }
+
+    /// A server whose configuration file holds `accounts` (users and their permissions).
+    pub fn with_accounts(accounts: &str) -> Nats {
+        let store = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = store.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{accounts}\n",
+                store.path().join("js").display()
+            ),
+        )
+        .unwrap();
         let mut nats = Nats {
             child: None,
-            port: free_port(),
-            store: tempfile::tempdir().unwrap(),
+            port,
+            store,
         };
         nats.spawn();
         nats
@@ -49,9 +65,10 @@ impl Nats {
 
     fn spawn(&mut self) {
         let child = Command::new(nats_server())
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .arg("-sd")
-            .arg(self.store.path())
+            .arg("-c")
+            .arg(self.store.path().join("nats.conf"))
+            .arg("-l")
+            .arg(self.store.path().join("nats.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -340,5 +357,138 @@ fn a_retransmission_or_a_reversal_on_the_other_instance_is_handled_as_one_switch
             &[("op", "original"), ("result", "ok")]
         ) >= 1.0
     );
+    drop(sims);
+}
+
+/// The group's users: the switches, and two merchants' back offices that may each read
+/// their own feed subject and nothing else.
+const ACCOUNTS: &str = r#"accounts {
+  GROUP {
+    jetstream: enabled
+    users: [
+      { user: "switch", password: "switch-secret" }
+      { user: "m1", password: "m1-secret",
+        permissions: { publish: { deny: [">"] }, subscribe: { allow: ["switchyard.tx.MERCHANT0000001"] } } }
+    ]
+  }
+}"#;
+
+/// The merchant feed: a merchant's back office subscribed to its subject gets exactly one
+/// report per transaction of that merchant and none of another's (the server's
+/// permissions refuse it the other's subject and the audit stream), and no message on the
+/// broker holds a full PAN.
+#[test]
+fn each_merchant_reads_its_own_transactions_and_no_message_holds_a_pan() {
+    use futures_util::StreamExt;
+    let rt = runtime();
+    let sims = issuers(&rt, vec![IssuerSimConfig::approving(crate::switch::spec())]);
+    let nats = Nats::with_accounts(ACCOUNTS);
+    let connect = |user: &str, password: &str| {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            .connect(nats.url())
+    };
+    let body = format!(
+        "spec = \"iso8583-1987-ascii\"\n[cluster]\nservers = [\"{}\"]\ninstance = \"sw-0\"\nuser = \"switch\"\npassword_env = \"NATS_PASSWORD\"\n{}{}",
+        nats.url(),
+        link("issuer", sims[0].addr, ""),
+        route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
+    );
+    let switch = Switch::start_with_env(&body, &[("NATS_PASSWORD", "switch-secret")]);
+    // The back office of merchant 1, and everything on the broker (as the switches' user).
+    let (own, others, audit, everything) = rt.block_on(async {
+        let m1 = connect("m1", "m1-secret").await.unwrap();
+        let all = connect("switch", "switch-secret").await.unwrap();
+        (
+            m1.subscribe("switchyard.tx.MERCHANT0000001").await.unwrap(),
+            m1.subscribe("switchyard.tx.MERCHANT0000002").await.unwrap(),
+            m1.subscribe("switchyard.audit.>").await.unwrap(),
+            all.subscribe(">").await.unwrap(),
+        )
+    });
+    for (first, count) in [("1", "10"), ("2", "7")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["sim", "terminal", "--target", &switch.terminals.to_string()])
+            .args(["--count", count, "--first-terminal", first])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_shipped(&switch);
+    let drain = |mut sub: async_nats::Subscriber| {
+        rt.block_on(async move {
+            let mut got = Vec::new();
+            while let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(500), sub.next()).await
+            {
+                got.push(m);
+            }
+            got
+        })
+    };
+    let own = drain(own);
+    assert_eq!(
+        drain(others).len(),
+        0,
+        "another merchant's subject is refused"
+    );
+    assert_eq!(drain(audit).len(), 0, "the audit stream is refused");
+    let reports: Vec<serde_json::Value> = own
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let ours: Vec<_> = crate::switch::records(&switch.audit_dir())
+        .into_iter()
+        .filter(|p| p.merchant.as_deref() == Some("MERCHANT0000001"))
+        .collect();
+    assert_eq!(ours.len(), 10);
+    assert_eq!(
+        reports.len(),
+        ours.len(),
+        "one report per transaction: {reports:?}"
+    );
+    let mut ids: Vec<&str> = reports.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "each once");
+    for r in &reports {
+        assert_eq!(r["merchant"], "MERCHANT0000001");
+        assert_eq!(
+            (r["type"].as_str(), r["outcome"].as_str()),
+            (Some("sale"), Some("approved")),
+            "{r}"
+        );
+        assert!(r["pan"].as_str().is_some_and(|p| p.contains('*')), "{r}");
+    }
+    let amounts: u64 = reports.iter().map(|r| r["amount"].as_u64().unwrap()).sum();
+    assert_eq!(amounts, ours.iter().map(|p| p.amount.unwrap()).sum::<u64>());
+    // The canary: the simulator's card numbers appear in no message on the broker.
+    let everything = drain(everything);
+    let on = |subject: &str| {
+        everything
+            .iter()
+            .filter(|m| m.subject.as_str() == subject)
+            .count()
+    };
+    assert_eq!(
+        on("switchyard.tx.MERCHANT0000002"),
+        7,
+        "merchant 2's reports were there, refused to m1"
+    );
+    assert!(on("switchyard.audit.sw-0") >= 17, "and the audit records");
+    for m in &everything {
+        let text = String::from_utf8_lossy(&m.payload);
+        let headers = format!("{:?}", m.headers);
+        for pan in switchyard_sim::terminal::TEST_PANS {
+            assert!(
+                !text.contains(pan) && !headers.contains(pan),
+                "a full PAN on {}",
+                m.subject
+            );
+        }
+    }
     drop(sims);
 }

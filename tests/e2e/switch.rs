@@ -60,6 +60,8 @@ pub struct Switch {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// Environment variables the process gets (secrets kept out of the file).
+    env: Vec<(String, String)>,
 }
 
 impl Drop for Switch {
@@ -73,6 +75,15 @@ impl Switch {
     /// Start with `body` (links, routes, extra listeners) added to a base config with one
     /// plain listener, an admin port and the audit log in a temporary directory.
     pub fn start(body: &str) -> Switch {
+        Switch::start_with_env(body, &[])
+    }
+
+    /// [`start`](Self::start), the process given these environment variables.
+    pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Switch {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let (terminals, admin) = (free_port(), free_port());
         let config = dir.path().join("switchyard.toml");
@@ -85,7 +96,8 @@ impl Switch {
         );
         std::fs::write(&config, text).unwrap();
         let switch = Switch {
-            child: Self::spawn(&config),
+            child: Self::spawn(&config, &env),
+            env,
             terminals: format!("127.0.0.1:{terminals}").parse().unwrap(),
             admin: format!("127.0.0.1:{admin}").parse().unwrap(),
             dir,
@@ -96,7 +108,7 @@ impl Switch {
     }
 
     /// Start the process; its log goes to `switchyard.log` beside the config.
-    fn spawn(config: &Path) -> Child {
+    fn spawn(config: &Path, env: &[(String, String)]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -105,6 +117,7 @@ impl Switch {
         Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -130,7 +143,7 @@ impl Switch {
             self.signal("-TERM");
             self.wait_exit();
         }
-        self.child = Self::spawn(&self.config);
+        self.child = Self::spawn(&self.config, &self.env);
         self.wait_ready();
         self
     }

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod feed;
 pub mod shared;
 
 use std::collections::VecDeque;
@@ -67,6 +68,8 @@ pub struct ClusterConfig {
     pub instance: String,
     /// A NATS credentials file (JWT and NKey seed), if the servers ask for one.
     pub credentials_file: Option<PathBuf>,
+    /// Or a user name and password.
+    pub user: Option<(String, Password)>,
     /// A CA certificate (PEM) to trust for TLS to the servers (TLS is then required).
     pub tls_ca_file: Option<PathBuf>,
     /// The audit stream's name.
@@ -85,6 +88,14 @@ pub struct ClusterConfig {
     pub max_pending: usize,
     /// The file recording the last acknowledged sequence number.
     pub cursor_file: PathBuf,
+    /// Publish the merchant feed (each pair, masked, on `<feed_subject>.<merchant>`).
+    pub feed: bool,
+    /// The feed's stream.
+    pub feed_stream: String,
+    /// The feed subjects' prefix.
+    pub feed_subject: String,
+    /// How long the feed stream keeps a report.
+    pub feed_max_age: Duration,
 }
 
 impl ClusterConfig {
@@ -94,6 +105,7 @@ impl ClusterConfig {
             servers,
             instance: instance.to_string(),
             credentials_file: None,
+            user: None,
             tls_ca_file: None,
             audit_stream: "SWITCHYARD_AUDIT".into(),
             audit_subject: "switchyard.audit".into(),
@@ -103,6 +115,10 @@ impl ClusterConfig {
             ack_timeout: Duration::from_secs(5),
             max_pending: 256,
             cursor_file,
+            feed: true,
+            feed_stream: "SWITCHYARD_TX".into(),
+            feed_subject: "switchyard.tx".into(),
+            feed_max_age: Duration::from_secs(7 * 86_400),
         }
     }
 
@@ -123,16 +139,29 @@ impl ClusterConfig {
         if self.servers.is_empty() {
             return Err(ClusterError::Config("servers: at least one".into()));
         }
-        let subject_ok = !self.audit_subject.is_empty()
+        let subject_ok = |s: &str| {
+            !s.is_empty()
+                && s.split('.')
+                    .all(|t| !t.is_empty() && !t.contains(['*', '>', ' ']))
+        };
+        for (name, subject) in [
+            ("audit_subject", &self.audit_subject),
+            ("feed_subject", &self.feed_subject),
+        ] {
+            if !subject_ok(subject) {
+                return Err(ClusterError::Config(format!(
+                    "{name} {subject:?}: dot-separated tokens, no wildcards"
+                )));
+            }
+        }
+        if self.feed
             && self
-                .audit_subject
-                .split('.')
-                .all(|t| !t.is_empty() && !t.contains(['*', '>', ' ']));
-        if !subject_ok {
-            return Err(ClusterError::Config(format!(
-                "audit_subject {:?}: dot-separated tokens, no wildcards",
-                self.audit_subject
-            )));
+                .feed_subject
+                .starts_with(&format!("{}.", self.audit_subject))
+        {
+            return Err(ClusterError::Config(
+                "feed_subject: not under audit_subject (the audit stream would take it)".into(),
+            ));
         }
         if self.max_pending == 0 {
             return Err(ClusterError::Config("max_pending: at least 1".into()));
@@ -146,6 +175,16 @@ impl ClusterConfig {
     }
 }
 
+/// A password, never shown.
+#[derive(Clone)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
 /// Connect to the group's servers.
 pub async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
     let mut options = async_nats::ConnectOptions::new()
@@ -156,6 +195,9 @@ pub async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, Clust
             .credentials_file(path)
             .await
             .map_err(|e| ClusterError::Config(format!("{}: {e}", path.display())))?;
+    }
+    if let Some((user, password)) = &config.user {
+        options = options.user_and_password(user.clone(), password.0.clone());
     }
     if let Some(ca) = &config.tls_ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
@@ -183,6 +225,24 @@ pub async fn audit_stream(
     .map_err(|e| broker("audit stream")(e.to_string()))
 }
 
+/// The merchant feed's stream (created when missing).
+pub async fn feed_stream(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<stream::Stream, ClusterError> {
+    js.get_or_create_stream(stream::Config {
+        name: config.feed_stream.clone(),
+        subjects: vec![format!("{}.>", config.feed_subject)],
+        storage: stream::StorageType::File,
+        duplicate_window: config.duplicate_window,
+        max_age: config.feed_max_age,
+        num_replicas: config.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| broker("feed stream")(e.to_string()))
+}
+
 /// The audit stream's metrics.
 #[derive(Debug, Clone)]
 pub struct ShipperMetrics {
@@ -191,6 +251,7 @@ pub struct ShipperMetrics {
     lag_seconds: IntGauge,
     connected: IntGauge,
     published: IntCounter,
+    feed: IntCounter,
     duplicates: IntCounter,
     errors: IntCounterVec,
 }
@@ -236,6 +297,10 @@ impl ShipperMetrics {
             published: counter(
                 "switchyard_audit_stream_published_total",
                 "Audit records the stream acknowledged",
+            )?,
+            feed: counter(
+                "switchyard_merchant_feed_published_total",
+                "Merchant feed reports the feed stream acknowledged",
             )?,
             duplicates: counter(
                 "switchyard_audit_stream_duplicates_total",
@@ -402,6 +467,11 @@ impl AuditShipper {
         let stream = audit_stream(&js, &self.config)
             .await
             .inspect_err(|_| self.metrics.error("stream"))?;
+        if self.config.feed {
+            feed_stream(&js, &self.config)
+                .await
+                .inspect_err(|_| self.metrics.error("stream"))?;
+        }
         let subject = self.config.instance_subject();
         let in_stream = match stream.get_last_raw_message_by_subject(&subject).await {
             Ok(m) => switchyard_audit::read_frame(&m.payload)
@@ -424,7 +494,10 @@ impl AuditShipper {
         self.metrics.connected.set(1);
         tracing::info!(resume_after = progress.acked, %subject, "audit stream: shipping");
         let mut tail = Tail::new(self.log.dir());
-        let mut pending: VecDeque<(u64, PublishAckFuture)> = VecDeque::new();
+        // (sequence, whether it is the audit record's own publish, its acknowledgement): a
+        // record counts as shipped when its audit publish is acknowledged, after its feed
+        // report's (queued before it).
+        let mut pending: VecDeque<(u64, bool, PublishAckFuture)> = VecDeque::new();
         let mut next = progress.acked + 1;
         loop {
             let durable = self
@@ -439,8 +512,20 @@ impl AuditShipper {
             })
             .inspect_err(|_| self.metrics.error("read"))?;
             for (seq, frame) in frames {
+                let id = format!("{}-{seq}", self.config.instance);
+                if let Some((token, report)) = self.feed_report(seq, &frame) {
+                    let message = jetstream::message::PublishMessage::build()
+                        .message_id(&id)
+                        .payload(report.into());
+                    let feed_subject = format!("{}.{token}", self.config.feed_subject);
+                    let ack = js.send_publish(feed_subject, message).await.map_err(|e| {
+                        self.metrics.error("publish");
+                        broker("publish")(e.to_string())
+                    })?;
+                    pending.push_back((seq, false, ack));
+                }
                 let message = jetstream::message::PublishMessage::build()
-                    .message_id(format!("{}-{seq}", self.config.instance))
+                    .message_id(&id)
                     .payload(frame);
                 let ack = js
                     .send_publish(subject.clone(), message)
@@ -449,19 +534,23 @@ impl AuditShipper {
                         self.metrics.error("publish");
                         broker("publish")(e.to_string())
                     })?;
-                pending.push_back((seq, ack));
+                pending.push_back((seq, true, ack));
                 next = seq + 1;
             }
             // Wait for the oldest acknowledgement when the window is full or nothing is new.
             let caught_up = next > durable;
             while !pending.is_empty() && (pending.len() >= self.config.max_pending || caught_up) {
-                let Some((seq, ack)) = pending.pop_front() else {
+                let Some((seq, audit, ack)) = pending.pop_front() else {
                     break;
                 };
                 let ack = ack.await.map_err(|e| {
                     self.metrics.error("ack");
                     broker("acknowledgement")(e.to_string())
                 })?;
+                if !audit {
+                    self.metrics.feed.inc();
+                    continue;
+                }
                 if ack.duplicate {
                     self.metrics.duplicates.inc();
                 }
@@ -478,6 +567,27 @@ impl AuditShipper {
                     _ = tokio::time::sleep(IDLE_POLL) => {}
                     _ = stop.changed() => return Ok(()),
                 }
+            }
+        }
+    }
+
+    /// The merchant feed's report of a pair record (none for other records, or without a
+    /// merchant, or with the feed off).
+    fn feed_report(&self, seq: u64, frame: &[u8]) -> Option<(String, Vec<u8>)> {
+        use switchyard_audit::{PairRecord, RecordKind};
+        if !self.config.feed {
+            return None;
+        }
+        let r = switchyard_audit::read_frame(frame).ok()?;
+        if RecordKind::from_code(r.kind) != Some(RecordKind::Pair) {
+            return None;
+        }
+        match switchyard_audit::payload::decode::<PairRecord>(seq, r.payload) {
+            Ok(pair) => feed::report(&self.config.instance, seq, &pair),
+            Err(e) => {
+                self.metrics.error("read");
+                tracing::warn!(seq, error = %e, "pair record not readable for the merchant feed");
+                None
             }
         }
     }

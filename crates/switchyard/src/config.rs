@@ -122,6 +122,11 @@ pub struct ClusterSection {
     /// A CA certificate to trust for TLS to the servers (TLS then required).
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
+    /// Or a user name, with its password in the environment variable `password_env`.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
     /// The audit stream (default `SWITCHYARD_AUDIT`).
     #[serde(default)]
     pub audit_stream: Option<String>,
@@ -152,6 +157,18 @@ pub struct ClusterSection {
     /// Then: `continue` with this instance's own view (counted) or `fail-closed` (91).
     #[serde(default)]
     pub when_unreachable: WhenUnreachableSetting,
+    /// The merchant feed: each pair, masked, on `<feed_subject>.<merchant id>` (default on).
+    #[serde(default = "default_true")]
+    pub feed: bool,
+    /// The feed's stream (default `SWITCHYARD_TX`).
+    #[serde(default)]
+    pub feed_stream: Option<String>,
+    /// The feed subjects' prefix (default `switchyard.tx`).
+    #[serde(default)]
+    pub feed_subject: Option<String>,
+    /// Days the feed stream keeps a report, when the switch creates it (default 7).
+    #[serde(default)]
+    pub feed_max_age_days: Option<u64>,
 }
 
 fn default_shared_timeout() -> u64 {
@@ -185,6 +202,15 @@ impl ClusterSection {
             audit_dir.with_extension("stream-cursor"),
         );
         c.credentials_file.clone_from(&self.credentials_file);
+        c.user = match (&self.user, &self.password_env) {
+            (None, None) => None,
+            (Some(user), Some(var)) => {
+                let password = std::env::var(var)
+                    .map_err(|_| format!("cluster.password_env: {var} is not set"))?;
+                Some((user.clone(), switchyard_cluster::Password(password)))
+            }
+            _ => return Err("cluster: user and password_env go together".into()),
+        };
         c.tls_ca_file.clone_from(&self.tls_ca_file);
         if let Some(v) = &self.audit_stream {
             c.audit_stream.clone_from(v);
@@ -206,6 +232,16 @@ impl ClusterSection {
         }
         if let Some(v) = self.max_pending {
             c.max_pending = v;
+        }
+        c.feed = self.feed;
+        if let Some(v) = &self.feed_stream {
+            c.feed_stream.clone_from(v);
+        }
+        if let Some(v) = &self.feed_subject {
+            c.feed_subject.clone_from(v);
+        }
+        if let Some(v) = self.feed_max_age_days {
+            c.feed_max_age = Duration::from_secs(v * 86_400);
         }
         c.check().map_err(|e| e.to_string())?;
         Ok(c)
