@@ -104,11 +104,16 @@ pub fn cluster_section(nats: &Nats, id: &str) -> String {
 }
 
 /// Two instances, `sw-0` and `sw-1`, of one group on `nats`, both linked to `issuer` (the
-/// link's `extra` settings added).
-fn two_instances(nats: &Nats, issuer: std::net::SocketAddr, extra: &str) -> (Switch, Switch) {
+/// link's `extra` settings added, and `top` settings before the sections).
+fn two_instances(
+    nats: &Nats,
+    issuer: std::net::SocketAddr,
+    extra: &str,
+    top: &str,
+) -> (Switch, Switch) {
     let body = |id: &str| {
         format!(
-            "spec = \"iso8583-1987-ascii\"\n{}{}{}",
+            "spec = \"iso8583-1987-ascii\"\n{top}{}{}{}",
             cluster_section(nats, id),
             link("issuer", issuer, extra),
             route("all", "\"2\", \"4\", \"5\", \"6\"", "issuer")
@@ -214,7 +219,7 @@ fn two_instances_ship_every_record_once_through_a_broker_outage() {
     let rt = runtime();
     let sims = issuers(&rt, vec![IssuerSimConfig::approving(crate::switch::spec())]);
     let mut nats = Nats::start();
-    let (a, b) = two_instances(&nats, sims[0].addr, "");
+    let (a, b) = two_instances(&nats, sims[0].addr, "", "");
     let loads = [load(&a, 14, "1"), load(&b, 14, "20")];
     std::thread::sleep(Duration::from_secs(2));
     nats.kill();
@@ -291,7 +296,7 @@ fn a_retransmission_or_a_reversal_on_the_other_instance_is_handled_as_one_switch
     slow.delay_max = Duration::from_millis(600);
     let sims = issuers(&rt, vec![slow]);
     let nats = Nats::start();
-    let (a, b) = two_instances(&nats, sims[0].addr, "timeout_ms = 3000");
+    let (a, b) = two_instances(&nats, sims[0].addr, "timeout_ms = 3000", "");
     let ledger = &sims[0].ledger;
     let before = ledger.requests.load(Ordering::Relaxed);
     let mut on_a = crate::switch::Terminal::connect(a.terminals);
@@ -490,5 +495,50 @@ fn each_merchant_reads_its_own_transactions_and_no_message_holds_a_pan() {
             );
         }
     }
+    drop(sims);
+}
+
+/// A terminal's velocity limit (2 a minute) holds across the group: its first request on
+/// one instance and its second on the other are approved, the third, on the first again,
+/// is blocked (each instance alone would have counted two).
+#[test]
+fn a_velocity_limit_holds_across_both_instances() {
+    let rt = runtime();
+    let sims = issuers(&rt, vec![IssuerSimConfig::approving(crate::switch::spec())]);
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry.toml");
+    std::fs::write(
+        &registry,
+        "[[merchants]]\nid = \"MERCHANT0000001\"\nmcc = \"5411\"\n[[terminals]]\nid = \"TVELOCT1\"\nmerchant = \"MERCHANT0000001\"\n\
+         [rules]\nterminal_velocity = { window_s = 60, max_count = 2, action = \"block\", response_code = \"65\" }\n",
+    )
+    .unwrap();
+    let top = format!("[registry]\nfile = \"{}\"\n", registry.display());
+    let (a, b) = two_instances(&nats, sims[0].addr, "", &top);
+    let mut on_a = crate::switch::Terminal::connect(a.terminals);
+    let mut on_b = crate::switch::Terminal::connect(b.terminals);
+    let code = |t: &mut crate::switch::Terminal<TcpStream>, stan| {
+        code_and_auth(&t.call(&purchase("TVELOCT1", stan, 1_000))).0
+    };
+    let codes = [
+        code(&mut on_a, 51),
+        code(&mut on_b, 52),
+        code(&mut on_a, 53),
+    ];
+    assert_eq!(
+        codes,
+        ["00", "00", "65"],
+        "the third in the minute is blocked"
+    );
+    let scrape = http_get(a.admin, "/metrics").1;
+    assert_eq!(
+        metric_in(
+            &scrape,
+            "switchyard_shared_state_total",
+            &[("op", "count"), ("result", "ok")]
+        ),
+        2.0
+    );
     drop(sims);
 }

@@ -1,6 +1,7 @@
 //! The group's shared state on JetStream key-value buckets: the duplicate window
-//! (`<prefix>_duplicates`, entries kept for the duplicate window) and the reversal index
-//! (`<prefix>_originals`, a day). Keys are the router's keys in hex (terminal ids, STANs,
+//! (`<prefix>_duplicates`, in memory, entries kept for the duplicate window: short-lived,
+//! on every request's path), the reversal index (`<prefix>_originals`, a day) and the
+//! velocity counters (`<prefix>_counters`, one per terminal and card, two days). Keys are the router's keys in hex (terminal ids, STANs,
 //! transmission times: no card data); values are small JSON documents.
 //!
 //! A claim is a `create` (atomic: it fails when the key exists), so the first instance to
@@ -41,6 +42,19 @@ struct Original {
 struct Buckets {
     duplicates: kv::Store,
     originals: kv::Store,
+    counters: kv::Store,
+}
+
+/// How long a velocity window's counter is kept (the longest window a rule may have).
+const COUNTERS_TTL: Duration = Duration::from_secs(2 * 24 * 3600);
+
+/// A terminal's or card's velocity counter: its current window and what it holds (one
+/// entry each, whatever the window: a new window starts it again).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Counter {
+    window: u64,
+    count: u32,
+    amount: u64,
 }
 
 /// The group's shared state on JetStream.
@@ -90,6 +104,7 @@ impl JetStreamState {
                     &format!("{prefix}_duplicates"),
                     self.duplicate_window,
                     self.config.replicas,
+                    jetstream::stream::StorageType::Memory,
                 )
                 .await?;
                 let originals = bucket(
@@ -97,11 +112,21 @@ impl JetStreamState {
                     &format!("{prefix}_originals"),
                     ORIGINALS_TTL,
                     self.config.replicas,
+                    jetstream::stream::StorageType::File,
+                )
+                .await?;
+                let counters = bucket(
+                    &js,
+                    &format!("{prefix}_counters"),
+                    COUNTERS_TTL,
+                    self.config.replicas,
+                    jetstream::stream::StorageType::File,
                 )
                 .await?;
                 Ok(Buckets {
                     duplicates,
                     originals,
+                    counters,
                 })
             })
             .await
@@ -165,8 +190,9 @@ async fn bucket(
     name: &str,
     max_age: Duration,
     replicas: usize,
+    storage: jetstream::stream::StorageType,
 ) -> Result<kv::Store, Unreachable> {
-    use jetstream::stream::{Config, DiscardPolicy, StorageType};
+    use jetstream::stream::{Config, DiscardPolicy};
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
@@ -177,7 +203,7 @@ async fn bucket(
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
         max_age,
-        storage: StorageType::Memory,
+        storage,
         num_replicas: replicas,
         allow_rollup: true,
         deny_delete: true,
@@ -239,6 +265,51 @@ impl SharedState for JetStreamState {
                 .await
                 .map(|_| ())
                 .map_err(|e| unreachable("forwarded")(e.to_string()))
+        })
+    }
+
+    fn count<'a>(
+        &'a self,
+        key: &'a [u8],
+        window_s: u64,
+        amount: u64,
+    ) -> SharedFuture<'a, (u32, u64)> {
+        Box::pin(async move {
+            let b = self.buckets().await?;
+            let window = now_ms() / 1000 / window_s.max(1);
+            let key = hex(key);
+            let failed = unreachable("count");
+            // Compare-and-set on the window's counter; another instance counting at the
+            // same moment makes one of the two read again.
+            for _ in 0..8 {
+                let found = b
+                    .counters
+                    .entry(key.clone())
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                let (mut c, revision) = match found {
+                    Some(e) if e.operation == kv::Operation::Put => (
+                        serde_json::from_slice::<Counter>(&e.value)
+                            .ok()
+                            .filter(|c| c.window == window)
+                            .unwrap_or_default(),
+                        Some(e.revision),
+                    ),
+                    _ => (Counter::default(), None),
+                };
+                c.window = window;
+                c.count = c.count.saturating_add(1);
+                c.amount = c.amount.saturating_add(amount);
+                let value = Bytes::from(serde_json::to_vec(&c).map_err(|e| failed(e.to_string()))?);
+                let stored = match revision {
+                    Some(r) => b.counters.update(&key, value, r).await.is_ok(),
+                    None => b.counters.create(&key, value).await.is_ok(),
+                };
+                if stored {
+                    return Ok((c.count, c.amount));
+                }
+            }
+            Err(failed("the counter kept changing under it".into()))
         })
     }
 

@@ -130,7 +130,7 @@ impl SharedStateMetrics {
                 &["op"],
             )?,
         };
-        for op in ["claim", "settle", "forwarded", "original"] {
+        for op in ["claim", "settle", "forwarded", "original", "count"] {
             for result in ["ok", "unreachable"] {
                 m.ops.with_label_values(&[op, result]);
             }

@@ -510,6 +510,16 @@ fn bounded(map: &mut HashMap<String, Window>, now: Instant, span: Duration) {
     }
 }
 
+/// Velocity counts the group keeps (count and amount in the window, this request
+/// included), used in place of this instance's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCounts {
+    /// The terminal's.
+    pub terminal: Option<(u32, u64)>,
+    /// The card's.
+    pub card: Option<(u32, u64)>,
+}
+
 impl RuleState {
     /// Run the rules for a request from `terminal` with `amount`, card hash `card`.
     pub fn evaluate(
@@ -519,6 +529,26 @@ impl RuleState {
         terminal: &str,
         card: Option<&str>,
         amount: u64,
+    ) -> RuleVerdict {
+        self.evaluate_with(
+            rules,
+            merchant,
+            terminal,
+            card,
+            amount,
+            GroupCounts::default(),
+        )
+    }
+
+    /// [`evaluate`](Self::evaluate), the velocity rules on the group's counts where given.
+    pub fn evaluate_with(
+        &self,
+        rules: &Rules,
+        merchant: Option<&Merchant>,
+        terminal: &str,
+        card: Option<&str>,
+        amount: u64,
+        group: GroupCounts,
     ) -> RuleVerdict {
         let now = Instant::now();
         let mut verdict = RuleVerdict::default();
@@ -537,12 +567,11 @@ impl RuleState {
             let mut map = self.terminals.lock().unwrap_or_else(|p| p.into_inner());
             bounded(&mut map, now, span);
             let cap = rule.max_count.map_or(10_000, |m| m as usize + 1);
-            if over(
-                rule,
-                map.entry(terminal.to_string())
-                    .or_default()
-                    .add(now, span, amount, cap),
-            ) {
+            let ours = map
+                .entry(terminal.to_string())
+                .or_default()
+                .add(now, span, amount, cap);
+            if over(rule, group.terminal.unwrap_or(ours)) {
                 fire("terminal-velocity", rule);
             }
         }
@@ -551,12 +580,11 @@ impl RuleState {
             let mut map = self.cards.lock().unwrap_or_else(|p| p.into_inner());
             bounded(&mut map, now, span);
             let cap = rule.max_count.map_or(10_000, |m| m as usize + 1);
-            if over(
-                rule,
-                map.entry(card.to_string())
-                    .or_default()
-                    .add(now, span, amount, cap),
-            ) {
+            let ours = map
+                .entry(card.to_string())
+                .or_default()
+                .add(now, span, amount, cap);
+            if over(rule, group.card.unwrap_or(ours)) {
                 fire("card-velocity", rule);
             }
         }

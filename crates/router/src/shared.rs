@@ -94,6 +94,15 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     ) -> SharedFuture<'a, ()>;
     /// Where the original of a reversal went.
     fn original<'a>(&'a self, key: &'a [u8]) -> SharedFuture<'a, Option<(String, String)>>;
+    /// Count one event of `amount` for `key` (a terminal's or a card's velocity) in the
+    /// current window of `window_s` seconds: the window's count and amount, this one
+    /// included. Windows are fixed (aligned at multiples of `window_s` since the epoch).
+    fn count<'a>(
+        &'a self,
+        key: &'a [u8],
+        window_s: u64,
+        amount: u64,
+    ) -> SharedFuture<'a, (u32, u64)>;
 }
 
 /// What to do when the engine cannot be reached.

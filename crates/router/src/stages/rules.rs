@@ -8,6 +8,8 @@ use switchyard_audit::Outcome;
 
 use super::{Stage, Switch};
 use crate::flow::IssuerPort;
+use crate::registry::{GroupCounts, Rules};
+use crate::shared::{SharedConfig, Unreachable, WhenUnreachable};
 use crate::transaction::{Step, Transaction};
 
 /// The registry's rules.
@@ -23,12 +25,36 @@ impl<P: IssuerPort> Stage<P> for ActivityRules {
             return Step::Continue(());
         }
         let terminal = tx.pair.terminal.as_deref().unwrap_or_default();
-        let verdict = switch.rule_state.evaluate(
+        let card = tx.pair.pan.as_ref().map(|p| p.hash.as_str());
+        let amount = tx.pair.amount.unwrap_or(0);
+        let group = match &switch.shared {
+            Some(shared) => {
+                let started = std::time::Instant::now();
+                let counted = group_counts(shared, &registry.rules, terminal, card, amount).await;
+                switch
+                    .metrics
+                    .shared("count", counted.is_ok(), started.elapsed());
+                match counted {
+                    Ok(counts) => counts,
+                    Err(why) if shared.when_unreachable == WhenUnreachable::FailClosed => {
+                        tracing::warn!(reason = %why.0, "shared velocity counters unreachable: 91");
+                        return tx.answer_code(b"91", Outcome::LinkDown);
+                    }
+                    Err(why) => {
+                        tracing::warn!(reason = %why.0, "shared velocity counters unreachable: this instance's counts");
+                        GroupCounts::default()
+                    }
+                }
+            }
+            None => GroupCounts::default(),
+        };
+        let verdict = switch.rule_state.evaluate_with(
             &registry.rules,
             registry.merchant_of(terminal),
             terminal,
-            tx.pair.pan.as_ref().map(|p| p.hash.as_str()),
-            tx.pair.amount.unwrap_or(0),
+            card,
+            amount,
+            group,
         );
         for (name, block) in &verdict.hits {
             switch.metrics.rule_hit(name, *block);
@@ -39,6 +65,29 @@ impl<P: IssuerPort> Stage<P> for ActivityRules {
             None => Step::Continue(()),
         }
     }
+}
+
+/// The group's velocity counts for this request (counted in), for the rules that are on.
+async fn group_counts(
+    shared: &SharedConfig,
+    rules: &Rules,
+    terminal: &str,
+    card: Option<&str>,
+    amount: u64,
+) -> Result<GroupCounts, Unreachable> {
+    let mut counts = GroupCounts::default();
+    if let Some(rule) = &rules.terminal_velocity {
+        let key = format!("t\u{1f}{terminal}");
+        let op = shared.state.count(key.as_bytes(), rule.window_s, amount);
+        counts.terminal = Some(shared.within(op).await?);
+    }
+    if let (Some(rule), Some(card)) = (&rules.card_velocity, card) {
+        // The card by its keyed hash: never the PAN.
+        let key = format!("c\u{1f}{card}");
+        let op = shared.state.count(key.as_bytes(), rule.window_s, amount);
+        counts.card = Some(shared.within(op).await?);
+    }
+    Ok(counts)
 }
 
 #[cfg(test)]

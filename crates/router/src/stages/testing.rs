@@ -282,4 +282,15 @@ impl crate::shared::SharedState for MemoryShared {
     ) -> crate::shared::SharedFuture<'a, Option<(String, String)>> {
         Box::pin(std::future::ready(Ok(None)))
     }
+
+    fn count<'a>(
+        &'a self,
+        _: &'a [u8],
+        _: u64,
+        _: u64,
+    ) -> crate::shared::SharedFuture<'a, (u32, u64)> {
+        Box::pin(std::future::ready(Err(crate::shared::Unreachable(
+            "not kept".into(),
+        ))))
+    }
 }
