@@ -542,3 +542,69 @@ fn a_velocity_limit_holds_across_both_instances() {
     );
     drop(sims);
 }
+
+/// A terminal's 0500 with its debits (count and amount): the answer's code.
+fn close_batch(
+    t: &mut crate::switch::Terminal<TcpStream>,
+    tid: &str,
+    stan: u64,
+    debits: u64,
+    amount: u64,
+) -> String {
+    use switchyard_iso8583::{MessageBuilder, Mti};
+    let mut b = MessageBuilder::new(crate::switch::spec(), Mti::parse("0500").unwrap());
+    b.set(7, "1124093000").unwrap().set_u64(11, stan).unwrap();
+    b.set(41, tid).unwrap().set(42, "MERCHANT0000001").unwrap();
+    b.set(60, "000001").unwrap().set_u64(76, debits).unwrap();
+    b.set_u64(88, amount).unwrap();
+    code_and_auth(&t.call(&b.encode())).0
+}
+
+/// A terminal's batch totals are the group's: three sales approved on one instance and two
+/// on the other close in balance (00) with the 0500 sent to the second, and the close is the
+/// first instance's too (the same 0500 there is a repeat, 00, and records no close there).
+#[test]
+fn a_terminal_batch_closes_with_the_sales_of_both_instances() {
+    let rt = runtime();
+    let sims = issuers(&rt, vec![IssuerSimConfig::approving(crate::switch::spec())]);
+    let nats = Nats::start();
+    let (a, b) = two_instances(&nats, sims[0].addr, "", "[batch]\nenabled = true\n");
+    let mut on_a = crate::switch::Terminal::connect(a.terminals);
+    let mut on_b = crate::switch::Terminal::connect(b.terminals);
+    let mut total = 0;
+    for (on, stan, amount) in [
+        (0, 61, 1_000),
+        (0, 62, 2_000),
+        (0, 63, 3_000),
+        (1, 64, 4_000),
+        (1, 65, 5_000),
+    ] {
+        let t = if on == 0 { &mut on_a } else { &mut on_b };
+        assert_eq!(
+            code_and_auth(&t.call(&purchase("TBATCH01", stan, amount))).0,
+            "00"
+        );
+        total += amount;
+    }
+    for s in [&a, &b] {
+        wait_shipped(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        close_batch(&mut on_b, "TBATCH01", 70, 5, total),
+        "00",
+        "in balance on B"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        close_batch(&mut on_a, "TBATCH01", 71, 5, total),
+        "00",
+        "A knows the close: a repeat"
+    );
+    let closes = crate::switch::audit_events(&a.audit_dir(), |e| e == "batch-closed");
+    assert!(
+        closes.is_empty(),
+        "A recorded no close of its own: {closes:?}"
+    );
+    drop(sims);
+}

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod batches;
 pub mod feed;
 pub mod shared;
 

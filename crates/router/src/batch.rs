@@ -495,6 +495,52 @@ impl BatchBook {
         Some((upload, missing))
     }
 
+    /// Apply one audit record (of this instance's log, or another instance's from the audit
+    /// stream): a pair added, a `batch-closed` event closing its terminal's batch, a
+    /// `batch-out-of-balance` one expecting its upload, a 0320 matched.
+    pub fn apply(
+        &self,
+        seq: u64,
+        kind: Option<switchyard_audit::RecordKind>,
+        payload: &[u8],
+    ) -> Result<(), switchyard_audit::AuditError> {
+        match kind {
+            Some(switchyard_audit::RecordKind::Pair) => {
+                let pair: PairRecord = switchyard_audit::payload::decode(seq, payload)?;
+                if pair.request_mti.starts_with("032")
+                    && pair.outcome == Some(Outcome::SwitchAnswered)
+                {
+                    self.upload(
+                        pair.terminal.as_deref().unwrap_or(""),
+                        pair.rrn.as_deref(),
+                        pair.stan.as_deref(),
+                        pair.amount.unwrap_or(0),
+                    );
+                }
+                self.add(&pair);
+            }
+            Some(switchyard_audit::RecordKind::Event) => {
+                let event: serde_json::Value = switchyard_audit::payload::decode(seq, payload)?;
+                let terminal = event["terminal"].as_str().unwrap_or("");
+                if event["event"] == "batch-out-of-balance" {
+                    self.expect_upload(terminal);
+                }
+                if event["event"] == "batch-closed" {
+                    let totals: Totals =
+                        serde_json::from_value(event["totals"].clone()).unwrap_or_default();
+                    self.close(
+                        terminal,
+                        event["batch"].as_str().unwrap_or(""),
+                        event["currency"].as_str(),
+                        totals,
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// The book as the audit log at `dir` leaves it: every pair added, every `batch-closed`
     /// event closing its terminal's batch, and an upload after a `batch-out-of-balance`
     /// taken up where it stood (its 0320s replayed), so a restart mid-upload loses nothing.
@@ -503,44 +549,7 @@ impl BatchBook {
         policy: BatchPolicy,
     ) -> Result<BatchBook, switchyard_audit::AuditError> {
         let book = BatchBook::new(policy);
-        switchyard_audit::for_each(dir, |r| {
-            match r.kind {
-                Some(switchyard_audit::RecordKind::Pair) => {
-                    let pair: PairRecord = switchyard_audit::payload::decode(r.seq, r.payload)?;
-                    if pair.request_mti.starts_with("032")
-                        && pair.outcome == Some(Outcome::SwitchAnswered)
-                    {
-                        book.upload(
-                            pair.terminal.as_deref().unwrap_or(""),
-                            pair.rrn.as_deref(),
-                            pair.stan.as_deref(),
-                            pair.amount.unwrap_or(0),
-                        );
-                    }
-                    book.add(&pair);
-                }
-                Some(switchyard_audit::RecordKind::Event) => {
-                    let event: serde_json::Value =
-                        switchyard_audit::payload::decode(r.seq, r.payload)?;
-                    let terminal = event["terminal"].as_str().unwrap_or("");
-                    if event["event"] == "batch-out-of-balance" {
-                        book.expect_upload(terminal);
-                    }
-                    if event["event"] == "batch-closed" {
-                        let totals: Totals =
-                            serde_json::from_value(event["totals"].clone()).unwrap_or_default();
-                        book.close(
-                            terminal,
-                            event["batch"].as_str().unwrap_or(""),
-                            event["currency"].as_str(),
-                            totals,
-                        );
-                    }
-                }
-                _ => {}
-            }
-            Ok(())
-        })?;
+        switchyard_audit::for_each(dir, |r| book.apply(r.seq, r.kind, r.payload))?;
         let expiry = crate::flow::now_us().saturating_sub(policy.hold_us);
         for standing in lock(&book.holds).values_mut() {
             standing.retain(|_, h| h.at_us >= expiry);

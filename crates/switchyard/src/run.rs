@@ -354,7 +354,19 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
             plan.config.batch.policy(),
         )
         .map_err(|e| fail(EX_IOERR)(anyhow!("terminal batches: {e}")))?;
-        router.with_batches(Arc::new(book))
+        let book = Arc::new(book);
+        if let Some(section) = &plan.config.cluster {
+            // The other instances' records, from the audit stream, into this book.
+            let config = section
+                .config(&plan.audit.dir)
+                .map_err(|e| fail(EX_CONFIG)(anyhow!(e)))?;
+            tokio::spawn(switchyard_cluster::batches::follow(
+                config,
+                book.clone(),
+                stream_stop.subscribe(),
+            ));
+        }
+        router.with_batches(book)
     } else {
         router
     };
