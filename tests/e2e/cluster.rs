@@ -608,3 +608,46 @@ fn a_terminal_batch_closes_with_the_sales_of_both_instances() {
     );
     drop(sims);
 }
+
+/// An instance id is the group's once: a second process with the id of a running instance
+/// (its own data directory) does not start, and says which instance holds it; the running
+/// instance restarted takes its id back at once.
+#[test]
+fn a_second_process_with_a_running_instances_id_does_not_start() {
+    let nats = Nats::start();
+    let body = |nats: &Nats| {
+        format!(
+            "spec = \"iso8583-1987-ascii\"\n{}[[links]]\nname = \"issuer\"\nsimulated = true\n{}",
+            cluster_section(nats, "sw-0"),
+            route("all", "\"4\"", "issuer")
+        )
+    };
+    let a = Switch::start(&body(&nats));
+    let other = tempfile::tempdir().unwrap();
+    let config = other.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{}\"\n[audit]\ndir = \"{}\"\ndemo_keys = true\n[[listeners]]\nname = \"terminals\"\nlisten = \"127.0.0.1:{}\"\n{}",
+            free_port(),
+            other.path().join("audit").display(),
+            free_port(),
+            body(&nats)
+        ),
+    )
+    .unwrap();
+    let second = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&second.stderr).to_string();
+    assert_eq!(second.status.code(), Some(78), "{said}");
+    assert!(said.contains("instance \"sw-0\" is in use"), "{said}");
+    let a = a.restart();
+    assert_eq!(
+        http_get(a.admin, "/readyz").0,
+        200,
+        "the same instance takes it back"
+    );
+}

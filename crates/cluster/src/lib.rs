@@ -18,6 +18,7 @@
 
 pub mod batches;
 pub mod feed;
+pub mod instances;
 pub mod shared;
 
 use std::collections::VecDeque;

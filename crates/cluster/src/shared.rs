@@ -185,7 +185,8 @@ impl JetStreamState {
     }
 }
 
-async fn bucket(
+/// A key-value bucket (its stream made here when missing).
+pub(crate) async fn bucket(
     js: &jetstream::Context,
     name: &str,
     max_age: Duration,

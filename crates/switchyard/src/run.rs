@@ -236,6 +236,24 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
             let config = section
                 .config(&plan.audit.dir)
                 .map_err(|e| fail(EX_CONFIG)(anyhow!(e)))?;
+            let holder = switchyard_cluster::instances::Holder::this(&plan.audit.dir);
+            let taken = tokio::time::timeout(
+                Duration::from_secs(3),
+                switchyard_cluster::instances::take(&config, holder),
+            )
+            .await;
+            match taken {
+                Ok(Ok(lease)) => {
+                    tokio::spawn(lease.keep(stream_stop.subscribe()));
+                }
+                Ok(Err(e @ switchyard_cluster::ClusterError::Config(_))) => {
+                    return Err(fail(EX_CONFIG)(e.into()));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "instance id not checked: the broker is unreachable");
+                }
+                Err(_) => tracing::warn!("instance id not checked: the broker did not answer"),
+            }
             let metrics = switchyard_cluster::ShipperMetrics::new(&telemetry.registry)
                 .map_err(|e| fail(EX_IOERR)(e.into()))?;
             tracing::info!(instance = %config.instance, subject = %config.instance_subject(), "audit stream on");

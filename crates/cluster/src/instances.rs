@@ -1,0 +1,141 @@
+//! Instance ids are unique in the group: at start an instance takes its id in the bucket
+//! `<prefix>_instances` (an atomic create) and keeps it with a heartbeat; the entry lapses
+//! [`LEASE`] after the last one. An id held by another live process (another host, or
+//! another data directory) stops the start; the same instance restarted (same host, same
+//! audit directory) takes its id back at once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+
+use crate::{connect, ClusterConfig, ClusterError};
+
+/// How long an id is held without a heartbeat.
+pub const LEASE: Duration = Duration::from_secs(30);
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Who holds an id.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Holder {
+    /// The host name.
+    pub host: String,
+    /// The audit directory.
+    pub dir: String,
+    /// The process.
+    pub pid: u32,
+}
+
+impl Holder {
+    /// This process, keeping the log in `dir`.
+    pub fn this(dir: &Path) -> Holder {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        Holder {
+            host,
+            dir: dir.display().to_string(),
+            pid: std::process::id(),
+        }
+    }
+
+    fn same_instance(&self, other: &Holder) -> bool {
+        self.host == other.host && self.dir == other.dir
+    }
+}
+
+/// The id taken: keep it with [`Lease::keep`].
+#[derive(Debug)]
+pub struct Lease {
+    store: kv::Store,
+    key: String,
+    holder: Holder,
+    revision: u64,
+}
+
+/// Take `config.instance` for `holder`; `Err(Config)` when another live instance holds it.
+pub async fn take(config: &ClusterConfig, holder: Holder) -> Result<Lease, ClusterError> {
+    let broker = |what: &'static str| move |e: String| ClusterError::Broker { what, reason: e };
+    let client = connect(config).await?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(config.ack_timeout)
+        .build(client);
+    let name = format!("{}_instances", config.audit_stream.to_ascii_lowercase());
+    let store = crate::shared::bucket(
+        &js,
+        &name,
+        LEASE,
+        config.replicas,
+        jetstream::stream::StorageType::Memory,
+    )
+    .await
+    .map_err(|e| broker("instances bucket")(e.0))?;
+    let key = config.instance.clone();
+    let value =
+        Bytes::from(serde_json::to_vec(&holder).map_err(|e| broker("instances")(e.to_string()))?);
+    let revision = match store.create(&key, value.clone()).await {
+        Ok(r) => r,
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let entry = store
+                .entry(key.clone())
+                .await
+                .map_err(|e| broker("instances")(e.to_string()))?
+                .ok_or_else(|| {
+                    broker("instances")("the id's entry vanished; start again".into())
+                })?;
+            let held: Holder = serde_json::from_slice(&entry.value)
+                .map_err(|e| broker("instances")(e.to_string()))?;
+            if !held.same_instance(&holder) {
+                return Err(ClusterError::Config(format!(
+                    "instance {:?} is in use by {} (audit directory {}, pid {}); each instance needs its own id",
+                    config.instance, held.host, held.dir, held.pid
+                )));
+            }
+            store
+                .update(&key, value, entry.revision)
+                .await
+                .map_err(|e| broker("instances")(e.to_string()))?
+        }
+        Err(e) => return Err(broker("instances")(e.to_string())),
+    };
+    Ok(Lease {
+        store,
+        key,
+        holder,
+        revision,
+    })
+}
+
+impl Lease {
+    /// Heartbeat until `stop`; a heartbeat that finds the id taken by another holder is
+    /// logged as an error (the group has two instances with one id).
+    pub async fn keep(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+                _ = stop.changed() => {
+                    let _ = self.store.delete(&self.key).await;
+                    return;
+                }
+            }
+            let Ok(value) = serde_json::to_vec(&self.holder) else {
+                return;
+            };
+            match self
+                .store
+                .update(&self.key, Bytes::from(value.clone()), self.revision)
+                .await
+            {
+                Ok(r) => self.revision = r,
+                // Lapsed (the broker was away): take it again if no one else did.
+                Err(_) => match self.store.create(&self.key, Bytes::from(value)).await {
+                    Ok(r) => self.revision = r,
+                    Err(e) => {
+                        tracing::error!(instance = %self.key, error = %e, "instance id: heartbeat failed (taken by another instance, or the broker unreachable)")
+                    }
+                },
+            }
+        }
+    }
+}
