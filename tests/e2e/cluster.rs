@@ -249,6 +249,59 @@ fn two_instances_ship_every_record_once_through_a_broker_outage() {
         "exactly once"
     );
     assert!(outage_errors > 0.0, "the outage was seen and counted");
+    // Queried and reported from the stream: every pair of both instances, once.
+    let pairs = |s: &Switch| crate::switch::records(&s.audit_dir()).len();
+    let both = pairs(&a) + pairs(&b);
+    let query = crate::support::switchyard(
+        &[
+            "audit",
+            "query",
+            "--stream",
+            &nats.url(),
+            "--demo-keys",
+            "--format",
+            "jsonl",
+        ],
+        b"",
+    );
+    assert!(
+        query.status.success(),
+        "{}",
+        String::from_utf8_lossy(&query.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&query.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), both);
+    assert_eq!(
+        lines.iter().filter(|l| l["instance"] == "sw-1").count(),
+        pairs(&b)
+    );
+    let report = crate::support::switchyard(
+        &[
+            "audit",
+            "report",
+            "--stream",
+            &nats.url(),
+            "--demo-keys",
+            "--format",
+            "jsonl",
+        ],
+        b"",
+    );
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let counted: u64 = String::from_utf8_lossy(&report.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["dimension"] == "day")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, both as u64, "the report covers both instances");
     // A restart resumes where the stream stands: nothing again, nothing skipped.
     let a = a.restart();
     let (sent, answered) = load(&a, 2, "1").join().unwrap();

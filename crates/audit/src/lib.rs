@@ -32,7 +32,7 @@ pub use error::{AuditError, Result};
 pub use format::RecordKind;
 pub use keys::{AuditKeys, ChainKey, KeySource, PanHash, PanKey, DEMO_WARNING};
 pub use log::{AuditConfig, AuditLog, AuditStats, BatchObserver, Recovery};
-pub use query::{query, report, Filter, QueryReport, Report, ReportRow, Totals};
+pub use query::{query, report, Filter, QueryReport, Report, ReportRow, Reporter, Totals};
 pub use reader::{
     for_each, for_each_recent, read_checked, verify, OnDamage, RecordRef, Skipped, VerifyReport,
 };

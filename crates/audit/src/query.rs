@@ -197,14 +197,40 @@ pub fn report(
     filter: &Filter,
     delivered_reversals: &BTreeSet<u64>,
 ) -> Result<Report> {
-    let mut groups: BTreeMap<(usize, String, String), Totals> = BTreeMap::new();
-    const DIMENSIONS: [&str; 4] = ["day", "issuer", "merchant", "terminal"];
-    let queried = query(dir, key, on_damage, filter, |_, r| {
+    let mut reporter = Reporter::new(delivered_reversals);
+    let queried = query(dir, key, on_damage, filter, |_, r| reporter.add(&r))?;
+    Ok(Report {
+        rows: reporter.rows(),
+        read: queried.read,
+    })
+}
+
+/// The totals of [`report`], made from pair records handed in one by one (from a log, or
+/// from the audit stream).
+#[derive(Debug)]
+pub struct Reporter<'a> {
+    groups: BTreeMap<(usize, String, String), Totals>,
+    delivered_reversals: &'a BTreeSet<u64>,
+}
+
+const DIMENSIONS: [&str; 4] = ["day", "issuer", "merchant", "terminal"];
+
+impl<'a> Reporter<'a> {
+    /// A record whose reversal id is in `delivered_reversals` counts as reversed.
+    pub fn new(delivered_reversals: &'a BTreeSet<u64>) -> Reporter<'a> {
+        Reporter {
+            groups: BTreeMap::new(),
+            delivered_reversals,
+        }
+    }
+
+    /// Count `r` in its day, issuer, merchant and terminal.
+    pub fn add(&mut self, r: &PairRecord) {
         let day = Civil::from_unix(r.received_us.div_euclid(1_000_000)).date_string();
         let currency = r.currency.as_deref().unwrap_or("-").to_string();
         let reversed = r
             .reversal_id
-            .is_some_and(|id| delivered_reversals.contains(&id));
+            .is_some_and(|id| self.delivered_reversals.contains(&id));
         let keys = [
             Some(day),
             r.issuer.as_deref().map(str::to_string),
@@ -213,23 +239,23 @@ pub fn report(
         ];
         for (i, key) in keys.into_iter().enumerate() {
             let key = key.unwrap_or_else(|| "-".into());
-            groups
+            self.groups
                 .entry((i, key, currency.clone()))
                 .or_default()
-                .add(&r, reversed);
+                .add(r, reversed);
         }
-    })?;
-    let rows = groups
-        .into_iter()
-        .map(|((i, key, currency), totals)| ReportRow {
-            dimension: DIMENSIONS[i],
-            key,
-            currency,
-            totals,
-        })
-        .collect();
-    Ok(Report {
-        rows,
-        read: queried.read,
-    })
+    }
+
+    /// The rows, by dimension and key.
+    pub fn rows(self) -> Vec<ReportRow> {
+        self.groups
+            .into_iter()
+            .map(|((i, key, currency), totals)| ReportRow {
+                dimension: DIMENSIONS[i],
+                key,
+                currency,
+                totals,
+            })
+            .collect()
+    }
 }

@@ -463,7 +463,10 @@ impl AuditShipper {
         let js = jetstream::ContextBuilder::new()
             .timeout(self.config.ack_timeout)
             .ack_timeout(self.config.ack_timeout)
-            .max_ack_inflight(self.config.max_pending)
+            // Each record is up to two publishes (its feed report and itself), all held
+            // until acknowledged: the client's own bound must not be met first, or a
+            // publish waits for a permit only an acknowledgement behind it would free.
+            .max_ack_inflight(self.config.max_pending * 2 + 2)
             .backpressure_on_inflight(true)
             .build(client);
         let stream = audit_stream(&js, &self.config)

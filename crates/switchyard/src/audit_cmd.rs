@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
@@ -70,8 +70,14 @@ pub enum AuditCommand {
 #[derive(Args, Debug)]
 pub struct ReadArgs {
     /// The audit log directory.
+    #[arg(long, required_unless_present = "stream", conflicts_with = "stream")]
+    dir: Option<PathBuf>,
+    /// Or the audit stream (a NATS server URL): every instance's records, each instance's
+    /// chain verified on its own.
     #[arg(long)]
-    dir: PathBuf,
+    stream: Option<String>,
+    #[command(flatten)]
+    source: StreamArgs,
     #[command(flatten)]
     filter: FilterArgs,
     /// Find a card: the PAN is hashed with the PAN key and never printed.
@@ -279,12 +285,20 @@ pub fn run(command: AuditCommand) -> CmdResult {
         AuditCommand::Query { read } => {
             let (filter, key, on_damage) = read.open()?;
             let reversals = read.reversals(&key)?;
-            query(&read.dir, &key, on_damage, &filter, &reversals, read.format)
+            query(
+                &read.records(),
+                &key,
+                on_damage,
+                &filter,
+                &reversals,
+                read.format,
+            )
         }
         AuditCommand::Settle { read } => {
             let (filter, key, on_damage) = read.open()?;
             let reversals = read.reversals(&key)?;
-            let day = crate::books_cmd::Day::read(&read.dir, &key, on_damage, &filter, &reversals)?;
+            let day =
+                crate::books_cmd::Day::read(&read.records(), &key, on_damage, &filter, &reversals)?;
             crate::books_cmd::print_settlement(&day, read.format)
         }
         AuditCommand::Reconcile { read, against } => {
@@ -293,7 +307,8 @@ pub fn run(command: AuditCommand) -> CmdResult {
                 return Err(fail(EX_USAGE)(anyhow!("reconcile needs --business-date")));
             }
             let reversals = read.reversals(&key)?;
-            let day = crate::books_cmd::Day::read(&read.dir, &key, on_damage, &filter, &reversals)?;
+            let day =
+                crate::books_cmd::Day::read(&read.records(), &key, on_damage, &filter, &reversals)?;
             crate::books_cmd::reconcile(
                 &day,
                 &against,
@@ -309,7 +324,21 @@ pub fn run(command: AuditCommand) -> CmdResult {
                 .filter(|e| e.state == EntryState::Delivered)
                 .map(|e| e.id)
                 .collect();
-            let report = switchyard_audit::report(&read.dir, &key, on_damage, &filter, &delivered)
+            let dir = match read.records() {
+                Source::Dir(dir) => dir,
+                stream @ Source::Stream(_) => {
+                    let mut reporter = switchyard_audit::Reporter::new(&delivered);
+                    let pairs = for_each_pair(&stream, &key, on_damage, &filter, |_, _, r| {
+                        reporter.add(&r)
+                    })?;
+                    written(print_report(&reporter.rows(), read.format))?;
+                    if let (Some(note), Format::Table) = (pairs.damaged, read.format) {
+                        written(writeln!(std::io::stdout(), "{note}"))?;
+                    }
+                    return Ok(());
+                }
+            };
+            let report = switchyard_audit::report(&dir, &key, on_damage, &filter, &delivered)
                 .map_err(audit_failure)?;
             warn_skipped(&report.read);
             written(print_report(&report.rows, read.format))?;
@@ -372,16 +401,130 @@ impl ReadArgs {
 
     /// Every reversal and advice the journal ever held, by id, each journal record
     /// verified under the chain key (the journal is written with the audit keys).
+    /// Where the records are read from.
+    pub(crate) fn records(&self) -> Source {
+        match (&self.dir, &self.stream) {
+            (Some(dir), _) => Source::Dir(dir.clone()),
+            (None, server) => Source::Stream(Box::new(
+                self.source.config(server.clone().unwrap_or_default()),
+            )),
+        }
+    }
+
     fn reversals(&self, chain: &ChainKey) -> Result<Reversals, crate::codec_cmd::Failure> {
-        let dir = match &self.saf_dir {
-            Some(d) => d.clone(),
-            None => match self.dir.parent() {
+        let dir = match (&self.saf_dir, &self.dir) {
+            (Some(d), _) => d.clone(),
+            // The stream carries no store-and-forward journal.
+            (None, None) => return Ok(Reversals::new()),
+            (None, Some(dir)) => match dir.parent() {
                 Some(parent) if parent.join("saf").is_dir() => parent.join("saf"),
                 _ => return Ok(Reversals::new()),
             },
         };
         switchyard_router::saf::history(&dir, Some(chain)).map_err(audit_failure)
     }
+}
+
+/// Where pair records are read from: one log directory, or the audit stream (every
+/// instance of the group).
+pub(crate) enum Source {
+    /// A log directory.
+    Dir(PathBuf),
+    /// The audit stream.
+    Stream(Box<switchyard_cluster::ClusterConfig>),
+}
+
+/// What a read of pair records found.
+pub(crate) struct PairsRead {
+    /// Records `filter` selected.
+    pub matched: u64,
+    /// With damage skipped: the note that says the output is incomplete.
+    pub damaged: Option<String>,
+}
+
+/// Every pair record `filter` selects, each verified as it is read (a log's chain, or each
+/// instance's chain in the stream): `each(instance, seq, pair)` (the instance with the
+/// stream only). A damaged record stops the read, or is skipped and said so, as `on_damage`
+/// says.
+pub(crate) fn for_each_pair(
+    source: &Source,
+    key: &ChainKey,
+    on_damage: OnDamage,
+    filter: &Filter,
+    mut each: impl FnMut(Option<&str>, u64, PairRecord),
+) -> Result<PairsRead, crate::codec_cmd::Failure> {
+    let config = match source {
+        Source::Dir(dir) => {
+            let queried =
+                switchyard_audit::query(dir, key, on_damage, filter, |seq, r| each(None, seq, r))
+                    .map_err(audit_failure)?;
+            warn_skipped(&queried.read);
+            return Ok(PairsRead {
+                matched: queried.matched,
+                damaged: (!queried.read.skipped.is_empty()).then(|| damaged_note(&queried.read)),
+            });
+        }
+        Source::Stream(config) => config,
+    };
+    let mut matched = 0;
+    let mut checks: BTreeMap<String, switchyard_audit::ChainCheck<'_>> = BTreeMap::new();
+    let mut damage: Option<String> = None;
+    let mut skipped = 0u64;
+    crate::keys_cmd::runtime()?
+        .block_on(switchyard_cluster::read_audit_stream(
+            config,
+            |instance, frame| {
+                if damage.is_some() {
+                    return;
+                }
+                let check = checks
+                    .entry(instance.to_string())
+                    .or_insert_with(|| switchyard_audit::ChainCheck::new(key));
+                if let Err(e) = check.check(frame) {
+                    match on_damage {
+                        OnDamage::Stop => damage = Some(format!("instance {instance}: {e}")),
+                        OnDamage::Skip => {
+                            eprintln!(
+                                "switchyard: skipped in the stream: instance {instance}: {e}"
+                            );
+                            skipped += 1;
+                            // Taken up again from the next record that reads.
+                            *check = switchyard_audit::ChainCheck::new(key);
+                        }
+                    }
+                    return;
+                }
+                let Ok(r) = switchyard_audit::read_frame(frame) else {
+                    return;
+                };
+                if switchyard_audit::RecordKind::from_code(r.kind)
+                    != Some(switchyard_audit::RecordKind::Pair)
+                {
+                    return;
+                }
+                match switchyard_audit::payload::decode::<PairRecord>(r.seq, r.payload) {
+                    Ok(pair) if filter.matches(&pair) => {
+                        matched += 1;
+                        each(Some(instance), r.seq, pair);
+                    }
+                    Ok(_) => {}
+                    Err(e) => damage = Some(format!("instance {instance}: record {}: {e}", r.seq)),
+                }
+            },
+        ))
+        .map_err(|e| fail(EX_UNAVAILABLE)(e.into()))?;
+    if let Some(d) = damage {
+        return Err(fail(EX_DATAERR)(anyhow!(
+            "the audit stream does not verify: {d}"
+        )));
+    }
+    let damaged = (skipped > 0).then(|| {
+        format!("WARNING: the stream is damaged: {skipped} records skipped; these results are incomplete")
+    });
+    if let Some(note) = &damaged {
+        eprintln!("switchyard: {note}");
+    }
+    Ok(PairsRead { matched, damaged })
 }
 
 /// Where the audit stream is (`--stream URL`).
@@ -571,7 +714,7 @@ fn query_row(seq: u64, r: &PairRecord, reversals: &Reversals) -> [String; 15] {
 }
 
 fn query(
-    dir: &Path,
+    source: &Source,
     key: &ChainKey,
     on_damage: OnDamage,
     filter: &Filter,
@@ -581,7 +724,7 @@ fn query(
     let mut rows = Vec::new();
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
-    let queried = switchyard_audit::query(dir, key, on_damage, filter, |seq, r| {
+    let queried = for_each_pair(source, key, on_damage, filter, |instance, seq, r| {
         if write_error.is_some() {
             return;
         }
@@ -589,6 +732,9 @@ fn query(
             Format::Jsonl => serde_json::to_value(&r)
                 .map(|mut v| {
                     v["seq"] = seq.into();
+                    if let Some(i) = instance {
+                        v["instance"] = i.into();
+                    }
                     // The reversal's or advice's fate, from the journal.
                     if let Some(e) = r.reversal_id.and_then(|id| reversals.get(&id)) {
                         v["reversal"] = serde_json::to_value(e).unwrap_or_default();
@@ -605,9 +751,7 @@ fn query(
         if let Err(e) = result {
             write_error.get_or_insert(e);
         }
-    })
-    .map_err(audit_failure)?;
-    warn_skipped(&queried.read);
+    })?;
     if let Some(e) = write_error {
         return written(Err(e));
     }
@@ -616,10 +760,10 @@ fn query(
         Format::Csv => write_csv(&mut out, &header, &rows),
         Format::Table => write_table(&mut out, &header, &rows).and_then(|_| {
             writeln!(out, "{} matching records", queried.matched)?;
-            if queried.read.skipped.is_empty() {
-                return Ok(());
+            match &queried.damaged {
+                None => Ok(()),
+                Some(note) => writeln!(out, "{note}"),
             }
-            writeln!(out, "{}", damaged_note(&queried.read))
         }),
         Format::Jsonl => Ok(()),
     };

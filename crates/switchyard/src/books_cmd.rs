@@ -33,9 +33,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_audit::{ChainKey, Filter, OnDamage, Outcome, PairRecord, ShortText};
 use switchyard_router::saf::EntryState;
 
-use crate::audit_cmd::{
-    audit_failure, warn_skipped, write_csv, write_csv_row, write_table, Format, Reversals,
-};
+use crate::audit_cmd::{write_csv, write_csv_row, write_table, Format, Reversals, Source};
 use crate::codec_cmd::{fail, CmdResult, EX_DATAERR, EX_NOINPUT};
 
 /// What a transaction is, for the books.
@@ -226,7 +224,7 @@ fn take(t: &mut Option<ShortText>) -> ShortText {
 impl Day {
     /// The approved transactions `filter` (its business date) selects, spilled.
     pub fn read(
-        dir: &Path,
+        source: &Source,
         key: &ChainKey,
         on_damage: OnDamage,
         filter: &Filter,
@@ -234,8 +232,12 @@ impl Day {
     ) -> Result<Day, crate::codec_cmd::Failure> {
         let mut spill = Spill::new("day")?;
         let mut spilled: std::io::Result<()> = Ok(());
-        let report =
-            switchyard_audit::query(dir, key, on_damage, filter, |_, mut r: PairRecord| {
+        crate::audit_cmd::for_each_pair(
+            source,
+            key,
+            on_damage,
+            filter,
+            |_, _, mut r: PairRecord| {
                 if spilled.is_err() {
                     return;
                 }
@@ -283,10 +285,9 @@ impl Day {
                     reversed,
                 };
                 spilled = spill.put(p, &Spilled::Txn(id, txn));
-            })
-            .map_err(audit_failure)?;
+            },
+        )?;
         spilled.map_err(io_failure("temporary partition"))?;
-        warn_skipped(&report.read);
         Ok(Day {
             partitions: spill.finish()?,
         })
