@@ -132,8 +132,9 @@ fn load(
     let first = first_terminal.to_string();
     std::thread::spawn(move || {
         let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            // Open loop at a modest rate: the suite's other tests share the two cores.
             .args(["sim", "terminal", "--target", &target, "--connections", "2"])
-            .args(["--window", "2", "--json", "--first-terminal", &first])
+            .args(["--rate", "250", "--json", "--first-terminal", &first])
             .args(["--duration", &seconds.to_string()])
             .output()
             .unwrap();

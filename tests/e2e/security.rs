@@ -637,12 +637,20 @@ fn a_key_exchange_mid_load_changes_the_zpk_and_no_transaction_fails() {
         "every transaction approved across the exchange: {load}"
     );
     assert_eq!(load["failures"].to_string(), "{}", "{load}");
-    let listed = ok(&cli(&["keys", "list", "--config", &lab.config]));
-    let zpk_line = listed
-        .lines()
-        .find(|l| l.starts_with("zpk.issuer"))
-        .unwrap()
-        .to_string();
+    // On a loaded machine the exchange can land at the end of the load: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let zpk_line = loop {
+        let listed = ok(&cli(&["keys", "list", "--config", &lab.config]));
+        let line = listed
+            .lines()
+            .find(|l| l.starts_with("zpk.issuer"))
+            .unwrap()
+            .to_string();
+        if !line.ends_with(&lab.zpk_kcv) || std::time::Instant::now() > deadline {
+            break line;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(
         !zpk_line.ends_with(&lab.zpk_kcv),
         "the ZPK was replaced: {zpk_line}"

@@ -85,26 +85,54 @@ impl Switch {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let dir = tempfile::tempdir().unwrap();
-        let (terminals, admin) = (free_port(), free_port());
         let config = dir.path().join("switchyard.toml");
         let tokens = write_tokens(dir.path());
-        let text = format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntokens_file = \"{}\"\n[shutdown]\ngrace_ms = 5000\n[audit]\ndir = \"{}\"\ndemo_keys = true\n\
-             [[listeners]]\nname = \"terminals\"\nlisten = \"127.0.0.1:{terminals}\"\n{body}",
-            tokens.display(),
-            dir.path().join("audit").display()
-        );
-        std::fs::write(&config, text).unwrap();
-        let switch = Switch {
-            child: Self::spawn(&config, &env),
-            env,
-            terminals: format!("127.0.0.1:{terminals}").parse().unwrap(),
-            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-            dir,
-            config,
-        };
-        switch.wait_ready();
-        switch
+        // A free port can be taken by another test's process between our probe and the
+        // switch's bind: then the switch exits at once, and starts again on other ports.
+        for _ in 0..5 {
+            let (terminals, admin) = (free_port(), free_port());
+            let text = format!(
+                "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntokens_file = \"{}\"\n[shutdown]\ngrace_ms = 5000\n[audit]\ndir = \"{}\"\ndemo_keys = true\n\
+                 [[listeners]]\nname = \"terminals\"\nlisten = \"127.0.0.1:{terminals}\"\n{body}",
+                tokens.display(),
+                dir.path().join("audit").display()
+            );
+            std::fs::write(&config, text).unwrap();
+            let _ = std::fs::remove_file(config.with_file_name("switchyard.log"));
+            let mut child = Self::spawn(&config, &env);
+            let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if http_get(admin, "/readyz").0 == 200 {
+                    return Switch {
+                        child,
+                        env,
+                        terminals: format!("127.0.0.1:{terminals}").parse().unwrap(),
+                        admin,
+                        dir,
+                        config,
+                    };
+                }
+                let log = || {
+                    std::fs::read_to_string(config.with_file_name("switchyard.log"))
+                        .unwrap_or_default()
+                };
+                if child.try_wait().unwrap().is_some() {
+                    let log = log();
+                    assert!(
+                        log.contains("Address already in use"),
+                        "switch exited; its log:\n{log}"
+                    );
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("switch not ready in time; its log:\n{}", log());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("no free ports for the switch after 5 tries");
     }
 
     /// Start the process; its log goes to `switchyard.log` beside the config.
