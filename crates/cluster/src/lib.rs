@@ -279,6 +279,10 @@ impl ShipperMetrics {
             &["reason"],
         )?;
         registry.register(Box::new(errors.clone()))?;
+        // Every reason's series from zero, so that a rate over them sees the first failure.
+        for reason in ["connect", "stream", "publish", "ack", "read", "cursor"] {
+            errors.with_label_values(&[reason]);
+        }
         Ok(ShipperMetrics {
             acked: gauge(
                 "switchyard_audit_stream_acked_seq",
