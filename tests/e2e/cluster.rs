@@ -185,6 +185,30 @@ fn wait_shipped(switch: &Switch) {
     }
 }
 
+/// `audit <command> --stream ... --format jsonl`: its lines.
+fn stream_jsonl(nats: &Nats, command: &str) -> Vec<serde_json::Value> {
+    let url = nats.url();
+    let args = [
+        "audit",
+        command,
+        "--stream",
+        &url,
+        "--demo-keys",
+        "--format",
+        "jsonl",
+    ];
+    let out = crate::support::switchyard(&args, b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `audit verify --stream`: per instance, (records verified, first, last).
 fn verify_stream(nats: &Nats) -> Vec<(String, u64, u64, u64)> {
     let out = crate::support::switchyard(
@@ -253,52 +277,14 @@ fn two_instances_ship_every_record_once_through_a_broker_outage() {
     // Queried and reported from the stream: every pair of both instances, once.
     let pairs = |s: &Switch| crate::switch::records(&s.audit_dir()).len();
     let both = pairs(&a) + pairs(&b);
-    let query = crate::support::switchyard(
-        &[
-            "audit",
-            "query",
-            "--stream",
-            &nats.url(),
-            "--demo-keys",
-            "--format",
-            "jsonl",
-        ],
-        b"",
-    );
-    assert!(
-        query.status.success(),
-        "{}",
-        String::from_utf8_lossy(&query.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&query.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = stream_jsonl(&nats, "query");
     assert_eq!(lines.len(), both);
     assert_eq!(
         lines.iter().filter(|l| l["instance"] == "sw-1").count(),
         pairs(&b)
     );
-    let report = crate::support::switchyard(
-        &[
-            "audit",
-            "report",
-            "--stream",
-            &nats.url(),
-            "--demo-keys",
-            "--format",
-            "jsonl",
-        ],
-        b"",
-    );
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let counted: u64 = String::from_utf8_lossy(&report.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let counted: u64 = stream_jsonl(&nats, "report")
+        .iter()
         .filter(|r| r["dimension"] == "day")
         .map(|r| r["count"].as_u64().unwrap())
         .sum();
