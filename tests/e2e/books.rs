@@ -189,16 +189,7 @@ fn audit_books(
 
 /// `audit settle` of `date`: its JSON rows, one per merchant and currency.
 fn settle_rows(switch: &Switch, date: &str) -> Vec<serde_json::Value> {
-    let settle = audit_books(switch, "settle", date, "jsonl", None);
-    assert!(
-        settle.status.success(),
-        "{}",
-        String::from_utf8_lossy(&settle.stderr)
-    );
-    String::from_utf8_lossy(&settle.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    crate::support::json_lines(&audit_books(switch, "settle", date, "jsonl", None))
 }
 
 /// Stop an issuer process: its ledger summary line.
@@ -570,18 +561,12 @@ impl Till {
         amount: u64,
         original: Option<(&str, &str)>,
     ) -> (String, Answer) {
-        self.stan += 1;
+        let mut b = self.message(mti);
         let rrn = original.map_or(format!("{}{:08}", &self.tid[4..], self.stan), |o| {
             o.0.to_string()
         });
-        let mut b = MessageBuilder::new(crate::switch::spec(), Mti::parse(mti).unwrap());
         b.set(2, "4761730000000119").unwrap().set(3, pc).unwrap();
-        b.set_u64(4, amount).unwrap().set(7, "1124093000").unwrap();
-        b.set_u64(11, u64::from(self.stan))
-            .unwrap()
-            .set(37, &rrn)
-            .unwrap();
-        b.set(41, self.tid).unwrap().set(42, self.merchant).unwrap();
+        b.set_u64(4, amount).unwrap().set(37, &rrn).unwrap();
         b.set(49, "978").unwrap();
         if let Some((_, auth)) = original.filter(|o| !o.1.is_empty()) {
             b.set(38, auth).unwrap();
@@ -599,6 +584,25 @@ impl Till {
         };
         let amount = a.field(4).and_then(|f| f.as_u64()).unwrap_or(0);
         (rrn, (text(39), text(38), amount))
+    }
+
+    /// A message `mti` from this terminal with its next STAN, transmission time, terminal
+    /// and merchant.
+    fn message(&mut self, mti: &str) -> MessageBuilder<'static> {
+        self.stan += 1;
+        let mut b = MessageBuilder::new(crate::switch::spec(), Mti::parse(mti).unwrap());
+        b.set(7, "1124093000")
+            .unwrap()
+            .set_u64(11, u64::from(self.stan))
+            .unwrap();
+        b.set(41, self.tid).unwrap().set(42, self.merchant).unwrap();
+        b
+    }
+
+    /// Send `b`: the answer's response code.
+    fn code_of(&mut self, b: &MessageBuilder) -> String {
+        let a = self.conn.call(&b.encode());
+        a.field(39).map(|f| f.text()).unwrap_or_default()
     }
 
     /// A debit (sale, cash, completion) or credit (refund) the terminal keeps.
@@ -679,13 +683,7 @@ impl Till {
 
     /// The terminal's 0500 (or 0501) with its totals: the answer's code.
     fn settle(&mut self, batch: &str, totals: &Totals) -> String {
-        self.stan += 1;
-        let mut b = MessageBuilder::new(crate::switch::spec(), Mti::parse("0500").unwrap());
-        b.set(7, "1124093000")
-            .unwrap()
-            .set_u64(11, u64::from(self.stan))
-            .unwrap();
-        b.set(41, self.tid).unwrap().set(42, self.merchant).unwrap();
+        let mut b = self.message("0500");
         b.set(60, batch).unwrap();
         for (n, v) in [
             (74, totals.credits),
@@ -699,27 +697,19 @@ impl Till {
         ] {
             b.set_u64(n, v).unwrap();
         }
-        let a = self.conn.call(&b.encode());
-        a.field(39).map(|f| f.text()).unwrap_or_default()
+        self.code_of(&b)
     }
 
     /// One 0320 upload item: the answer's code.
     fn upload(&mut self, batch: &str, rrn: &str, amount: u64) -> String {
-        self.stan += 1;
-        let mut b = MessageBuilder::new(crate::switch::spec(), Mti::parse("0320").unwrap());
+        let mut b = self.message("0320");
         b.set(2, "4761730000000119")
             .unwrap()
             .set(3, "000000")
             .unwrap();
-        b.set_u64(4, amount).unwrap().set(7, "1124093000").unwrap();
-        b.set_u64(11, u64::from(self.stan))
-            .unwrap()
-            .set(37, rrn)
-            .unwrap();
-        b.set(41, self.tid).unwrap().set(42, self.merchant).unwrap();
+        b.set_u64(4, amount).unwrap().set(37, rrn).unwrap();
         b.set(60, batch).unwrap();
-        let a = self.conn.call(&b.encode());
-        a.field(39).map(|f| f.text()).unwrap_or_default()
+        self.code_of(&b)
     }
 }
 

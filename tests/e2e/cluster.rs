@@ -197,16 +197,7 @@ fn stream_jsonl(nats: &Nats, command: &str) -> Vec<serde_json::Value> {
         "--format",
         "jsonl",
     ];
-    let out = crate::support::switchyard(&args, b"");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    crate::support::json_lines(&crate::support::switchyard(&args, b""))
 }
 
 /// `audit verify --stream`: per instance, (records verified, first, last).

@@ -78,3 +78,16 @@ pub fn python() -> &'static Path {
 
 /// The pyiso8583 release the interop suite is pinned to.
 pub const PYISO8583_VERSION: &str = "4.0.1";
+
+/// The JSON lines a command printed, after it succeeded.
+pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -113,6 +113,9 @@ type Key = (ShortText, ShortText);
 /// about 40,000 (some 12 MiB in memory).
 pub const PARTITIONS: usize = 256;
 
+/// The largest spilled entry read back.
+const MAX_ENTRY: usize = 1 << 20;
+
 /// What is spilled, in log order.
 #[derive(Debug, Serialize, Deserialize)]
 enum Spilled {
@@ -196,7 +199,15 @@ impl Partitions {
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(e) => return Err(io_failure("temporary partition")(e)),
             }
-            buf.resize(u32::from_be_bytes(len) as usize, 0);
+            // Entries are small (one transaction or one file row): a larger length is a
+            // damaged temporary file, not an allocation to make.
+            let len = u32::from_be_bytes(len) as usize;
+            if len > MAX_ENTRY {
+                return Err(io_failure("temporary partition")(std::io::Error::other(
+                    format!("an entry of {len} bytes (at most {MAX_ENTRY})"),
+                )));
+            }
+            buf.resize(len, 0);
             r.read_exact(&mut buf)
                 .map_err(io_failure("temporary partition"))?;
             let entry = rmp_serde::from_slice(&buf)
