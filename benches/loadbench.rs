@@ -49,14 +49,18 @@ pub enum Shape {
     Durable,
     FireAndForget,
     Tls,
+    /// Two switches as one group on a nats-server: the durable shape with the audit stream
+    /// and the shared state on, the terminals split between them.
+    Group,
 }
 
 impl Shape {
-    pub const ALL: [Shape; 4] = [
+    pub const ALL: [Shape; 5] = [
         Shape::Direct,
         Shape::Durable,
         Shape::FireAndForget,
         Shape::Tls,
+        Shape::Group,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Shape {
             Shape::Durable => "2 switch, durable audit, integrity on",
             Shape::FireAndForget => "3 switch, fire-and-forget audit, integrity off",
             Shape::Tls => "4 switch, durable, TLS both sides",
+            Shape::Group => "5 two switches + nats-server, shared state",
         }
     }
 }
@@ -97,9 +102,26 @@ pub struct Row {
     /// CPU of the simulators (the issuer process and this load generator) per answer, µs.
     pub sims_cpu_us: f64,
     pub errors: u64,
+    /// Group shape: the claims requests waited for, those written behind, and those
+    /// written behind that found another instance's claim (medians over the repetitions).
+    pub claims: Option<SharedClaims>,
+}
+
+/// How the group's duplicate window was claimed in a measurement (both switches).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SharedClaims {
+    pub waited: f64,
+    pub behind: f64,
+    pub lost: f64,
+    /// The p99 of the claims waited for, ms (interpolated in the histogram's buckets).
+    pub waited_p99_ms: f64,
 }
 
 impl Row {
+    fn rate_scenario(&self) -> bool {
+        self.scenario.starts_with("open loop")
+    }
+
     /// Switch CPU per transaction over the issuer simulator's, measured together.
     /// 0 when the simulator's CPU was too small to read (whole clock ticks of 10 ms).
     pub fn cpu_ratio(&self) -> f64 {
@@ -221,12 +243,23 @@ fn certs(dir: &Path) -> Result<Certs, String> {
     Ok(c)
 }
 
-/// A running shape: where the terminals connect, the switch process (none for direct).
+/// A running shape: where the terminals connect, the switch processes (none for direct,
+/// two for the group) and the group's broker.
 struct Setup {
     issuer: Process,
-    switch: Option<Process>,
-    target: SocketAddr,
+    switches: Vec<(Process, SocketAddr)>,
+    broker: Option<Process>,
+    targets: Vec<SocketAddr>,
     tls: Option<Arc<ClientTls>>,
+}
+
+fn spawn_quiet(command: &mut Command) -> Result<Process, String> {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Process)
+        .map_err(|e| format!("{command:?}: {e}"))
 }
 
 fn setup(opts: &Options, shape: Shape, dir: &Path, certs: &Certs) -> Result<Setup, String> {
@@ -245,32 +278,71 @@ fn setup(opts: &Options, shape: Shape, dir: &Path, certs: &Certs) -> Result<Setu
             .arg("--tls-key")
             .arg(&certs.key);
     }
-    let issuer = Process(
-        issuer
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
+    let issuer = spawn_quiet(&mut issuer)?;
     let issuer_addr: SocketAddr = ([127, 0, 0, 1], issuer_port).into();
     wait_port(issuer_addr)?;
-    let client_tls = || {
-        ClientTls::load(ClientTlsFiles {
-            ca: certs.ca.clone(),
-            server_name: "localhost".into(),
-            client_auth: None,
-        })
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+    let mut set = Setup {
+        issuer,
+        switches: Vec::new(),
+        broker: None,
+        targets: Vec::new(),
+        tls: None,
     };
     if shape == Shape::Direct {
-        return Ok(Setup {
-            issuer,
-            switch: None,
-            target: issuer_addr,
-            tls: None,
-        });
+        set.targets.push(issuer_addr);
+        return Ok(set);
     }
+    let mut group = None;
+    if shape == Shape::Group {
+        let port = free_port();
+        let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .ok_or("the group shape needs nats-server (apt install nats-server)")?;
+        set.broker = Some(spawn_quiet(
+            Command::new(nats)
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(dir.join(format!("nats-{port}"))),
+        )?);
+        wait_port(([127, 0, 0, 1], port).into())?;
+        group = Some(port);
+    }
+    for instance in 0..if group.is_some() { 2 } else { 1 } {
+        let cluster = group.map(|port| (port, instance));
+        let (port, admin, config) = switch_config(shape, dir, issuer_addr, certs, cluster)?;
+        let switch = spawn_quiet(
+            Command::new(&opts.switchyard)
+                .args(["run", "--config"])
+                .arg(&config),
+        )?;
+        let admin = ([127, 0, 0, 1], admin).into();
+        wait_ready(admin)?;
+        set.switches.push((switch, admin));
+        set.targets.push(([127, 0, 0, 1], port).into());
+    }
+    if shape == Shape::Tls {
+        set.tls = Some(
+            ClientTls::load(ClientTlsFiles {
+                ca: certs.ca.clone(),
+                server_name: "localhost".into(),
+                client_auth: None,
+            })
+            .map(Arc::new)
+            .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(set)
+}
+
+/// A switch's config for `shape` (in the group, `cluster`: the broker's port and this
+/// instance's number): its terminal port, its admin port, the file.
+fn switch_config(
+    shape: Shape,
+    dir: &Path,
+    issuer_addr: SocketAddr,
+    certs: &Certs,
+    cluster: Option<(u16, usize)>,
+) -> Result<(u16, u16, PathBuf), String> {
     let (port, admin) = (free_port(), free_port());
     let data = dir.join(format!("data-{port}"));
     let durability = if shape == Shape::FireAndForget {
@@ -306,50 +378,89 @@ fn setup(opts: &Options, shape: Shape, dir: &Path, certs: &Certs) -> Result<Setu
         );
     }
     config.push_str("[routing]\ndefault = \"issuer\"\n");
+    // The steady state: a terminal at home from its first answer (a switch's terminals move
+    // when they reconnect elsewhere; for a minute after, their requests claim synchronously).
+    if let Some((broker, instance)) = cluster {
+        let _ = write!(
+            config,
+            "[cluster]\nservers = [\"nats://127.0.0.1:{broker}\"]\ninstance = \"bench-{instance}\"\nshared_state = true\nhome_settle_s = 0\n"
+        );
+    }
     let path = dir.join(format!("switch-{port}.toml"));
     std::fs::write(&path, config).map_err(|e| e.to_string())?;
-    let switch = Process(
-        Command::new(&opts.switchyard)
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    wait_ready(([127, 0, 0, 1], admin).into())?;
-    Ok(Setup {
-        issuer,
-        switch: Some(switch),
-        target: ([127, 0, 0, 1], port).into(),
-        tls: if shape == Shape::Tls {
-            Some(client_tls()?)
-        } else {
-            None
-        },
-    })
+    Ok((port, admin, path))
 }
 
+/// `scenario` against `targets` at once, its connections (and rate) split between them;
+/// one report of all.
 fn load(
     rt: &tokio::runtime::Runtime,
-    target: SocketAddr,
+    targets: &[SocketAddr],
     tls: Option<Arc<ClientTls>>,
     scenario: Scenario,
     seconds: f64,
 ) -> Result<LoadReport, String> {
     let spec = shipped("iso8583-1987-ascii").map_err(|e| e.to_string())?;
-    let config = TerminalSimConfig {
-        connections: scenario.connections,
-        window: scenario.window,
-        rate: scenario.rate,
-        count: None,
-        duration: Some(Duration::from_secs_f64(seconds)),
-        tls,
-        timeout: Duration::from_secs(10),
-        ..TerminalSimConfig::new(&target.to_string(), spec)
-    };
-    rt.block_on(switchyard_sim::run(config))
-        .map_err(|e| e.to_string())
+    let n = targets.len().max(1);
+    let mut first_terminal = 1;
+    let runs = targets.iter().enumerate().filter_map(|(i, target)| {
+        let connections = scenario.connections / n + usize::from(i < scenario.connections % n);
+        // Each target its own terminals (the same terminal on two instances would be one
+        // terminal sending its requests to both).
+        let first = first_terminal;
+        first_terminal += connections as u32;
+        let config = TerminalSimConfig {
+            first_terminal: first,
+            connections,
+            window: scenario.window,
+            rate: scenario
+                .rate
+                .map(|r| r * connections as f64 / scenario.connections as f64),
+            count: None,
+            duration: Some(Duration::from_secs_f64(seconds)),
+            tls: tls.clone(),
+            timeout: Duration::from_secs(10),
+            ..TerminalSimConfig::new(&target.to_string(), spec)
+        };
+        (connections > 0).then(|| switchyard_sim::run(config))
+    });
+    let reports = rt.block_on(futures_join(runs.collect()))?;
+    let mut all: Option<LoadReport> = None;
+    for report in reports {
+        let report = report.map_err(|e| e.to_string())?;
+        match &mut all {
+            None => all = Some(report),
+            Some(a) => {
+                a.sent += report.sent;
+                a.answered += report.answered;
+                a.unanswered += report.unanswered;
+                a.connect_errors += report.connect_errors;
+                for (k, v) in report.failures {
+                    *a.failures.entry(k).or_default() += v;
+                }
+                for (k, v) in report.codes {
+                    *a.codes.entry(k).or_default() += v;
+                }
+                a.latency.add(&report.latency).map_err(|e| e.to_string())?;
+                a.elapsed = a.elapsed.max(report.elapsed);
+            }
+        }
+    }
+    all.ok_or_else(|| "no load".to_string())
+}
+
+/// Run `futures` at once, their results in order.
+async fn futures_join<F>(futures: Vec<F>) -> Result<Vec<F::Output>, String>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.map_err(|e| e.to_string())?);
+    }
+    Ok(out)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -365,6 +476,7 @@ struct Measured {
     switch_rss_mib: f64,
     issuer_cpu_s: f64,
     sims_cpu_us: f64,
+    claims: Option<SharedClaims>,
 }
 
 /// The scenarios of a run: one request in flight (latency), the two pipelined shapes the
@@ -472,6 +584,12 @@ pub fn run(opts: &Options) -> Result<(Vec<Row>, String), String> {
                     .iter()
                     .map(|r| r.report.unanswered + r.report.connect_errors)
                     .sum(),
+                claims: (shape == Shape::Group).then(|| SharedClaims {
+                    waited: m(&|r| r.claims.unwrap_or_default().waited),
+                    behind: m(&|r| r.claims.unwrap_or_default().behind),
+                    lost: m(&|r| r.claims.unwrap_or_default().lost),
+                    waited_p99_ms: m(&|r| r.claims.unwrap_or_default().waited_p99_ms),
+                }),
             });
         }
     }
@@ -505,29 +623,146 @@ fn measure(
     certs: &Certs,
 ) -> Result<Measured, String> {
     let s = setup(opts, shape, dir, certs)?;
-    load(rt, s.target, s.tls.clone(), scenario, opts.seconds() / 5.0)?;
-    let pid = s.switch.as_ref().map(|p| p.0.id());
+    load(
+        rt,
+        &s.targets,
+        s.tls.clone(),
+        scenario,
+        opts.seconds() / 5.0,
+    )?;
+    // The switch's CPU; the group's: both switches and its broker.
+    let pids: Vec<u32> = s
+        .switches
+        .iter()
+        .map(|(p, _)| p.0.id())
+        .chain(s.broker.as_ref().map(|b| b.0.id()))
+        .collect();
+    let switch_usage = || {
+        pids.iter()
+            .map(|p| usage(*p))
+            .fold((0.0, 0.0), |a, u| (a.0 + u.0, a.1 + u.1))
+    };
     let issuer = s.issuer.0.id();
     let sims_cpu = || usage(issuer).0 + usage(std::process::id()).0;
-    let (before, issuer_before, sims_before) = (
-        pid.map(usage).unwrap_or_default(),
-        usage(issuer).0,
-        sims_cpu(),
-    );
-    let report = load(rt, s.target, s.tls.clone(), scenario, opts.seconds())?;
-    let (after, issuer_after, sims_after) = (
-        pid.map(usage).unwrap_or_default(),
-        usage(issuer).0,
-        sims_cpu(),
-    );
+    let claims = || shape == Shape::Group;
+    let claims_before = claims().then(|| shared_claims(&s));
+    let (before, issuer_before, sims_before) = (switch_usage(), usage(issuer).0, sims_cpu());
+    let report = load(rt, &s.targets, s.tls.clone(), scenario, opts.seconds())?;
+    let (after, issuer_after, sims_after) = (switch_usage(), usage(issuer).0, sims_cpu());
     let sims_cpu_us = (sims_after - sims_before) * 1e6 / report.answered.max(1) as f64;
+    let claims = claims_before.map(|before| shared_claims(&s).since(&before));
+    // RSS: the switches' only (the broker's is its own business).
+    let switch_rss_mib = s.switches.iter().map(|(p, _)| usage(p.0.id()).1).sum();
     Ok(Measured {
         report,
         switch_cpu_s: after.0 - before.0,
-        switch_rss_mib: after.1,
+        switch_rss_mib,
         issuer_cpu_s: issuer_after - issuer_before,
         sims_cpu_us,
+        claims,
     })
+}
+
+/// The group's claim counters and the waited-for claims' histogram, both switches summed.
+#[derive(Debug, Default)]
+struct ClaimScrape {
+    waited: f64,
+    behind: f64,
+    lost: f64,
+    /// (upper bound s, cumulative count) of `op="claim"`.
+    buckets: Vec<(f64, f64)>,
+}
+
+impl ClaimScrape {
+    fn since(&self, before: &ClaimScrape) -> SharedClaims {
+        let buckets: Vec<(f64, f64)> = self
+            .buckets
+            .iter()
+            .map(|(le, n)| {
+                let was = before
+                    .buckets
+                    .iter()
+                    .find(|b| b.0 == *le)
+                    .map_or(0.0, |b| b.1);
+                (*le, n - was)
+            })
+            .collect();
+        SharedClaims {
+            waited: self.waited - before.waited,
+            behind: self.behind - before.behind,
+            lost: self.lost - before.lost,
+            waited_p99_ms: quantile(&buckets, 0.99) * 1e3,
+        }
+    }
+}
+
+/// `q` of a cumulative histogram, interpolated within its bucket.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let (mut prev_le, mut prev_n) = (0.0, 0.0);
+    for (le, n) in buckets {
+        if total > 0.0 && *n >= q * total {
+            if le.is_infinite() {
+                return prev_le;
+            }
+            return prev_le + (le - prev_le) * ((q * total - prev_n) / (n - prev_n).max(1.0));
+        }
+        (prev_le, prev_n) = (*le, *n);
+    }
+    0.0
+}
+
+fn shared_claims(s: &Setup) -> ClaimScrape {
+    let mut all = ClaimScrape::default();
+    for (_, admin) in &s.switches {
+        let text = http_get(*admin, "/metrics").unwrap_or_default();
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            if series.starts_with("switchyard_shared_state_total{") {
+                let result_ok = series.contains("result=\"ok\"");
+                if series.contains("op=\"claim\"") && result_ok {
+                    all.waited += value;
+                } else if series.contains("op=\"claim-behind\"") && result_ok {
+                    all.behind += value;
+                } else if series.contains("op=\"claim-behind\"")
+                    && series.contains("result=\"lost\"")
+                {
+                    all.lost += value;
+                }
+            } else if series.starts_with("switchyard_shared_state_duration_seconds_bucket{")
+                && series.contains("op=\"claim\"")
+            {
+                let le = series
+                    .split("le=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .map_or(f64::INFINITY, |le| le.parse().unwrap_or(f64::INFINITY));
+                match all.buckets.iter_mut().find(|b| b.0 == le) {
+                    Some(b) => b.1 += value,
+                    None => all.buckets.push((le, value)),
+                }
+            }
+        }
+    }
+    all.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    all
+}
+
+/// The body of a GET on the admin port.
+fn http_get(admin: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
 /// Open `n` idle terminal connections to a switch: (connections per second, switch RSS MiB).
@@ -538,11 +773,12 @@ fn idle_connections(
     n: usize,
 ) -> Result<(usize, f64, f64), String> {
     let s = setup(opts, Shape::Durable, dir, certs)?;
-    let pid = s.switch.as_ref().map(|p| p.0.id()).unwrap_or(0);
+    let pid = s.switches.first().map_or(0, |(p, _)| p.0.id());
+    let target = *s.targets.first().ok_or("no switch")?;
     let started = Instant::now();
     let mut open = Vec::with_capacity(n);
     for _ in 0..n {
-        match std::net::TcpStream::connect_timeout(&s.target, Duration::from_secs(5)) {
+        match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
             Ok(c) => open.push(c),
             Err(e) => {
                 return Err(format!(
@@ -663,6 +899,28 @@ fn render(m: &Measurements<'_>, opts: &Options) -> String {
             durable.p99_ms,
             verdict(durable.p99_ms <= p99)
         );
+    }
+    // The group's shared state: what it adds to each request, from the open loop (its
+    // p99 against the durable single switch's, measured in the same run).
+    let open_loop = rows.iter().find(|r| r.rate_scenario());
+    if let Some(scenario) = open_loop.map(|r| r.scenario) {
+        if let (Some(single), Some(group)) =
+            (find(scenario, Shape::Durable), find(scenario, Shape::Group))
+        {
+            let added = group.p99_ms - single.p99_ms;
+            let c = group.claims.unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "goal {scenario}, two switches on NATS with shared state: p99 {:.3} ms vs {:.3} ms for one switch, added {added:.3} ms (under 0.5 ms: {}); claims waited for {:.0} (p99 {:.3} ms), written behind {:.0}, lost {:.0}",
+                group.p99_ms,
+                single.p99_ms,
+                verdict(added < 0.5),
+                c.waited,
+                c.waited_p99_ms,
+                c.behind,
+                c.lost
+            );
+        }
     }
     out
 }

@@ -98,7 +98,7 @@ impl Nats {
 /// The `[cluster]` section of instance `id`.
 pub fn cluster_section(nats: &Nats, id: &str) -> String {
     format!(
-        "[cluster]\nservers = [\"{}\"]\ninstance = \"{id}\"\nconnect_timeout_ms = 500\nack_timeout_ms = 1000\n",
+        "[cluster]\nservers = [\"{}\"]\ninstance = \"{id}\"\nconnect_timeout_ms = 500\nack_timeout_ms = 1000\nhome_settle_s = 1\n",
         nats.url()
     )
 }
@@ -329,9 +329,15 @@ fn a_retransmission_or_a_reversal_on_the_other_instance_is_handled_as_one_switch
     let nats = Nats::start();
     let (a, b) = two_instances(&nats, sims[0].addr, "timeout_ms = 3000", "");
     let ledger = &sims[0].ledger;
-    let before = ledger.requests.load(Ordering::Relaxed);
     let mut on_a = crate::switch::Terminal::connect(a.terminals);
     let mut on_b = crate::switch::Terminal::connect(b.terminals);
+    // The terminal at home on A (its requests claimed behind there, not waited for).
+    assert_eq!(
+        code_and_auth(&on_a.call(&purchase("TCLUSTR1", 40, 100))).0,
+        "00"
+    );
+    std::thread::sleep(Duration::from_millis(1300));
+    let before = ledger.requests.load(Ordering::Relaxed);
     let request = purchase("TCLUSTR1", 41, 4_200);
     on_a.send(&request);
     std::thread::sleep(Duration::from_millis(200));
@@ -361,6 +367,15 @@ fn a_retransmission_or_a_reversal_on_the_other_instance_is_handled_as_one_switch
         ledger.requests.load(Ordering::Relaxed) - before,
         1,
         "the issuer saw it once"
+    );
+    let claimed_behind = metric_in(
+        &http_get(a.admin, "/metrics").1,
+        "switchyard_shared_state_total",
+        &[("op", "claim-behind"), ("result", "ok")],
+    );
+    assert!(
+        claimed_behind >= 1.0,
+        "A claimed it behind: {claimed_behind}"
     );
     // A reversal on B of a purchase A forwarded reverses it at the issuer.
     let original = purchase("TCLUSTR1", 42, 5_100);

@@ -10,7 +10,7 @@ fn the_load_benchmark_runs_every_shape_and_scenario() {
         only: None,
     };
     let (rows, report) = switchyard_benches::loadbench::run(&options).unwrap();
-    assert_eq!(rows.len(), 16, "{report}");
+    assert_eq!(rows.len(), 20, "{report}");
     for row in &rows {
         assert!(row.tps > 0.0, "{report}");
         assert_eq!(row.errors, 0, "{report}");
@@ -28,6 +28,11 @@ fn the_load_benchmark_runs_every_shape_and_scenario() {
             );
             assert!(!pipelined || row.cpu_ratio() > 0.0, "{report}");
         }
+        if row.shape == switchyard_benches::loadbench::Shape::Group {
+            // Terminals at home: their requests claimed behind, and none found another's.
+            let claims = row.claims.expect("the group's claims");
+            assert!(claims.behind > 0.0 && claims.lost == 0.0, "{report}");
+        }
     }
     assert!(report.contains("fdatasync of a 4 KiB page"), "{report}");
     assert!(
@@ -36,7 +41,7 @@ fn the_load_benchmark_runs_every_shape_and_scenario() {
     );
     let goals = report.lines().filter(|l| l.starts_with("goal ")).count();
     assert_eq!(
-        goals, 5,
-        "a verdict per goal: durable and lean for each pipelined scenario, and one request in flight: {report}"
+        goals, 6,
+        "a verdict per goal: durable and lean for each pipelined scenario, one request in flight, the group's added latency: {report}"
     );
 }

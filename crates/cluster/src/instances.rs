@@ -48,10 +48,30 @@ impl Holder {
 /// The id taken: keep it with [`Lease::keep`].
 #[derive(Debug)]
 pub struct Lease {
+    js: jetstream::Context,
+    bucket: String,
+    replicas: usize,
     store: kv::Store,
     key: String,
     holder: Holder,
     revision: u64,
+}
+
+/// The bucket the ids are held in (made when missing: it is in memory, and a broker
+/// restarted has lost it).
+async fn instances_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<kv::Store, switchyard_router::shared::Unreachable> {
+    crate::shared::bucket(
+        js,
+        name,
+        LEASE,
+        replicas,
+        jetstream::stream::StorageType::Memory,
+    )
+    .await
 }
 
 /// Take `config.instance` for `holder`; `Err(Config)` when another live instance holds it.
@@ -61,16 +81,10 @@ pub async fn take(config: &ClusterConfig, holder: Holder) -> Result<Lease, Clust
     let js = jetstream::ContextBuilder::new()
         .timeout(config.ack_timeout)
         .build(client);
-    let name = format!("{}_instances", config.audit_stream.to_ascii_lowercase());
-    let store = crate::shared::bucket(
-        &js,
-        &name,
-        LEASE,
-        config.replicas,
-        jetstream::stream::StorageType::Memory,
-    )
-    .await
-    .map_err(|e| broker("instances bucket")(e.0))?;
+    let bucket = format!("{}_instances", config.audit_stream.to_ascii_lowercase());
+    let store = instances_bucket(&js, &bucket, config.replicas)
+        .await
+        .map_err(|e| broker("instances bucket")(e.0))?;
     let key = config.instance.clone();
     let value =
         Bytes::from(serde_json::to_vec(&holder).map_err(|e| broker("instances")(e.to_string()))?);
@@ -100,6 +114,9 @@ pub async fn take(config: &ClusterConfig, holder: Holder) -> Result<Lease, Clust
         Err(e) => return Err(broker("instances")(e.to_string())),
     };
     Ok(Lease {
+        js,
+        bucket,
+        replicas: config.replicas,
         store,
         key,
         holder,
@@ -128,8 +145,9 @@ impl Lease {
                 .await
             {
                 Ok(r) => self.revision = r,
-                // Lapsed (the broker was away): take it again if no one else did.
-                Err(_) => match self.store.create(&self.key, Bytes::from(value)).await {
+                // Lapsed (the broker was away, or restarted without the bucket): take it
+                // again if no one else did.
+                Err(_) => match self.take_again(Bytes::from(value)).await {
                     Ok(r) => self.revision = r,
                     Err(e) => {
                         tracing::error!(instance = %self.key, error = %e, "instance id: heartbeat failed (taken by another instance, or the broker unreachable)")
@@ -137,5 +155,15 @@ impl Lease {
                 },
             }
         }
+    }
+
+    async fn take_again(&mut self, value: Bytes) -> Result<u64, String> {
+        if let Ok(store) = instances_bucket(&self.js, &self.bucket, self.replicas).await {
+            self.store = store;
+        }
+        self.store
+            .create(&self.key, value)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod batches;
 pub mod feed;
+mod homes;
 pub mod instances;
 pub mod shared;
 
@@ -98,6 +99,9 @@ pub struct ClusterConfig {
     pub feed_subject: String,
     /// How long the feed stream keeps a report.
     pub feed_max_age: Duration,
+    /// How long a terminal must have been at home here before its requests are claimed
+    /// behind (the requests it had outstanding when it moved are retransmitted within it).
+    pub home_settle: Duration,
 }
 
 impl ClusterConfig {
@@ -121,6 +125,7 @@ impl ClusterConfig {
             feed_stream: "SWITCHYARD_TX".into(),
             feed_subject: "switchyard.tx".into(),
             feed_max_age: Duration::from_secs(7 * 86_400),
+            home_settle: Duration::from_secs(60),
         }
     }
 

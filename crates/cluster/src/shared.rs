@@ -1,8 +1,9 @@
 //! The group's shared state on JetStream key-value buckets: the duplicate window
-//! (`<prefix>_duplicates`, in memory, entries kept for the duplicate window: short-lived,
-//! on every request's path), the reversal index (`<prefix>_originals`, a day) and the
-//! velocity counters (`<prefix>_counters`, one per terminal and card, two days). Keys are the router's keys in hex (terminal ids, STANs,
-//! transmission times: no card data); values are small JSON documents.
+//! (`<prefix>_duplicates`, in memory, entries kept for the duplicate window), the
+//! reversal index (`<prefix>_originals`, a day), the velocity counters (`<prefix>_counters`,
+//! one per terminal and card, two days) and the terminals' homes (`<prefix>_homes`, see
+//! `homes.rs`). Keys are the router's keys in hex (terminal ids, STANs, transmission
+//! times: no card data); values are small JSON documents (a home: the instance id).
 //!
 //! A claim is a `create` (atomic: it fails when the key exists), so the first instance to
 //! claim a request wins. An in-flight claim older than [`STALE_CLAIM`] (its instance died
@@ -12,9 +13,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use std::sync::Arc;
 use switchyard_router::shared::{Claim, SharedAnswer, SharedFuture, SharedState, Unreachable};
 use tokio::sync::OnceCell;
 
+use crate::homes::{self, Homes, HOMES_TTL};
 use crate::{connect, ClusterConfig};
 
 /// An in-flight claim older than this is an instance's that died with the request.
@@ -37,12 +40,14 @@ struct Original {
     issuer_stan: String,
 }
 
-/// The buckets, opened (or created) at first use.
+/// The buckets, opened (or created) at first use, and again after an operation failed
+/// (a broker restarted without its in-memory buckets has them made again).
 #[derive(Debug)]
 struct Buckets {
     duplicates: kv::Store,
     originals: kv::Store,
     counters: kv::Store,
+    homes: kv::Store,
 }
 
 /// How long a velocity window's counter is kept (the longest window a rule may have).
@@ -62,11 +67,10 @@ struct Counter {
 pub struct JetStreamState {
     config: ClusterConfig,
     duplicate_window: Duration,
-    buckets: OnceCell<Buckets>,
-}
-
-fn unreachable(what: &str) -> impl Fn(String) -> Unreachable + '_ {
-    move |e| Unreachable(format!("{what}: {e}"))
+    js: OnceCell<jetstream::Context>,
+    open: Arc<std::sync::Mutex<Option<Arc<Buckets>>>>,
+    opening: Arc<tokio::sync::Mutex<()>>,
+    homes: Arc<Homes>,
 }
 
 fn now_ms() -> u64 {
@@ -83,14 +87,22 @@ impl JetStreamState {
     /// Shared state for the group `config` names; answers kept for `duplicate_window`.
     pub fn new(config: ClusterConfig, duplicate_window: Duration) -> JetStreamState {
         JetStreamState {
+            homes: Arc::new(Homes::new(&config.instance, config.home_settle)),
             config,
             duplicate_window,
-            buckets: OnceCell::new(),
+            js: OnceCell::new(),
+            open: Arc::default(),
+            opening: Arc::default(),
         }
     }
 
-    async fn buckets(&self) -> Result<&Buckets, Unreachable> {
-        self.buckets
+    fn prefix(&self) -> String {
+        self.config.audit_stream.to_ascii_lowercase()
+    }
+
+    /// The connection, made at first use; the homes' watch starts with it.
+    async fn context(&self) -> Result<&jetstream::Context, Unreachable> {
+        self.js
             .get_or_try_init(|| async {
                 let client = connect(&self.config)
                     .await
@@ -98,64 +110,87 @@ impl JetStreamState {
                 let js = jetstream::ContextBuilder::new()
                     .timeout(self.config.ack_timeout)
                     .build(client);
-                let prefix = self.config.audit_stream.to_ascii_lowercase();
-                let duplicates = bucket(
-                    &js,
-                    &format!("{prefix}_duplicates"),
-                    self.duplicate_window,
+                tokio::spawn(homes::watch(
+                    js.clone(),
+                    format!("{}_homes", self.prefix()),
                     self.config.replicas,
-                    jetstream::stream::StorageType::Memory,
-                )
-                .await?;
-                let originals = bucket(
-                    &js,
-                    &format!("{prefix}_originals"),
-                    ORIGINALS_TTL,
-                    self.config.replicas,
-                    jetstream::stream::StorageType::File,
-                )
-                .await?;
-                let counters = bucket(
-                    &js,
-                    &format!("{prefix}_counters"),
-                    COUNTERS_TTL,
-                    self.config.replicas,
-                    jetstream::stream::StorageType::File,
-                )
-                .await?;
-                Ok(Buckets {
-                    duplicates,
-                    originals,
-                    counters,
-                })
+                    self.homes.clone(),
+                ));
+                Ok(js)
             })
             .await
     }
 
-    fn in_flight(&self) -> Result<Bytes, Unreachable> {
-        let entry = Entry::InFlight {
-            instance: self.config.instance.clone(),
-            at_ms: now_ms(),
-        };
-        serde_json::to_vec(&entry)
-            .map(Bytes::from)
-            .map_err(|e| Unreachable(e.to_string()))
+    async fn buckets(&self) -> Result<Arc<Buckets>, Unreachable> {
+        let open = self.open.clone();
+        let opened = move || open.lock().ok().and_then(|open| open.clone());
+        if let Some(b) = opened() {
+            return Ok(b);
+        }
+        let one_at_a_time = self.opening.clone().lock_owned().await;
+        if let Some(b) = opened() {
+            return Ok(b);
+        }
+        let js = self.context().await?.clone();
+        let (prefix, replicas, window) =
+            (self.prefix(), self.config.replicas, self.duplicate_window);
+        let open = self.open.clone();
+        // Opened in a task of its own: an operation's timeout gives up waiting for it, not
+        // the opening (a dozen requests to the broker, longer than one operation may take).
+        let opening = tokio::spawn(async move {
+            let _one_at_a_time = one_at_a_time;
+            use jetstream::stream::StorageType::{File, Memory};
+            let name = |what: &str| format!("{prefix}_{what}");
+            let b = Arc::new(Buckets {
+                duplicates: bucket(&js, &name("duplicates"), window, replicas, Memory).await?,
+                originals: bucket(&js, &name("originals"), ORIGINALS_TTL, replicas, File).await?,
+                counters: bucket(&js, &name("counters"), COUNTERS_TTL, replicas, File).await?,
+                homes: bucket(&js, &name("homes"), HOMES_TTL, replicas, Memory).await?,
+            });
+            if let Ok(mut open) = open.lock() {
+                *open = Some(b.clone());
+            }
+            Ok(b)
+        });
+        opening
+            .await
+            .map_err(|e| Unreachable(format!("opening the buckets: {e}")))?
     }
 
-    async fn claim_key(&self, key: &[u8]) -> Result<Claim, Unreachable> {
+    /// `what` failed: why, for the log; the buckets are opened again at the next operation.
+    fn failed<'a>(&'a self, what: &'a str) -> impl Fn(String) -> Unreachable + 'a {
+        move |e| {
+            if let Ok(mut open) = self.open.lock() {
+                *open = None;
+            }
+            Unreachable(format!("{what}: {e}"))
+        }
+    }
+
+    fn in_flight(&self) -> Entry {
+        Entry::InFlight {
+            instance: self.config.instance.clone(),
+            at_ms: now_ms(),
+        }
+    }
+
+    /// Claim `key` with `entry` (in flight, or already answered).
+    async fn claim_key(&self, key: &[u8], entry: Entry) -> Result<Claim, Unreachable> {
         let b = self.buckets().await?;
         let key = hex(key);
+        let value =
+            Bytes::from(serde_json::to_vec(&entry).map_err(|e| Unreachable(e.to_string()))?);
         for _ in 0..3 {
-            match b.duplicates.create(&key, self.in_flight()?).await {
+            match b.duplicates.create(&key, value.clone()).await {
                 Ok(_) => return Ok(Claim::Ours),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(unreachable("claim")(e.to_string())),
+                Err(e) => return Err(self.failed("claim")(e.to_string())),
             }
             let Some(found) = b
                 .duplicates
                 .entry(key.clone())
                 .await
-                .map_err(|e| unreachable("claim")(e.to_string()))?
+                .map_err(|e| self.failed("claim")(e.to_string()))?
             else {
                 continue; // deleted meanwhile: claim again
             };
@@ -170,7 +205,7 @@ impl JetStreamState {
                     // Its instance died with it: take it over, if no one else did first.
                     match b
                         .duplicates
-                        .update(&key, self.in_flight()?, found.revision)
+                        .update(&key, value.clone(), found.revision)
                         .await
                     {
                         Ok(_) => return Ok(Claim::Ours),
@@ -178,7 +213,7 @@ impl JetStreamState {
                     }
                 }
                 Ok(Entry::InFlight { .. }) => return Ok(Claim::InFlight),
-                Err(e) => return Err(unreachable("claim")(format!("entry: {e}"))),
+                Err(e) => return Err(Unreachable(format!("claim: entry: {e}"))),
             }
         }
         Ok(Claim::InFlight)
@@ -214,15 +249,42 @@ pub(crate) async fn bucket(
         ..Default::default()
     })
     .await
-    .map_err(|e| unreachable("bucket")(e.to_string()))?;
+    .map_err(|e| Unreachable(format!("bucket {name}: {e}")))?;
     js.get_key_value(name)
         .await
-        .map_err(|e| unreachable("bucket")(e.to_string()))
+        .map_err(|e| Unreachable(format!("bucket {name}: {e}")))
 }
 
 impl SharedState for JetStreamState {
+    fn at_home(&self, terminal: &[u8]) -> bool {
+        self.homes.at_home(&hex(terminal))
+    }
+
+    fn come_home<'a>(&'a self, terminal: &'a [u8]) -> SharedFuture<'a, ()> {
+        Box::pin(async move {
+            let key = hex(terminal);
+            if self.homes.named_here(&key) || !self.homes.start_move(&key) {
+                return Ok(());
+            }
+            let b = self.buckets().await?;
+            b.homes
+                .put(&key, Bytes::from(self.config.instance.clone()))
+                .await
+                .map(|_| ())
+                .map_err(|e| self.failed("come-home")(e.to_string()))
+        })
+    }
+
     fn claim<'a>(&'a self, key: &'a [u8]) -> SharedFuture<'a, Claim> {
-        Box::pin(self.claim_key(key))
+        Box::pin(self.claim_key(key, self.in_flight()))
+    }
+
+    fn claim_answered<'a>(
+        &'a self,
+        key: &'a [u8],
+        answer: SharedAnswer,
+    ) -> SharedFuture<'a, Claim> {
+        Box::pin(self.claim_key(key, Entry::Answered(answer)))
     }
 
     fn settle<'a>(&'a self, key: &'a [u8], answer: Option<SharedAnswer>) -> SharedFuture<'a, ()> {
@@ -237,13 +299,13 @@ impl SharedState for JetStreamState {
                         .put(&key, Bytes::from(value))
                         .await
                         .map(|_| ())
-                        .map_err(|e| unreachable("settle")(e.to_string()))
+                        .map_err(|e| self.failed("settle")(e.to_string()))
                 }
                 None => b
                     .duplicates
                     .delete(&key)
                     .await
-                    .map_err(|e| unreachable("settle")(e.to_string())),
+                    .map_err(|e| self.failed("settle")(e.to_string())),
             }
         })
     }
@@ -265,7 +327,7 @@ impl SharedState for JetStreamState {
                 .put(hex(key), Bytes::from(value))
                 .await
                 .map(|_| ())
-                .map_err(|e| unreachable("forwarded")(e.to_string()))
+                .map_err(|e| self.failed("forwarded")(e.to_string()))
         })
     }
 
@@ -279,7 +341,7 @@ impl SharedState for JetStreamState {
             let b = self.buckets().await?;
             let window = now_ms() / 1000 / window_s.max(1);
             let key = hex(key);
-            let failed = unreachable("count");
+            let failed = self.failed("count");
             // Compare-and-set on the window's counter; another instance counting at the
             // same moment makes one of the two read again.
             for _ in 0..8 {
@@ -310,7 +372,9 @@ impl SharedState for JetStreamState {
                     return Ok((c.count, c.amount));
                 }
             }
-            Err(failed("the counter kept changing under it".into()))
+            Err(Unreachable(
+                "count: the counter kept changing under it".into(),
+            ))
         })
     }
 
@@ -321,7 +385,7 @@ impl SharedState for JetStreamState {
                 .originals
                 .get(hex(key))
                 .await
-                .map_err(|e| unreachable("original")(e.to_string()))?;
+                .map_err(|e| self.failed("original")(e.to_string()))?;
             Ok(found
                 .and_then(|v| serde_json::from_slice::<Original>(&v).ok())
                 .map(|o| (o.link, o.issuer_stan)))

@@ -118,23 +118,32 @@ impl SharedStateMetrics {
     fn new(registry: &Registry) -> Result<SharedStateMetrics, RouterError> {
         let m = SharedStateMetrics {
             ops: IntCounterVec::new(
-                Opts::new("switchyard_shared_state_total", "Operations on the group's shared state (duplicate window, reversal index), by operation and result (ok, unreachable)."),
+                Opts::new("switchyard_shared_state_total", "Operations on the group's shared state (duplicate window, reversal index), by operation and result (ok, unreachable; lost: a claim written behind found another instance's)."),
                 &["op", "result"],
             )?,
             duration: HistogramVec::new(
                 HistogramOpts::new(
                     "switchyard_shared_state_duration_seconds",
-                    "Time of an operation on the group's shared state, by operation (a claim is on every request's path).",
+                    "Time of an operation on the group's shared state, by operation (a claim is on a request's path unless its terminal is at home here: claim-behind).",
                 )
                 .buckets(SHARED_BUCKETS.to_vec()),
                 &["op"],
             )?,
         };
-        for op in ["claim", "settle", "forwarded", "original", "count"] {
+        for op in [
+            "claim",
+            "claim-behind",
+            "come-home",
+            "settle",
+            "forwarded",
+            "original",
+            "count",
+        ] {
             for result in ["ok", "unreachable"] {
                 m.ops.with_label_values(&[op, result]);
             }
         }
+        m.ops.with_label_values(&["claim-behind", "lost"]);
         registry.register(Box::new(m.ops.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         Ok(m)
@@ -246,7 +255,11 @@ impl RouterMetrics {
 
     /// A shared-state operation, how it went and how long it took.
     pub(crate) fn shared(&self, op: &str, ok: bool, took: Duration) {
-        let result = if ok { "ok" } else { "unreachable" };
+        self.shared_result(op, if ok { "ok" } else { "unreachable" }, took);
+    }
+
+    /// A shared-state operation with another result than ok or unreachable.
+    pub(crate) fn shared_result(&self, op: &str, result: &str, took: Duration) {
         self.shared.ops.with_label_values(&[op, result]).inc();
         self.shared
             .duration

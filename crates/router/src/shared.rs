@@ -103,6 +103,32 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
         window_s: u64,
         amount: u64,
     ) -> SharedFuture<'a, (u32, u64)>;
+    /// Claim `key` with its answer already known: one write where a claim and a settle
+    /// would be two (a request claimed behind and answered before its claim was written).
+    fn claim_answered<'a>(
+        &'a self,
+        key: &'a [u8],
+        answer: SharedAnswer,
+    ) -> SharedFuture<'a, Claim> {
+        Box::pin(async move {
+            let claim = self.claim(key).await?;
+            if claim == Claim::Ours {
+                self.settle(key, Some(answer)).await?;
+            }
+            Ok(claim)
+        })
+    }
+    /// Whether the group last named this instance the home of `terminal` (the instance its
+    /// requests arrive at), from a local copy kept current by the engine: no round trip.
+    /// A terminal at home has its requests claimed behind (see [`SharedConfig::claims_behind`]).
+    fn at_home(&self, _terminal: &[u8]) -> bool {
+        false
+    }
+    /// Name this instance the home of `terminal` (a request of it arrived here while the
+    /// group named another, or none).
+    fn come_home<'a>(&'a self, _terminal: &'a [u8]) -> SharedFuture<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// What to do when the engine cannot be reached.
@@ -113,6 +139,25 @@ pub enum WhenUnreachable {
     Continue,
     /// Answer 91 without forwarding.
     FailClosed,
+}
+
+/// How long a request claimed behind may be in flight before its claim is written (an
+/// answer within it is written with the claim, in one write).
+pub const CLAIM_BEHIND_HOLD: Duration = Duration::from_millis(50);
+
+/// Writes behind go out on ticks of this length, all those due in a tick together: the
+/// client sends them in one flush and the broker reads them in one wake-up, where one each
+/// would cost a wake-up of each side per write (what the broker's CPU went to, measured).
+const WRITE_BEHIND_TICK: Duration = Duration::from_millis(20);
+
+/// The first write-behind tick at least `after` from now.
+pub fn write_behind_at(after: Duration) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    let due = (tokio::time::Instant::now() + after).duration_since(epoch);
+    let tick = WRITE_BEHIND_TICK.as_micros().max(1);
+    let ticks = due.as_micros().div_ceil(tick);
+    epoch + Duration::from_micros(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
 }
 
 /// After a failure, how long the engine is taken as unreachable without asking it (so that
@@ -151,6 +196,31 @@ impl SharedConfig {
             when_unreachable,
             down_until_ms: std::sync::Arc::default(),
         }
+    }
+
+    /// Whether a fresh request of `terminal` is claimed behind: forwarded at once, its claim
+    /// written to the group meanwhile, instead of waiting for the claim's round trip.
+    ///
+    /// Only for a terminal at home here (the group named this instance its home, the last it
+    /// heard) and only in the `continue` policy with the engine answering. The claim is
+    /// written when the request has been [`CLAIM_BEHIND_HOLD`] in flight, or with its answer
+    /// when that came first (one write then, not two), and lands within
+    /// [`SharedConfig::timeout`] after (or counts as unreachable). A retransmission reaches
+    /// another instance after its terminal's timeout and a reconnection, seconds later;
+    /// there the terminal is not at home, so that instance claims synchronously and finds
+    /// the claim. A terminal's home moves only with a request the group has not seen (a
+    /// retransmission does not move it), and the engine counts a terminal at home only a
+    /// while after it came (`[cluster] home_settle_s`), so the requests it still had
+    /// outstanding elsewhere are claimed synchronously where they are retransmitted. A
+    /// terminal that sends the same request to two instances within the hold, or
+    /// retransmits one after longer than the settling time, is not covered: counted as
+    /// `claim-behind` `lost` when it happens. Fail closed claims every request
+    /// synchronously.
+    pub fn claims_behind(&self, terminal: &[u8]) -> bool {
+        use std::sync::atomic::Ordering;
+        self.when_unreachable == WhenUnreachable::Continue
+            && now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
+            && self.state.at_home(terminal)
     }
 
     /// Run `op` within the timeout; after a failure, for [`RETRY_AFTER`], fail at once.

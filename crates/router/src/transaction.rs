@@ -88,6 +88,8 @@ pub struct Transaction<'a, P> {
     pub duplicate: Option<DuplicateKey>,
     /// The group's duplicate window has this request as this instance's (settle it).
     pub shared_claim: bool,
+    /// Claimed behind: where its answer goes to settle the claim once it has landed.
+    pub settle_behind: Option<tokio::sync::oneshot::Sender<Option<crate::shared::SharedAnswer>>>,
     /// Where it goes.
     pub route: Option<ChosenRoute<'a, P>>,
     /// The request in the issuer's dialect.
@@ -136,6 +138,7 @@ impl<'a, P: IssuerPort> Transaction<'a, P> {
             registry,
             duplicate: None,
             shared_claim: false,
+            settle_behind: None,
             route: None,
             outbound: None,
             forwarded: None,

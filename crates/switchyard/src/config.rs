@@ -169,6 +169,12 @@ pub struct ClusterSection {
     /// Days the feed stream keeps a report, when the switch creates it (default 7).
     #[serde(default)]
     pub feed_max_age_days: Option<u64>,
+    /// Seconds a terminal must have been at home on an instance (sending its requests
+    /// there) before they are claimed behind, off their path (default 60; longer than a
+    /// terminal's timeout and retries, so the requests it had outstanding when it moved are
+    /// claimed synchronously where they are retransmitted).
+    #[serde(default)]
+    pub home_settle_s: Option<u64>,
 }
 
 fn default_shared_timeout() -> u64 {
@@ -239,6 +245,9 @@ impl ClusterSection {
         }
         if let Some(v) = &self.feed_subject {
             c.feed_subject.clone_from(v);
+        }
+        if let Some(v) = self.home_settle_s {
+            c.home_settle = Duration::from_secs(v);
         }
         if let Some(v) = self.feed_max_age_days {
             c.feed_max_age = Duration::from_secs(v * 86_400);

@@ -8,7 +8,7 @@ use switchyard_iso8583::MessageView;
 use super::{Stage, Switch};
 use crate::flow::IssuerPort;
 use crate::integrity::{Duplicate, DuplicateKey};
-use crate::shared::{Claim, SharedConfig, WhenUnreachable};
+use crate::shared::{Claim, SharedAnswer, SharedConfig, WhenUnreachable, CLAIM_BEHIND_HOLD};
 use crate::transaction::{Step, Transaction};
 
 /// Requests seen before.
@@ -46,11 +46,33 @@ async fn claim_in_group<P: IssuerPort>(
     tx: &mut Transaction<'_, P>,
     key: DuplicateKey,
 ) -> Step {
+    let terminal = tx.received.field(41).map(|f| f.value()).unwrap_or_default();
+    if shared.claims_behind(&terminal) {
+        tx.shared_claim = true;
+        tx.settle_behind = Some(claim_behind(switch, shared, key));
+        return Step::Continue(());
+    }
     let started = std::time::Instant::now();
     let claimed = shared.within(shared.state.claim(key.as_bytes())).await;
     switch
         .metrics
         .shared("claim", claimed.is_ok(), started.elapsed());
+    if claimed == Ok(Claim::Ours)
+        && shared.when_unreachable == WhenUnreachable::Continue
+        && !shared.state.at_home(&terminal)
+    {
+        // A fresh request of it arrived here: its requests arrive here now, and the next
+        // ones are claimed behind once the group has it so. (A retransmission of a request
+        // another instance has does not move it: the terminal's other requests outstanding
+        // there may follow.)
+        let (shared, metrics) = (shared.clone(), switch.metrics.clone());
+        let terminal = terminal.to_vec();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let moved = shared.within(shared.state.come_home(&terminal)).await;
+            metrics.shared("come-home", moved.is_ok(), started.elapsed());
+        });
+    }
     let forget = |tx: &mut Transaction<'_, P>| {
         if let (Some(i), Some(k)) = (&switch.integrity, tx.duplicate.take()) {
             i.finish(k, None);
@@ -84,6 +106,60 @@ async fn claim_in_group<P: IssuerPort>(
             }
         },
     }
+}
+
+/// Claim `key` in the group without the request waiting for it: with its answer (sent on
+/// the channel returned) when that comes within [`CLAIM_BEHIND_HOLD`], one write; otherwise
+/// in flight then, settled with the answer later. Answered nothing: nothing to claim (its
+/// repeat is handled afresh). The transaction gone without an answer: claimed in flight (it
+/// may have been forwarded), left to go stale. A claim another instance made first means
+/// both forwarded the request: counted as `claim-behind` `lost` and logged, and that
+/// instance's entry is left as it is.
+fn claim_behind<P: IssuerPort>(
+    switch: &Switch<P>,
+    shared: &SharedConfig,
+    key: DuplicateKey,
+) -> tokio::sync::oneshot::Sender<Option<SharedAnswer>> {
+    let (settle, mut answer) = tokio::sync::oneshot::channel();
+    let (shared, metrics) = (shared.clone(), switch.metrics.clone());
+    tokio::spawn(async move {
+        let due = crate::shared::write_behind_at(CLAIM_BEHIND_HOLD);
+        let early = tokio::time::timeout_at(due, &mut answer).await;
+        let started = std::time::Instant::now();
+        let held = early.is_err();
+        let claimed = match early {
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(kept))) => {
+                let op = shared.state.claim_answered(key.as_bytes(), kept);
+                shared.within(op).await
+            }
+            Ok(Err(_)) | Err(_) => shared.within(shared.state.claim(key.as_bytes())).await,
+        };
+        let result = match &claimed {
+            Ok(Claim::Ours) => "ok",
+            Ok(_) => "lost",
+            Err(_) => "unreachable",
+        };
+        metrics.shared_result("claim-behind", result, started.elapsed());
+        if result == "lost" {
+            tracing::warn!(
+                "a request claimed behind was another instance's already: both forwarded it"
+            );
+        }
+        // Claimed while still in flight: its answer settles it.
+        let (Ok(Claim::Ours), true) = (claimed, held) else {
+            return;
+        };
+        let Ok(kept) = answer.await else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let settled = shared
+            .within(shared.state.settle(key.as_bytes(), kept))
+            .await;
+        metrics.shared("settle", settled.is_ok(), started.elapsed());
+    });
+    settle
 }
 
 #[cfg(test)]
@@ -135,7 +211,7 @@ mod tests {
 
     fn shared(
         f: &mut Fixture,
-        state: std::sync::Arc<crate::stages::testing::MemoryShared>,
+        state: std::sync::Arc<dyn crate::shared::SharedState>,
         when: WhenUnreachable,
     ) {
         let timeout = std::time::Duration::from_millis(100);
@@ -189,6 +265,174 @@ mod tests {
             .unwrap();
         assert_eq!(again.field(38).map(|f| f.text()).as_deref(), Some("A1B2C3"));
         assert_eq!(again.field(11).map(|f| f.text()).as_deref(), Some("000007"));
+    }
+
+    /// What the group keeps of an approval of `req`.
+    fn approved(req: &MessageView<'_>) -> Option<crate::shared::SharedAnswer> {
+        let mut b = switchyard_iso8583::MessageBuilder::new(req.spec(), req.mti());
+        b.respond_to(req, b"00").unwrap();
+        let answer = MessageView::decode(req.spec(), b.encode()).unwrap();
+        crate::shared::SharedAnswer::of(req, &answer)
+    }
+
+    /// Wait (bounded) for what a spawned task does to the group.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("not seen: {what}");
+    }
+
+    /// A terminal's first request on an instance is claimed synchronously and makes that
+    /// instance its home; the next ones there are claimed behind (not waited for) and
+    /// settled once the claim has landed. Its retransmission on the other instance, where
+    /// it is not at home, is claimed synchronously and finds the claim written behind (94)
+    /// without moving it; a fresh request there takes its home, so the first instance
+    /// claims synchronously again.
+    #[tokio::test]
+    async fn a_terminal_at_home_has_its_requests_claimed_behind() {
+        use crate::stages::testing::{Member, MemoryShared};
+        let group = std::sync::Arc::new(MemoryShared::default());
+        let member = |name| {
+            std::sync::Arc::new(Member {
+                group: group.clone(),
+                name,
+            })
+        };
+        let (mut one, mut two) = (Fixture::new(), Fixture::new());
+        shared(&mut one, member("a"), WhenUnreachable::Continue);
+        shared(&mut two, member("b"), WhenUnreachable::Continue);
+        let home = || group.home();
+        let pan = "4761730000000119";
+
+        let mut first = one.transaction(request("0200", pan, 1000, 1));
+        assert!(DuplicateCheck
+            .run(&one.switch, &mut first)
+            .await
+            .is_continue());
+        assert!(
+            first.shared_claim && first.settle_behind.is_none(),
+            "claimed synchronously"
+        );
+        until("home at a", || home() == Some("a")).await;
+
+        let req = request("0200", pan, 1000, 2);
+        let mut second = one.transaction(req.clone());
+        assert!(DuplicateCheck
+            .run(&one.switch, &mut second)
+            .await
+            .is_continue());
+        assert!(
+            second.shared_claim && second.settle_behind.is_some(),
+            "claimed behind"
+        );
+        let key = second.duplicate.unwrap().as_bytes().to_vec();
+        until("the claim behind landed", || {
+            group.claims.lock().unwrap().get(&key) == Some(&None)
+        })
+        .await;
+
+        let mut elsewhere = two.transaction(req.clone());
+        assert!(DuplicateCheck
+            .run(&two.switch, &mut elsewhere)
+            .await
+            .is_break());
+        assert_eq!(
+            elsewhere.answered(),
+            Some((Some("94".into()), Outcome::Duplicate))
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(home(), Some("a"), "a retransmission does not move it");
+        // A fresh request on the other instance does.
+        let mut moved = two.transaction(request("0200", pan, 1000, 6));
+        assert!(DuplicateCheck
+            .run(&two.switch, &mut moved)
+            .await
+            .is_continue());
+        assert!(moved.settle_behind.is_none(), "claimed synchronously");
+        until("home at b", || home() == Some("b")).await;
+        let mut third = one.transaction(request("0200", pan, 1000, 3));
+        assert!(DuplicateCheck
+            .run(&one.switch, &mut third)
+            .await
+            .is_continue());
+        assert!(
+            third.settle_behind.is_none(),
+            "no longer at home: claimed synchronously"
+        );
+
+        let kept = approved(&req);
+        second
+            .settle_behind
+            .take()
+            .unwrap()
+            .send(kept.clone())
+            .unwrap();
+        until("settled behind", || {
+            group.claims.lock().unwrap().get(&key) == Some(&kept)
+        })
+        .await;
+    }
+
+    /// At home: an answer within the hold is written with its claim (one write); a request
+    /// answered nothing leaves nothing in the group.
+    #[tokio::test]
+    async fn an_answer_within_the_hold_is_written_with_its_claim() {
+        use crate::stages::testing::{Member, MemoryShared};
+        let group = std::sync::Arc::new(MemoryShared::default());
+        let mut one = Fixture::new();
+        let member = Member {
+            group: group.clone(),
+            name: "a",
+        };
+        shared(
+            &mut one,
+            std::sync::Arc::new(member),
+            WhenUnreachable::Continue,
+        );
+        let pan = "4761730000000119";
+        let home = || group.home();
+        let mut first = one.transaction(request("0200", pan, 1000, 1));
+        assert!(DuplicateCheck
+            .run(&one.switch, &mut first)
+            .await
+            .is_continue());
+        until("home at a", || home() == Some("a")).await;
+        let req = request("0200", pan, 1000, 4);
+        let kept = approved(&req);
+
+        let mut fourth = one.transaction(request("0200", pan, 1000, 4));
+        assert!(DuplicateCheck
+            .run(&one.switch, &mut fourth)
+            .await
+            .is_continue());
+        let key = fourth.duplicate.unwrap().as_bytes().to_vec();
+        let behind = fourth.settle_behind.take().expect("at home on a");
+        behind.send(kept.clone()).unwrap();
+        until("claimed answered", || {
+            group.claims.lock().unwrap().get(&key) == Some(&kept)
+        })
+        .await;
+        let mut fifth = one.transaction(request("0200", pan, 1000, 5));
+        assert!(DuplicateCheck
+            .run(&one.switch, &mut fifth)
+            .await
+            .is_continue());
+        let key = fifth.duplicate.unwrap().as_bytes().to_vec();
+        fifth
+            .settle_behind
+            .take()
+            .expect("at home on a")
+            .send(None)
+            .unwrap();
+        tokio::time::sleep(CLAIM_BEHIND_HOLD * 3).await;
+        assert!(
+            !group.claims.lock().unwrap().contains_key(&key),
+            "nothing claimed"
+        );
     }
 
     /// The broker down: fail closed answers 91 and forgets the request here (its repeat is

@@ -25,14 +25,20 @@ impl<P: IssuerPort> Stage<P> for Reply {
                     .response
                     .as_ref()
                     .and_then(|a| SharedAnswer::of(&tx.received, a));
-                let (shared, metrics) = (shared.clone(), switch.metrics.clone());
-                tokio::spawn(async move {
-                    let started = std::time::Instant::now();
-                    let settled = shared
-                        .within(shared.state.settle(key.as_bytes(), kept))
-                        .await;
-                    metrics.shared("settle", settled.is_ok(), started.elapsed());
-                });
+                if let Some(behind) = tx.settle_behind.take() {
+                    // Claimed behind: its claim's writer settles it once the claim has landed
+                    // (gone already if the claim failed).
+                    let _ = behind.send(kept);
+                } else {
+                    let (shared, metrics) = (shared.clone(), switch.metrics.clone());
+                    tokio::spawn(async move {
+                        let started = std::time::Instant::now();
+                        let settled = shared
+                            .within(shared.state.settle(key.as_bytes(), kept))
+                            .await;
+                        metrics.shared("settle", settled.is_ok(), started.elapsed());
+                    });
+                }
             }
         }
         switch.metrics.observe(

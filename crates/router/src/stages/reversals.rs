@@ -4,6 +4,8 @@
 //! unusable answer) queues a reversal in the store-and-forward queue; an approval is kept
 //! until its answer has surely left (an undelivered one is reversed).
 
+use std::time::Duration;
+
 use switchyard_audit::{Outcome, ShortText};
 
 use super::{Stage, Switch};
@@ -41,6 +43,9 @@ impl<P: IssuerPort> Stage<P> for Reversals {
                     let (link, issuer_stan) =
                         (route.link_name.to_string(), issuer_stan.to_string());
                     tokio::spawn(async move {
+                        // Needed by a reversal on another instance, later: written behind.
+                        tokio::time::sleep_until(crate::shared::write_behind_at(Duration::ZERO))
+                            .await;
                         let started = std::time::Instant::now();
                         let op = shared.state.forwarded(key.as_bytes(), &link, &issuer_stan);
                         let kept = shared.within(op).await;

@@ -228,6 +228,78 @@ pub(crate) fn request_with(
 pub struct MemoryShared {
     pub down: bool,
     pub claims: Mutex<std::collections::HashMap<Vec<u8>, Option<crate::shared::SharedAnswer>>>,
+    /// Each terminal's home instance.
+    pub homes: Mutex<std::collections::HashMap<Vec<u8>, &'static str>>,
+}
+
+impl MemoryShared {
+    /// Terminal TERM0001's home.
+    pub fn home(&self) -> Option<&'static str> {
+        self.homes
+            .lock()
+            .unwrap()
+            .get(b"TERM0001".as_slice())
+            .copied()
+    }
+}
+
+/// One instance of a group whose shared state is a [`MemoryShared`].
+#[derive(Debug)]
+pub struct Member {
+    pub group: std::sync::Arc<MemoryShared>,
+    pub name: &'static str,
+}
+
+impl crate::shared::SharedState for Member {
+    fn claim<'a>(&'a self, key: &'a [u8]) -> crate::shared::SharedFuture<'a, crate::shared::Claim> {
+        self.group.claim(key)
+    }
+
+    fn settle<'a>(
+        &'a self,
+        key: &'a [u8],
+        answer: Option<crate::shared::SharedAnswer>,
+    ) -> crate::shared::SharedFuture<'a, ()> {
+        self.group.settle(key, answer)
+    }
+
+    fn forwarded<'a>(
+        &'a self,
+        key: &'a [u8],
+        link: &'a str,
+        stan: &'a str,
+    ) -> crate::shared::SharedFuture<'a, ()> {
+        self.group.forwarded(key, link, stan)
+    }
+
+    fn original<'a>(
+        &'a self,
+        key: &'a [u8],
+    ) -> crate::shared::SharedFuture<'a, Option<(String, String)>> {
+        self.group.original(key)
+    }
+
+    fn count<'a>(
+        &'a self,
+        key: &'a [u8],
+        window_s: u64,
+        amount: u64,
+    ) -> crate::shared::SharedFuture<'a, (u32, u64)> {
+        self.group.count(key, window_s, amount)
+    }
+
+    fn at_home(&self, terminal: &[u8]) -> bool {
+        self.group.homes.lock().unwrap().get(terminal) == Some(&self.name)
+    }
+
+    fn come_home<'a>(&'a self, terminal: &'a [u8]) -> crate::shared::SharedFuture<'a, ()> {
+        self.group
+            .homes
+            .lock()
+            .unwrap()
+            .insert(terminal.to_vec(), self.name);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 impl crate::shared::SharedState for MemoryShared {
