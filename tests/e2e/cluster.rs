@@ -265,6 +265,31 @@ fn two_instances_ship_every_record_once_through_a_broker_outage() {
         "exactly once"
     );
     assert!(outage_errors > 0.0, "the outage was seen and counted");
+    // The shared state is back too (its in-memory buckets made again): once the client has
+    // reconnected, a load on B claims every request in the group, none unreachable.
+    let shared = |s: &Switch, op: &str, result: &str| {
+        let scrape = http_get(s.admin, "/metrics").1;
+        metric_in(
+            &scrape,
+            "switchyard_shared_state_total",
+            &[("op", op), ("result", result)],
+        )
+    };
+    let claims = |result| shared(&b, "claim", result) + shared(&b, "claim-behind", result);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, unreachable) = (claims("ok"), claims("unreachable"));
+        let (sent, answered) = load(&b, 2, "40").join().unwrap();
+        assert_eq!(answered, sent);
+        let claimed = claims("ok") - ok;
+        if claims("unreachable") == unreachable && claimed >= sent as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shared state not back: {claimed} of {sent} claimed"
+        );
+    }
     // Queried and reported from the stream: every pair of both instances, once.
     let pairs = |s: &Switch| crate::switch::records(&s.audit_dir()).len();
     let both = pairs(&a) + pairs(&b);
@@ -409,6 +434,84 @@ fn a_retransmission_or_a_reversal_on_the_other_instance_is_handled_as_one_switch
         ) >= 1.0
     );
     drop(sims);
+}
+
+/// The shared state's own operations on a real broker, two instances' views of it: the
+/// first claim wins and the other sees it in flight, then answered; a request settled with
+/// no answer can be claimed again (over its delete marker); counters add up across both;
+/// and after the broker restarts without its in-memory buckets, an operation that hangs
+/// (the client's read of a key in a stream that is gone is answered by no one) is given up
+/// on, the buckets are made again and the next operations succeed.
+#[test]
+fn the_shared_state_claims_once_and_comes_back_after_the_broker_restarts() {
+    use switchyard_cluster::shared::JetStreamState;
+    use switchyard_router::shared::{Claim, SharedAnswer, SharedState};
+    let rt = runtime();
+    let mut nats = Nats::start();
+    let state = |id: &str| {
+        let config = switchyard_cluster::ClusterConfig {
+            ack_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+            ..switchyard_cluster::ClusterConfig::new(vec![nats.url()], id, PathBuf::new())
+        };
+        JetStreamState::new(config, Duration::from_secs(600))
+    };
+    let (a, b) = (state("sw-0"), state("sw-1"));
+    let answer = SharedAnswer {
+        code: "00".into(),
+        auth_id: Some("A1B2C3".into()),
+        amount: None,
+    };
+    rt.block_on(async {
+        assert!(matches!(a.claim(b"k1").await, Ok(Claim::Ours)));
+        assert!(matches!(b.claim(b"k1").await, Ok(Claim::InFlight)));
+        a.settle(b"k1", Some(answer.clone())).await.unwrap();
+        match b.claim(b"k1").await {
+            Ok(Claim::Answered(got)) => assert_eq!(got, answer),
+            other => panic!("{other:?}"),
+        }
+        // Settled with no answer (nothing reached the issuer): free to be claimed again.
+        assert!(matches!(b.claim(b"k2").await, Ok(Claim::Ours)));
+        b.settle(b"k2", None).await.unwrap();
+        assert!(matches!(a.claim(b"k2").await, Ok(Claim::Ours)));
+        assert!(matches!(b.claim(b"k2").await, Ok(Claim::InFlight)));
+        assert!(matches!(
+            a.claim_answered(b"k3", answer.clone()).await,
+            Ok(Claim::Ours)
+        ));
+        assert!(matches!(b.claim(b"k3").await, Ok(Claim::Answered(_))));
+        assert_eq!(a.count(b"card", 3600, 100).await.unwrap(), (1, 100));
+        assert_eq!(b.count(b"card", 3600, 250).await.unwrap(), (2, 350));
+        a.forwarded(b"k1", "issuer", "000042").await.unwrap();
+        assert_eq!(
+            b.original(b"k1").await.unwrap(),
+            Some(("issuer".to_string(), "000042".to_string()))
+        );
+    });
+    nats.restart();
+    rt.block_on(async {
+        // As the switch does: each operation bounded (here 250 ms), tried again until the
+        // client has reconnected; bounded in all by 30 s.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let claimed = tokio::time::timeout(Duration::from_millis(250), a.claim(b"k4")).await;
+            if let Ok(Ok(claim)) = claimed {
+                assert!(matches!(claim, Claim::Ours), "{claim:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no claim after {tries} tries");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(matches!(b.claim(b"k4").await, Ok(Claim::InFlight)));
+        // The file-backed buckets kept what they held.
+        assert_eq!(
+            a.original(b"k1").await.unwrap(),
+            Some(("issuer".to_string(), "000042".to_string()))
+        );
+        assert_eq!(a.count(b"card", 3600, 1).await.unwrap(), (3, 351));
+    });
 }
 
 /// The group's users: the switches, and two merchants' back offices that may each read

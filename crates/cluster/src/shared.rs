@@ -48,6 +48,46 @@ struct Buckets {
     originals: kv::Store,
     counters: kv::Store,
     homes: kv::Store,
+    opened: std::time::Instant,
+}
+
+/// Buckets are opened again after an operation that never finished no sooner than this
+/// after they were opened (a broker slow for a while costs one opening a second, not one a
+/// request).
+const REOPEN_AFTER_UNFINISHED: Duration = Duration::from_secs(1);
+
+type OpenBuckets = Arc<std::sync::Mutex<Option<Arc<Buckets>>>>;
+
+/// An operation on the buckets that its caller gave up on (its timeout dropped it) leaves
+/// them to be opened again: a broker restarted without a bucket's stream leaves some of
+/// the client's calls on it waiting far longer than any caller waits (a direct get on a
+/// stream that is gone is answered by no one), so they never fail, and without this the
+/// buckets would never be made again.
+struct Unfinished {
+    open: OpenBuckets,
+    buckets: Option<Arc<Buckets>>,
+}
+
+impl Unfinished {
+    fn finished(mut self) {
+        self.buckets = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some(gave_up_on) = self.buckets.take() else {
+            return;
+        };
+        if gave_up_on.opened.elapsed() < REOPEN_AFTER_UNFINISHED {
+            return;
+        }
+        if let Ok(mut open) = self.open.lock() {
+            if open.as_ref().is_some_and(|b| Arc::ptr_eq(b, &gave_up_on)) {
+                *open = None;
+            }
+        }
+    }
 }
 
 /// How long a velocity window's counter is kept (the longest window a rule may have).
@@ -68,7 +108,7 @@ pub struct JetStreamState {
     config: ClusterConfig,
     duplicate_window: Duration,
     js: OnceCell<jetstream::Context>,
-    open: Arc<std::sync::Mutex<Option<Arc<Buckets>>>>,
+    open: OpenBuckets,
     opening: Arc<tokio::sync::Mutex<()>>,
     homes: Arc<Homes>,
 }
@@ -146,6 +186,7 @@ impl JetStreamState {
                 originals: bucket(&js, &name("originals"), ORIGINALS_TTL, replicas, File).await?,
                 counters: bucket(&js, &name("counters"), COUNTERS_TTL, replicas, File).await?,
                 homes: bucket(&js, &name("homes"), HOMES_TTL, replicas, Memory).await?,
+                opened: std::time::Instant::now(),
             });
             if let Ok(mut open) = open.lock() {
                 *open = Some(b.clone());
@@ -174,49 +215,71 @@ impl JetStreamState {
         }
     }
 
-    /// Claim `key` with `entry` (in flight, or already answered).
-    async fn claim_key(&self, key: &[u8], entry: Entry) -> Result<Claim, Unreachable> {
+    /// Run `op` on the buckets; if it is dropped unfinished (its caller's timeout), they
+    /// are opened again (see [`Unfinished`]).
+    async fn with_buckets<T, F, Fut>(&self, op: F) -> Result<T, Unreachable>
+    where
+        F: FnOnce(Arc<Buckets>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Unreachable>>,
+    {
         let b = self.buckets().await?;
+        let unfinished = Unfinished {
+            open: self.open.clone(),
+            buckets: Some(b.clone()),
+        };
+        let result = op(b).await;
+        unfinished.finished();
+        result
+    }
+
+    /// Claim `key` with `entry` (in flight, or already answered): written only over no
+    /// value (revision 0), a delete marker or a stale claim, each by its revision, so one
+    /// instance wins. (The client's `create` is not used: when the bucket's stream is gone
+    /// it reads the key after the failed write, and that read is never answered.)
+    async fn claim_key(&self, key: &[u8], entry: Entry) -> Result<Claim, Unreachable> {
         let key = hex(key);
         let value =
             Bytes::from(serde_json::to_vec(&entry).map_err(|e| Unreachable(e.to_string()))?);
-        for _ in 0..3 {
-            match b.duplicates.create(&key, value.clone()).await {
-                Ok(_) => return Ok(Claim::Ours),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(self.failed("claim")(e.to_string())),
-            }
-            let Some(found) = b
-                .duplicates
-                .entry(key.clone())
-                .await
-                .map_err(|e| self.failed("claim")(e.to_string()))?
-            else {
-                continue; // deleted meanwhile: claim again
-            };
-            if found.operation != kv::Operation::Put {
-                continue;
-            }
-            match serde_json::from_slice::<Entry>(&found.value) {
-                Ok(Entry::Answered(a)) => return Ok(Claim::Answered(a)),
-                Ok(Entry::InFlight { at_ms, .. })
-                    if now_ms().saturating_sub(at_ms) > STALE_CLAIM.as_millis() as u64 =>
+        self.with_buckets(move |b| async move {
+            let mut over_revision = 0;
+            for _ in 0..3 {
+                match b
+                    .duplicates
+                    .update(&key, value.clone(), over_revision)
+                    .await
                 {
-                    // Its instance died with it: take it over, if no one else did first.
-                    match b
-                        .duplicates
-                        .update(&key, value.clone(), found.revision)
-                        .await
-                    {
-                        Ok(_) => return Ok(Claim::Ours),
-                        Err(_) => continue,
-                    }
+                    Ok(_) => return Ok(Claim::Ours),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                    Err(e) => return Err(self.failed("claim")(e.to_string())),
                 }
-                Ok(Entry::InFlight { .. }) => return Ok(Claim::InFlight),
-                Err(e) => return Err(Unreachable(format!("claim: entry: {e}"))),
+                let found = b
+                    .duplicates
+                    .entry(key.clone())
+                    .await
+                    .map_err(|e| self.failed("claim")(e.to_string()))?;
+                let Some(found) = found else {
+                    over_revision = 0; // gone meanwhile: claim it again
+                    continue;
+                };
+                if found.operation != kv::Operation::Put {
+                    over_revision = found.revision; // settled with no answer: claim it again
+                    continue;
+                }
+                match serde_json::from_slice::<Entry>(&found.value) {
+                    Ok(Entry::Answered(a)) => return Ok(Claim::Answered(a)),
+                    Ok(Entry::InFlight { at_ms, .. })
+                        if now_ms().saturating_sub(at_ms) > STALE_CLAIM.as_millis() as u64 =>
+                    {
+                        // Its instance died with it: take it over, if no one else did first.
+                        over_revision = found.revision;
+                    }
+                    Ok(Entry::InFlight { .. }) => return Ok(Claim::InFlight),
+                    Err(e) => return Err(Unreachable(format!("claim: entry: {e}"))),
+                }
             }
-        }
-        Ok(Claim::InFlight)
+            Ok(Claim::InFlight)
+        })
+        .await
     }
 }
 
@@ -260,18 +323,20 @@ impl SharedState for JetStreamState {
         self.homes.at_home(&hex(terminal))
     }
 
-    fn come_home<'a>(&'a self, terminal: &'a [u8]) -> SharedFuture<'a, ()> {
+    fn come_home<'a>(&'a self, terminal: &'a [u8]) -> SharedFuture<'a, bool> {
         Box::pin(async move {
             let key = hex(terminal);
             if self.homes.named_here(&key) || !self.homes.start_move(&key) {
-                return Ok(());
+                return Ok(false);
             }
-            let b = self.buckets().await?;
-            b.homes
-                .put(&key, Bytes::from(self.config.instance.clone()))
-                .await
-                .map(|_| ())
-                .map_err(|e| self.failed("come-home")(e.to_string()))
+            self.with_buckets(move |b| async move {
+                b.homes
+                    .put(&key, Bytes::from(self.config.instance.clone()))
+                    .await
+                    .map(|_| true)
+                    .map_err(|e| self.failed("come-home")(e.to_string()))
+            })
+            .await
         })
     }
 
@@ -288,9 +353,9 @@ impl SharedState for JetStreamState {
     }
 
     fn settle<'a>(&'a self, key: &'a [u8], answer: Option<SharedAnswer>) -> SharedFuture<'a, ()> {
-        Box::pin(async move {
-            let b = self.buckets().await?;
+        Box::pin(self.with_buckets(move |b| async move {
             let key = hex(key);
+            let failed = self.failed("settle");
             match answer {
                 Some(a) => {
                     let value = serde_json::to_vec(&Entry::Answered(a))
@@ -299,15 +364,15 @@ impl SharedState for JetStreamState {
                         .put(&key, Bytes::from(value))
                         .await
                         .map(|_| ())
-                        .map_err(|e| self.failed("settle")(e.to_string()))
+                        .map_err(|e| failed(e.to_string()))
                 }
                 None => b
                     .duplicates
                     .delete(&key)
                     .await
-                    .map_err(|e| self.failed("settle")(e.to_string())),
+                    .map_err(|e| failed(e.to_string())),
             }
-        })
+        }))
     }
 
     fn forwarded<'a>(
@@ -316,8 +381,7 @@ impl SharedState for JetStreamState {
         link: &'a str,
         issuer_stan: &'a str,
     ) -> SharedFuture<'a, ()> {
-        Box::pin(async move {
-            let b = self.buckets().await?;
+        Box::pin(self.with_buckets(move |b| async move {
             let value = serde_json::to_vec(&Original {
                 link: link.to_string(),
                 issuer_stan: issuer_stan.to_string(),
@@ -328,7 +392,7 @@ impl SharedState for JetStreamState {
                 .await
                 .map(|_| ())
                 .map_err(|e| self.failed("forwarded")(e.to_string()))
-        })
+        }))
     }
 
     fn count<'a>(
@@ -337,13 +401,12 @@ impl SharedState for JetStreamState {
         window_s: u64,
         amount: u64,
     ) -> SharedFuture<'a, (u32, u64)> {
-        Box::pin(async move {
-            let b = self.buckets().await?;
+        Box::pin(self.with_buckets(move |b| async move {
             let window = now_ms() / 1000 / window_s.max(1);
             let key = hex(key);
             let failed = self.failed("count");
-            // Compare-and-set on the window's counter; another instance counting at the
-            // same moment makes one of the two read again.
+            // Compare-and-set on the window's counter (revision 0: no counter yet); another
+            // instance counting at the same moment makes one of the two read again.
             for _ in 0..8 {
                 let found = b
                     .counters
@@ -351,36 +414,34 @@ impl SharedState for JetStreamState {
                     .await
                     .map_err(|e| failed(e.to_string()))?;
                 let (mut c, revision) = match found {
-                    Some(e) if e.operation == kv::Operation::Put => (
-                        serde_json::from_slice::<Counter>(&e.value)
-                            .ok()
+                    Some(e) => (
+                        Some(&e)
+                            .filter(|e| e.operation == kv::Operation::Put)
+                            .and_then(|e| serde_json::from_slice::<Counter>(&e.value).ok())
                             .filter(|c| c.window == window)
                             .unwrap_or_default(),
-                        Some(e.revision),
+                        e.revision,
                     ),
-                    _ => (Counter::default(), None),
+                    None => (Counter::default(), 0),
                 };
                 c.window = window;
                 c.count = c.count.saturating_add(1);
                 c.amount = c.amount.saturating_add(amount);
                 let value = Bytes::from(serde_json::to_vec(&c).map_err(|e| failed(e.to_string()))?);
-                let stored = match revision {
-                    Some(r) => b.counters.update(&key, value, r).await.is_ok(),
-                    None => b.counters.create(&key, value).await.is_ok(),
-                };
-                if stored {
-                    return Ok((c.count, c.amount));
+                match b.counters.update(&key, value, revision).await {
+                    Ok(_) => return Ok((c.count, c.amount)),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                    Err(e) => return Err(failed(e.to_string())),
                 }
             }
             Err(Unreachable(
                 "count: the counter kept changing under it".into(),
             ))
-        })
+        }))
     }
 
     fn original<'a>(&'a self, key: &'a [u8]) -> SharedFuture<'a, Option<(String, String)>> {
-        Box::pin(async move {
-            let b = self.buckets().await?;
+        Box::pin(self.with_buckets(move |b| async move {
             let found = b
                 .originals
                 .get(hex(key))
@@ -389,6 +450,6 @@ impl SharedState for JetStreamState {
             Ok(found
                 .and_then(|v| serde_json::from_slice::<Original>(&v).ok())
                 .map(|o| (o.link, o.issuer_stan)))
-        })
+        }))
     }
 }

@@ -125,9 +125,10 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
         false
     }
     /// Name this instance the home of `terminal` (a request of it arrived here while the
-    /// group named another, or none).
-    fn come_home<'a>(&'a self, _terminal: &'a [u8]) -> SharedFuture<'a, ()> {
-        Box::pin(std::future::ready(Ok(())))
+    /// group named another, or none): whether it was written (not when already named, or
+    /// being named).
+    fn come_home<'a>(&'a self, _terminal: &'a [u8]) -> SharedFuture<'a, bool> {
+        Box::pin(std::future::ready(Ok(false)))
     }
 }
 
@@ -175,6 +176,9 @@ pub struct SharedConfig {
     pub when_unreachable: WhenUnreachable,
     /// Until when (ms since the epoch) the engine is taken as unreachable.
     down_until_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Whether the last operation failed (an outage is logged when it starts and ends,
+    /// not once per request: each is counted in the metrics).
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn now_ms() -> u64 {
@@ -195,6 +199,7 @@ impl SharedConfig {
             timeout,
             when_unreachable,
             down_until_ms: std::sync::Arc::default(),
+            down: std::sync::Arc::default(),
         }
     }
 
@@ -233,9 +238,23 @@ impl SharedConfig {
             Ok(r) => r,
             Err(_) => Err(Unreachable(format!("no answer in {:?}", self.timeout))),
         };
-        if result.is_err() {
-            let until = now_ms() + RETRY_AFTER.as_millis() as u64;
-            self.down_until_ms.store(until, Ordering::Relaxed);
+        match &result {
+            Err(why) => {
+                let until = now_ms() + RETRY_AFTER.as_millis() as u64;
+                self.down_until_ms.store(until, Ordering::Relaxed);
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        reason = %why.0,
+                        policy = ?self.when_unreachable,
+                        "shared state unreachable: every request by the policy until it answers"
+                    );
+                }
+            }
+            Ok(_) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("shared state answering again");
+                }
+            }
         }
         result
     }

@@ -69,8 +69,10 @@ async fn claim_in_group<P: IssuerPort>(
         let terminal = terminal.to_vec();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let moved = shared.within(shared.state.come_home(&terminal)).await;
-            metrics.shared("come-home", moved.is_ok(), started.elapsed());
+            match shared.within(shared.state.come_home(&terminal)).await {
+                Ok(false) => {} // already named, or being named: nothing asked
+                moved => metrics.shared("come-home", moved.is_ok(), started.elapsed()),
+            }
         });
     }
     let forget = |tx: &mut Transaction<'_, P>| {
@@ -96,11 +98,11 @@ async fn claim_in_group<P: IssuerPort>(
         }
         Err(why) => match shared.when_unreachable {
             WhenUnreachable::Continue => {
-                tracing::warn!(reason = %why.0, "shared duplicate window unreachable: this instance's view only");
+                tracing::debug!(reason = %why.0, "shared duplicate window unreachable: this instance's view only");
                 Step::Continue(())
             }
             WhenUnreachable::FailClosed => {
-                tracing::warn!(reason = %why.0, "shared duplicate window unreachable: 91");
+                tracing::debug!(reason = %why.0, "shared duplicate window unreachable: 91");
                 forget(tx);
                 tx.answer_code(b"91", Outcome::LinkDown)
             }

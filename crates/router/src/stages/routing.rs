@@ -39,11 +39,11 @@ impl<P: IssuerPort> Stage<P> for Routing {
                 Err(why)
                     if shared.when_unreachable == crate::shared::WhenUnreachable::FailClosed =>
                 {
-                    tracing::warn!(reason = %why.0, "shared reversal index unreachable: 91");
+                    tracing::debug!(reason = %why.0, "shared reversal index unreachable: 91");
                     return tx.answer_code(b"91", Outcome::LinkDown);
                 }
                 Err(why) => {
-                    tracing::warn!(reason = %why.0, "shared reversal index unreachable: routed by its card");
+                    tracing::debug!(reason = %why.0, "shared reversal index unreachable: routed by its card");
                 }
             }
         }

@@ -37,11 +37,11 @@ impl<P: IssuerPort> Stage<P> for ActivityRules {
                 match counted {
                     Ok(counts) => counts,
                     Err(why) if shared.when_unreachable == WhenUnreachable::FailClosed => {
-                        tracing::warn!(reason = %why.0, "shared velocity counters unreachable: 91");
+                        tracing::debug!(reason = %why.0, "shared velocity counters unreachable: 91");
                         return tx.answer_code(b"91", Outcome::LinkDown);
                     }
                     Err(why) => {
-                        tracing::warn!(reason = %why.0, "shared velocity counters unreachable: this instance's counts");
+                        tracing::debug!(reason = %why.0, "shared velocity counters unreachable: this instance's counts");
                         GroupCounts::default()
                     }
                 }

@@ -292,13 +292,14 @@ impl crate::shared::SharedState for Member {
         self.group.homes.lock().unwrap().get(terminal) == Some(&self.name)
     }
 
-    fn come_home<'a>(&'a self, terminal: &'a [u8]) -> crate::shared::SharedFuture<'a, ()> {
-        self.group
+    fn come_home<'a>(&'a self, terminal: &'a [u8]) -> crate::shared::SharedFuture<'a, bool> {
+        let before = self
+            .group
             .homes
             .lock()
             .unwrap()
             .insert(terminal.to_vec(), self.name);
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(std::future::ready(Ok(before != Some(self.name))))
     }
 }
 
