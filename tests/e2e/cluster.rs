@@ -425,6 +425,10 @@ fn a_retransmission_or_a_reversal_on_the_other_instance_is_handled_as_one_switch
         1,
         "the original found and reversed at the issuer"
     );
+    // Quoting the STAN the issuer saw from A's link: A's block (sw-0: block 0 of 10).
+    let quoted = ledger.reversal_order.lock().unwrap().last().cloned();
+    let quoted: u32 = quoted.and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!((1..=99_999).contains(&quoted), "{quoted}");
     let scrape = http_get(b.admin, "/metrics").1;
     assert!(
         metric_in(
@@ -759,40 +763,50 @@ fn a_terminal_batch_closes_with_the_sales_of_both_instances() {
 }
 
 /// An instance id is the group's once: a second process with the id of a running instance
-/// (its own data directory) does not start, and says which instance holds it; the running
-/// instance restarted takes its id back at once.
+/// (its own data directory) does not start, and says which instance holds it; nor does one
+/// whose id is another but whose block of issuer STANs is the running one's (`edge-0`: its
+/// ordinal is 0 too); the running instance restarted takes its id back at once.
 #[test]
 fn a_second_process_with_a_running_instances_id_does_not_start() {
     let nats = Nats::start();
-    let body = |nats: &Nats| {
+    let body = |nats: &Nats, id: &str| {
         format!(
             "spec = \"iso8583-1987-ascii\"\n{}[[links]]\nname = \"issuer\"\nsimulated = true\n{}",
-            cluster_section(nats, "sw-0"),
+            cluster_section(nats, id),
             route("all", "\"4\"", "issuer")
         )
     };
-    let a = Switch::start(&body(&nats));
+    let a = Switch::start(&body(&nats, "sw-0"));
     let other = tempfile::tempdir().unwrap();
     let config = other.path().join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:{}\"\n[audit]\ndir = \"{}\"\ndemo_keys = true\n[[listeners]]\nname = \"terminals\"\nlisten = \"127.0.0.1:{}\"\n{}",
-            free_port(),
-            other.path().join("audit").display(),
-            free_port(),
-            body(&nats)
-        ),
-    )
-    .unwrap();
-    let second = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
+    let second = |id: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:{}\"\n[audit]\ndir = \"{}\"\ndemo_keys = true\n[[listeners]]\nname = \"terminals\"\nlisten = \"127.0.0.1:{}\"\n{}",
+                free_port(),
+                other.path().join("audit").display(),
+                free_port(),
+                body(&nats, id)
+            ),
+        )
         .unwrap();
-    let said = String::from_utf8_lossy(&second.stderr).to_string();
-    assert_eq!(second.status.code(), Some(78), "{said}");
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(78), "{said}");
+        said
+    };
+    let said = second("sw-0");
     assert!(said.contains("instance \"sw-0\" is in use"), "{said}");
+    let said = second("edge-0");
+    assert!(
+        said.contains("STAN block 0 is in use by instance \"sw-0\""),
+        "{said}"
+    );
     let a = a.restart();
     assert_eq!(
         http_get(a.admin, "/readyz").0,

@@ -102,7 +102,7 @@ fn alerts_and_dashboard_use_only_metrics_the_switch_exports() {
          [[links]]\nname = \"silent\"\nendpoints = [\"{}\"]\ntimeout_ms = 200\n\
          [[routes]]\nname = \"visa\"\nbins = [\"4000\"]\nlink = \"approver\"\n\
          [[routes]]\nname = \"visa-big\"\nbins = [\"4\"]\nlink = \"silent\"\n",
-        crate::cluster::cluster_section(&nats, "sw-deploy"),
+        crate::cluster::cluster_section(&nats, "sw-deploy-0"),
         registry.display(),
         cert_path.display(),
         key_path.display(),

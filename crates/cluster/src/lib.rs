@@ -102,6 +102,23 @@ pub struct ClusterConfig {
     /// How long a terminal must have been at home here before its requests are claimed
     /// behind (the requests it had outstanding when it moved are retransmitted within it).
     pub home_settle: Duration,
+    /// This instance's block of the issuer STAN space (`None`: its id ends in no number
+    /// and none was set; refused by [`ClusterConfig::check`]).
+    pub stan_block: Option<u32>,
+    /// The blocks the STAN space is split into: the group's most instances.
+    pub stan_blocks: u32,
+}
+
+/// The issuer STANs a link may hand out (field 11, n6; 0 is never used).
+pub const STANS: std::ops::RangeInclusive<u32> = 1..=999_999;
+
+/// The number an instance id ends in (a StatefulSet pod's ordinal: `switchyard-2` → 2).
+fn ordinal(instance: &str) -> Option<u32> {
+    let digits = instance.len()
+        - instance
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .len();
+    instance[instance.len() - digits..].parse().ok()
 }
 
 impl ClusterConfig {
@@ -126,7 +143,20 @@ impl ClusterConfig {
             feed_subject: "switchyard.tx".into(),
             feed_max_age: Duration::from_secs(7 * 86_400),
             home_settle: Duration::from_secs(60),
+            stan_block: ordinal(instance),
+            stan_blocks: 10,
         }
+    }
+
+    /// The issuer STANs this instance's links hand out: its own block, so that no two
+    /// instances give an issuer the same STAN for a terminal's requests at once (each
+    /// link remaps on its own, and a retransmission or a reversal on another instance
+    /// must never be matched with another instance's request).
+    pub fn stans(&self) -> std::ops::RangeInclusive<u32> {
+        let size = (STANS.end() - STANS.start() + 1) / self.stan_blocks.max(1);
+        let block = self.stan_block.unwrap_or(0);
+        let first = STANS.start() + block * size;
+        first..=first + size - 1
     }
 
     /// What is wrong with it, if anything.
@@ -172,6 +202,29 @@ impl ClusterConfig {
         }
         if self.max_pending == 0 {
             return Err(ClusterError::Config("max_pending: at least 1".into()));
+        }
+        if !(1..=100).contains(&self.stan_blocks) {
+            return Err(ClusterError::Config(format!(
+                "stan_blocks {}: 1 to 100 (each block 999,999 / stan_blocks STANs)",
+                self.stan_blocks
+            )));
+        }
+        match self.stan_block {
+            None => {
+                return Err(ClusterError::Config(format!(
+                    "stan_block: instance {:?} ends in no number, so set its block of the issuer STANs (0 to {}), unique in the group",
+                    self.instance,
+                    self.stan_blocks - 1
+                )))
+            }
+            Some(b) if b >= self.stan_blocks => {
+                return Err(ClusterError::Config(format!(
+                    "stan_block {b}: 0 to {} (stan_blocks {}); set stan_blocks to the group's most instances",
+                    self.stan_blocks - 1,
+                    self.stan_blocks
+                )))
+            }
+            Some(_) => {}
         }
         Ok(())
     }
@@ -740,6 +793,41 @@ mod tests {
             ..ok
         };
         assert!(none.check().is_err());
+    }
+
+    #[test]
+    fn each_instance_has_its_own_block_of_issuer_stans() {
+        let config = |id: &str| ClusterConfig::new(vec!["nats://h:4222".into()], id, "c".into());
+        assert_eq!(config("switchyard-0").stans(), 1..=99_999);
+        assert_eq!(config("switchyard-9").stans(), 899_992..=999_990);
+        assert_eq!(config("sw-12").stan_block, Some(12));
+        assert!(config("sw-12").check().is_err(), "block 12 of 10");
+        let unnumbered = config("edge");
+        assert_eq!(unnumbered.stan_block, None);
+        let said = unnumbered.check().unwrap_err().to_string();
+        assert!(said.contains("stan_block"), "{said}");
+        let set = ClusterConfig {
+            stan_block: Some(2),
+            stan_blocks: 4,
+            ..unnumbered
+        };
+        assert!(set.check().is_ok());
+        assert_eq!(set.stans(), 499_999..=749_997);
+        let three = |b| {
+            ClusterConfig {
+                stan_block: Some(b),
+                stan_blocks: 3,
+                ..config("x")
+            }
+            .stans()
+        };
+        let blocks: Vec<_> = (0..3).map(three).collect();
+        assert_eq!(blocks, [1..=333_333, 333_334..=666_666, 666_667..=999_999]);
+        let zero = ClusterConfig {
+            stan_blocks: 0,
+            ..config("sw-0")
+        };
+        assert!(zero.check().is_err());
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub struct LinkConfig {
     pub match_fields: Vec<u8>,
     /// Give each request a link-unique STAN and restore the terminal's on the response.
     pub remap_stan: bool,
+    /// The STANs handed out (an instance of a group has its own block, so that two
+    /// instances never give the issuer one STAN at once).
+    pub stans: std::ops::RangeInclusive<u32>,
     /// Connection choice.
     pub selection: Selection,
     /// Send a sign-on 0800 on each new connection and wait for its 0810.
@@ -115,6 +118,13 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
+    /// How many STANs the link may hand out (at least 1).
+    fn stan_count(&self) -> u32 {
+        (self.stans.end().saturating_sub(*self.stans.start()))
+            .saturating_add(1)
+            .max(1)
+    }
+
     /// Defaults for a link named `name` to one endpoint.
     pub fn new(name: &str, addr: &str, spec: &'static Spec) -> LinkConfig {
         LinkConfig {
@@ -131,6 +141,7 @@ impl LinkConfig {
             request_timeout: Duration::from_secs(10),
             match_fields: vec![11, 41],
             remap_stan: true,
+            stans: 1..=999_999,
             selection: Selection::LeastOutstanding,
             sign_on: false,
             echo_interval: Some(Duration::from_secs(30)),
@@ -191,6 +202,13 @@ impl LinkConfig {
             problems.push(format!(
                 "match fields take up to {key_bytes} bytes, more than {}",
                 MatchKey::CAPACITY
+            ));
+        }
+        let stans = usize::try_from(self.stan_count()).unwrap_or(usize::MAX);
+        if *self.stans.start() == 0 || *self.stans.end() > 999_999 || stans <= self.max_in_flight {
+            problems.push(format!(
+                "STANs {:?}: within 1..=999999 and more than max_in_flight ({})",
+                self.stans, self.max_in_flight
             ));
         }
         if self.remap_stan || self.sign_on || self.echo_interval.is_some() {
@@ -613,6 +631,7 @@ impl IssuerLink {
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.subsec_nanos());
+        let first_stan = seed % config.stan_count();
         let mut terminal_fields = config.match_fields.clone();
         if !terminal_fields.contains(&41) && config.spec.field(41).is_some() {
             terminal_fields.push(41);
@@ -626,7 +645,7 @@ impl IssuerLink {
             timed_out: DashMap::default(),
             in_flight: AtomicUsize::new(0),
             // Start somewhere arbitrary so that a restart does not reuse the last STANs.
-            next_stan: AtomicU32::new(seed % 999_999),
+            next_stan: AtomicU32::new(first_stan),
             slots,
             round_robin: AtomicUsize::new(0),
             next_conn_id: AtomicU64::new(1),
@@ -800,14 +819,16 @@ impl Shared {
         }
     }
 
+    /// The next STAN of the link's range (`next_stan` holds the last one's offset in it).
     fn next_stan(&self) -> u32 {
-        let v = self
+        let count = self.cfg.stan_count();
+        let last = self
             .next_stan
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v % 999_999 + 1)
+                Some((v + 1) % count)
             })
             .unwrap_or(0);
-        v % 999_999 + 1
+        self.cfg.stans.start() + (last + 1) % count
     }
 
     /// Remove a request from the table (it is answered, failed or expired).
@@ -1593,27 +1614,36 @@ mod tests {
             Stan::encode(&f, 123_456).unwrap().as_slice(),
             &[0x12, 0x34, 0x56]
         );
-        let link = LinkConfig::new("t", "127.0.0.1:1", ascii);
-        let shared = Shared {
-            terminal_fields: vec![11, 41],
-            stan_field: stan_field(ascii),
-            cfg: link,
-            pending: DashMap::default(),
-            originals: DashMap::default(),
-            timed_out: DashMap::default(),
-            in_flight: AtomicUsize::new(0),
-            next_stan: AtomicU32::new(999_998),
-            slots: Vec::new(),
-            round_robin: AtomicUsize::new(0),
-            next_conn_id: AtomicU64::new(1),
-            ready: watch::channel(0).0,
-            late: None,
-            issuer_requests: std::sync::OnceLock::new(),
-            stats: LinkStats::default(),
-            epoch: Instant::now(),
+        let stans_of = |stans, last| {
+            let shared = Shared {
+                terminal_fields: vec![11, 41],
+                stan_field: stan_field(ascii),
+                cfg: LinkConfig {
+                    stans,
+                    ..LinkConfig::new("t", "127.0.0.1:1", ascii)
+                },
+                pending: DashMap::default(),
+                originals: DashMap::default(),
+                timed_out: DashMap::default(),
+                in_flight: AtomicUsize::new(0),
+                next_stan: AtomicU32::new(last),
+                slots: Vec::new(),
+                round_robin: AtomicUsize::new(0),
+                next_conn_id: AtomicU64::new(1),
+                ready: watch::channel(0).0,
+                late: None,
+                issuer_requests: std::sync::OnceLock::new(),
+                stats: LinkStats::default(),
+                epoch: Instant::now(),
+            };
+            (0..4).map(|_| shared.next_stan()).collect::<Vec<u32>>()
         };
-        let stans: Vec<u32> = (0..4).map(|_| shared.next_stan()).collect();
-        assert_eq!(stans, [999_999, 1, 2, 3]);
+        assert_eq!(stans_of(1..=999_999, 999_997), [999_999, 1, 2, 3]);
+        // An instance's block of a group: within it, round and round.
+        assert_eq!(
+            stans_of(200_000..=200_004, 3),
+            [200_004, 200_000, 200_001, 200_002]
+        );
     }
 
     #[test]
@@ -1623,8 +1653,10 @@ mod tests {
         cfg.endpoints.clear();
         cfg.match_fields = vec![41, 200];
         cfg.header = Bytes::from_static(b"xx");
+        cfg.stans = 1..=1000; // no more than max_in_flight (1024)
         let msg = cfg.validate().unwrap_err().to_string();
         for part in [
+            "STANs 1..=1000",
             "no endpoint",
             "match field 200",
             "header is 2 bytes",

@@ -175,6 +175,13 @@ pub struct ClusterSection {
     /// claimed synchronously where they are retransmitted).
     #[serde(default)]
     pub home_settle_s: Option<u64>,
+    /// This instance's block of the issuer STANs (default: the number its id ends in, a
+    /// StatefulSet pod's ordinal), unique in the group...
+    #[serde(default)]
+    pub stan_block: Option<u32>,
+    /// ...of this many (default 10; at least the group's most instances).
+    #[serde(default)]
+    pub stan_blocks: Option<u32>,
 }
 
 fn default_shared_timeout() -> u64 {
@@ -251,6 +258,12 @@ impl ClusterSection {
         }
         if let Some(v) = self.feed_max_age_days {
             c.feed_max_age = Duration::from_secs(v * 86_400);
+        }
+        if self.stan_block.is_some() {
+            c.stan_block = self.stan_block;
+        }
+        if let Some(v) = self.stan_blocks {
+            c.stan_blocks = v;
         }
         c.check().map_err(|e| e.to_string())?;
         Ok(c)
@@ -1009,6 +1022,12 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
         };
         listeners.push((l.clone(), a, tls));
     }
+    // In a group, each instance's links hand out the STANs of its own block (a bad
+    // `[cluster]` is reported below).
+    let cluster = config
+        .cluster
+        .as_ref()
+        .and_then(|c| c.config(&config.audit.dir).ok());
     let mut links = Vec::new();
     for (i, l) in config.links.iter().enumerate() {
         let at = format!("links[{i}] ({:?})", l.name);
@@ -1091,6 +1110,9 @@ fn plan(config: Config) -> Result<Plan, Vec<String>> {
             c.match_fields = f.clone();
         }
         c.remap_stan = l.remap_stan;
+        if let Some(group) = &cluster {
+            c.stans = group.stans();
+        }
         c.selection = match l.selection.as_deref() {
             None | Some("least-outstanding") => Selection::LeastOutstanding,
             Some("round-robin") => Selection::RoundRobin,
