@@ -10,7 +10,7 @@ fn the_load_benchmark_runs_every_shape_and_scenario() {
         only: None,
     };
     let (rows, report) = switchyard_benches::loadbench::run(&options).unwrap();
-    assert_eq!(rows.len(), 20, "{report}");
+    assert_eq!(rows.len(), 24, "{report}");
     for row in &rows {
         assert!(row.tps > 0.0, "{report}");
         assert_eq!(row.errors, 0, "{report}");
@@ -31,8 +31,15 @@ fn the_load_benchmark_runs_every_shape_and_scenario() {
         if row.shape == switchyard_benches::loadbench::Shape::Group {
             // Terminals at home: their requests claimed behind, and none found another's.
             let claims = row.claims.expect("the group's claims");
-            assert!(claims.behind > 0.0 && claims.lost == 0.0, "{report}");
+            assert!(
+                claims.behind + claims.recorded > 0.0 && claims.lost == 0.0,
+                "{report}"
+            );
         }
+        assert_eq!(
+            row.claims.is_some(),
+            row.shape == switchyard_benches::loadbench::Shape::Group
+        );
     }
     assert!(report.contains("fdatasync of a 4 KiB page"), "{report}");
     assert!(
@@ -41,7 +48,7 @@ fn the_load_benchmark_runs_every_shape_and_scenario() {
     );
     let goals = report.lines().filter(|l| l.starts_with("goal ")).count();
     assert_eq!(
-        goals, 6,
-        "a verdict per goal: durable and lean for each pipelined scenario, one request in flight, the group's added latency: {report}"
+        goals, 9,
+        "a verdict per goal: durable and lean for each pipelined scenario, one request in flight, the shared state's added latency in each scenario: {report}"
     );
 }

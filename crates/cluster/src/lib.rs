@@ -16,8 +16,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod batches;
 pub mod feed;
+pub mod follower;
 mod homes;
 pub mod instances;
 pub mod shared;

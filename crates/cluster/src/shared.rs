@@ -1,12 +1,13 @@
 //! The group's shared state on JetStream key-value buckets: the duplicate window
-//! (`<prefix>_duplicates`, in memory, entries kept for the duplicate window), the
-//! reversal index (`<prefix>_originals`, a day), the velocity counters (`<prefix>_counters`,
-//! one per terminal and card, two days) and the terminals' homes (`<prefix>_homes`, see
-//! `homes.rs`). Keys are the router's keys in hex (terminal ids, STANs, transmission
-//! times: no card data); values are small JSON documents (a home: the instance id).
+//! (`<prefix>_duplicates`, in memory, entries kept for the duplicate window), the velocity
+//! counters (`<prefix>_counters`, one per terminal and card, two days) and the terminals'
+//! homes (`<prefix>_homes`, see `homes.rs`). Keys are the router's keys in hex (terminal
+//! ids, STANs, transmission times: no card data); values are small JSON documents (a home:
+//! the instance id). The reversal index is no bucket: each instance follows the others'
+//! audit records (`batches.rs`), which say where each request went.
 //!
-//! A claim is a `create` (atomic: it fails when the key exists), so the first instance to
-//! claim a request wins. An in-flight claim older than [`STALE_CLAIM`] (its instance died
+//! A claim is a write over no value (atomic: it fails when the key exists), so the first
+//! instance to claim a request wins. An in-flight claim older than [`STALE_CLAIM`] (its instance died
 //! with it) is taken over with a compare-and-set on its revision.
 
 use std::time::Duration;
@@ -23,9 +24,6 @@ use crate::{connect, ClusterConfig};
 /// An in-flight claim older than this is an instance's that died with the request.
 pub const STALE_CLAIM: Duration = Duration::from_secs(120);
 
-/// How long the reversal index keeps where a request went.
-const ORIGINALS_TTL: Duration = Duration::from_secs(24 * 3600);
-
 /// One claim or answer, as the bucket holds it.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
@@ -34,18 +32,11 @@ enum Entry {
     Answered(SharedAnswer),
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Original {
-    link: String,
-    issuer_stan: String,
-}
-
 /// The buckets, opened (or created) at first use, and again after an operation failed
 /// (a broker restarted without its in-memory buckets has them made again).
 #[derive(Debug)]
 struct Buckets {
     duplicates: kv::Store,
-    originals: kv::Store,
     counters: kv::Store,
     homes: kv::Store,
     opened: std::time::Instant,
@@ -183,7 +174,6 @@ impl JetStreamState {
             let name = |what: &str| format!("{prefix}_{what}");
             let b = Arc::new(Buckets {
                 duplicates: bucket(&js, &name("duplicates"), window, replicas, Memory).await?,
-                originals: bucket(&js, &name("originals"), ORIGINALS_TTL, replicas, File).await?,
                 counters: bucket(&js, &name("counters"), COUNTERS_TTL, replicas, File).await?,
                 homes: bucket(&js, &name("homes"), HOMES_TTL, replicas, Memory).await?,
                 opened: std::time::Instant::now(),
@@ -232,12 +222,11 @@ impl JetStreamState {
         result
     }
 
-    /// Claim `key` with `entry` (in flight, or already answered): written only over no
-    /// value (revision 0), a delete marker or a stale claim, each by its revision, so one
+    /// Claim `key` (in flight): written only over no value (revision 0), a delete marker or a stale claim, each by its revision, so one
     /// instance wins. (The client's `create` is not used: when the bucket's stream is gone
     /// it reads the key after the failed write, and that read is never answered.)
-    async fn claim_key(&self, key: &[u8], entry: Entry) -> Result<Claim, Unreachable> {
-        let key = hex(key);
+    async fn claim_key(&self, key: &[u8]) -> Result<Claim, Unreachable> {
+        let (key, entry) = (hex(key), self.in_flight());
         let value =
             Bytes::from(serde_json::to_vec(&entry).map_err(|e| Unreachable(e.to_string()))?);
         self.with_buckets(move |b| async move {
@@ -341,15 +330,7 @@ impl SharedState for JetStreamState {
     }
 
     fn claim<'a>(&'a self, key: &'a [u8]) -> SharedFuture<'a, Claim> {
-        Box::pin(self.claim_key(key, self.in_flight()))
-    }
-
-    fn claim_answered<'a>(
-        &'a self,
-        key: &'a [u8],
-        answer: SharedAnswer,
-    ) -> SharedFuture<'a, Claim> {
-        Box::pin(self.claim_key(key, Entry::Answered(answer)))
+        Box::pin(self.claim_key(key))
     }
 
     fn settle<'a>(&'a self, key: &'a [u8], answer: Option<SharedAnswer>) -> SharedFuture<'a, ()> {
@@ -372,26 +353,6 @@ impl SharedState for JetStreamState {
                     .await
                     .map_err(|e| failed(e.to_string())),
             }
-        }))
-    }
-
-    fn forwarded<'a>(
-        &'a self,
-        key: &'a [u8],
-        link: &'a str,
-        issuer_stan: &'a str,
-    ) -> SharedFuture<'a, ()> {
-        Box::pin(self.with_buckets(move |b| async move {
-            let value = serde_json::to_vec(&Original {
-                link: link.to_string(),
-                issuer_stan: issuer_stan.to_string(),
-            })
-            .map_err(|e| Unreachable(e.to_string()))?;
-            b.originals
-                .put(hex(key), Bytes::from(value))
-                .await
-                .map(|_| ())
-                .map_err(|e| self.failed("forwarded")(e.to_string()))
         }))
     }
 
@@ -437,19 +398,6 @@ impl SharedState for JetStreamState {
             Err(Unreachable(
                 "count: the counter kept changing under it".into(),
             ))
-        }))
-    }
-
-    fn original<'a>(&'a self, key: &'a [u8]) -> SharedFuture<'a, Option<(String, String)>> {
-        Box::pin(self.with_buckets(move |b| async move {
-            let found = b
-                .originals
-                .get(hex(key))
-                .await
-                .map_err(|e| self.failed("original")(e.to_string()))?;
-            Ok(found
-                .and_then(|v| serde_json::from_slice::<Original>(&v).ok())
-                .map(|o| (o.link, o.issuer_stan)))
         }))
     }
 }

@@ -495,6 +495,19 @@ impl BatchBook {
         Some((upload, missing))
     }
 
+    /// Apply one transaction's record: added, or a 0320's matched.
+    pub fn apply_pair(&self, pair: &PairRecord) {
+        if pair.request_mti.starts_with("032") && pair.outcome == Some(Outcome::SwitchAnswered) {
+            self.upload(
+                pair.terminal.as_deref().unwrap_or(""),
+                pair.rrn.as_deref(),
+                pair.stan.as_deref(),
+                pair.amount.unwrap_or(0),
+            );
+        }
+        self.add(pair);
+    }
+
     /// Apply one audit record (of this instance's log, or another instance's from the audit
     /// stream): a pair added, a `batch-closed` event closing its terminal's batch, a
     /// `batch-out-of-balance` one expecting its upload, a 0320 matched.
@@ -507,17 +520,7 @@ impl BatchBook {
         match kind {
             Some(switchyard_audit::RecordKind::Pair) => {
                 let pair: PairRecord = switchyard_audit::payload::decode(seq, payload)?;
-                if pair.request_mti.starts_with("032")
-                    && pair.outcome == Some(Outcome::SwitchAnswered)
-                {
-                    self.upload(
-                        pair.terminal.as_deref().unwrap_or(""),
-                        pair.rrn.as_deref(),
-                        pair.stan.as_deref(),
-                        pair.amount.unwrap_or(0),
-                    );
-                }
-                self.add(&pair);
+                self.apply_pair(&pair);
             }
             Some(switchyard_audit::RecordKind::Event) => {
                 let event: serde_json::Value = switchyard_audit::payload::decode(seq, payload)?;

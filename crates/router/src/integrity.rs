@@ -26,6 +26,9 @@ use switchyard_iso8583::{wire, MessageBuilder, MessageView, Mti, Spec};
 use crate::flow::now_us;
 use crate::saf::{ReversalBasis, SafQueue};
 
+/// Each listener's dialect, by listener name (a pair record names its listener).
+pub type ListenerSpecs = HashMap<String, &'static Spec>;
+
 /// The durable note written before a request goes to an issuer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InFlightRecord {
@@ -232,8 +235,11 @@ pub struct Integrity {
     pub duplicate_window: Duration,
     seen: Sharded<DuplicateKey, Seen>,
     approvals: Sharded<TextKey, Approval>,
-    /// Where forwarded requests went, for the terminals' reversals of them.
+    /// Where forwarded requests went, for the terminals' reversals of them (in a group, the
+    /// other instances' too, as the audit stream tells: [`Integrity::follow_pair`]).
     originals: Sharded<OriginalKey, Original>,
+    /// Whether the other instances' records are followed up to the audit stream's end.
+    group_current: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Integrity {
@@ -266,6 +272,7 @@ impl Integrity {
             seen: Sharded::new(MAX_DUPLICATE_ENTRIES, duplicate_window),
             approvals: Sharded::new(MAX_RECENT_APPROVALS, RECENT_APPROVAL_TTL),
             originals: Sharded::new(MAX_ORIGINALS, ORIGINAL_TTL),
+            group_current: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -326,6 +333,83 @@ impl Integrity {
         map.insert(key, (ShortText::from(link), ShortText::from(issuer_stan)));
     }
 
+    /// Another instance's transaction, from the audit stream (a retransmission of it, or
+    /// its terminal's reversal, may come here): its answer into the duplicate window, where
+    /// it went into the reversal index. The stream carries it as soon as its instance has
+    /// logged the answer (or the timeout). Whether this instance took the same request as
+    /// fresh too (`true`: the group forwarded it twice); this instance's entry is kept.
+    pub fn follow_pair(&self, pair: &PairRecord, specs: &ListenerSpecs) -> bool {
+        if pair.outcome == Some(Outcome::Duplicate) {
+            return false; // an answer to a repeat: its original's record has it
+        }
+        self.note_forwarded(pair);
+        let Some(key) = self.recent_key(pair) else {
+            return false;
+        };
+        let answer = Self::answer_of(pair, specs);
+        let mut seen = self.seen.lock(&key);
+        if seen.get(&key).is_some() {
+            return pair.forwarded_us.is_some();
+        }
+        if let Some(answer) = answer {
+            seen.insert(key, Seen::Answered(answer));
+        }
+        false
+    }
+
+    /// Where a forwarded request of a pair record went, into the reversal index.
+    fn note_forwarded(&self, pair: &PairRecord) {
+        if !matches!(pair.request_mti.as_bytes().get(1), Some(b'1' | b'2'))
+            || pair.forwarded_us.is_none()
+        {
+            return;
+        }
+        let (Some(terminal), Some(stan), Some(link)) = (&pair.terminal, &pair.stan, &pair.issuer)
+        else {
+            return;
+        };
+        let field7 = pair.request.fields.get(7).unwrap_or_default();
+        let issuer_stan = pair.issuer_stan.as_ref().unwrap_or(stan);
+        self.forwarded(terminal, stan, field7, link, issuer_stan);
+    }
+
+    /// A pair record's duplicate key, when its request is one the window checks and was
+    /// received within the window.
+    fn recent_key(&self, pair: &PairRecord) -> Option<DuplicateKey> {
+        let window = i64::try_from(self.duplicate_window.as_micros()).unwrap_or(i64::MAX);
+        if pair.received_us < now_us().saturating_sub(window) {
+            return None;
+        }
+        let (terminal, stan) = (pair.terminal.as_ref()?, pair.stan.as_ref()?);
+        let mti = Mti::parse(&pair.request_mti)
+            .filter(|m| matches!(m.class(), 1 | 2) && m.function() == 0)?;
+        let field7 = pair.request.fields.get(7).unwrap_or_default();
+        TextKey::of(&[
+            terminal.as_bytes(),
+            stan.as_bytes(),
+            field7.as_bytes(),
+            mti.request_class().as_str().as_bytes(),
+        ])
+    }
+
+    /// The answer a pair record holds, re-made in its listener's dialect.
+    fn answer_of(pair: &PairRecord, specs: &ListenerSpecs) -> Option<Bytes> {
+        rebuild(specs.get(pair.listener.as_str())?, pair.response.as_ref()?)
+    }
+
+    /// The other instances' records are followed up to the stream's end (`true`), or the
+    /// following stopped (`false`: what they forwarded lately may be missing here).
+    pub fn set_group_current(&self, current: bool) {
+        self.group_current
+            .store(current, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the other instances' records are followed up to the stream's end.
+    pub fn group_current(&self) -> bool {
+        self.group_current
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// For a terminal's reversal (04xx with field 90): the link its original went to and the
     /// STAN the issuer saw.
     pub fn original_of(&self, request: &MessageView<'_>) -> Option<Original> {
@@ -350,7 +434,7 @@ impl Integrity {
     }
 
     /// The key a forwarded request is remembered by for its reversal.
-    pub fn forwarded_key(terminal: &str, stan: &str, field7: &str) -> Option<OriginalKey> {
+    fn forwarded_key(terminal: &str, stan: &str, field7: &str) -> Option<OriginalKey> {
         TextKey::of(&[terminal.as_bytes(), stan.as_bytes(), field7.as_bytes()])
     }
 
@@ -414,9 +498,8 @@ impl Integrity {
     pub fn rebuild_duplicates(
         &self,
         audit_dir: &Path,
-        specs: &HashMap<String, &'static Spec>,
+        specs: &ListenerSpecs,
     ) -> switchyard_audit::Result<usize> {
-        let since = now_us() - i64::try_from(self.duplicate_window.as_micros()).unwrap_or(i64::MAX);
         let mut loaded = 0;
         switchyard_audit::for_each_recent(audit_dir, 2, |r| {
             if r.kind != Some(RecordKind::Pair) {
@@ -425,33 +508,11 @@ impl Integrity {
             let Ok(pair) = payload::decode::<PairRecord>(r.seq, r.payload) else {
                 return Ok(());
             };
-            if pair.received_us < since {
-                return Ok(());
-            }
-            let (Some(spec), Some(response)) = (specs.get(pair.listener.as_str()), &pair.response)
-            else {
+            let Some(key) = self.recent_key(&pair) else {
                 return Ok(());
             };
-            let (Some(terminal), Some(stan)) = (&pair.terminal, &pair.stan) else {
-                return Ok(());
-            };
-            let Some(mti) = Mti::parse(&pair.request_mti)
-                .filter(|m| matches!(m.class(), 1 | 2) && m.function() == 0)
-            else {
-                return Ok(());
-            };
-            let field7 = pair.request.fields.get(7).unwrap_or_default();
-            if let (Some(link), Some(issuer_stan)) = (&pair.issuer, &pair.issuer_stan) {
-                self.forwarded(terminal, stan, field7, link, issuer_stan);
-            }
-            let class = mti.request_class();
-            let parts = [
-                terminal.as_bytes(),
-                stan.as_bytes(),
-                field7.as_bytes(),
-                class.as_str().as_bytes(),
-            ];
-            if let (Some(key), Some(answer)) = (TextKey::of(&parts), rebuild(spec, response)) {
+            self.note_forwarded(&pair);
+            if let Some(answer) = Self::answer_of(&pair, specs) {
                 // Remembered from now on: an answer from just inside the window lives up to
                 // one window longer after a restart, which only errs towards not forwarding.
                 self.seen.lock(&key).insert(key, Seen::Answered(answer));

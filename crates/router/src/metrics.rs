@@ -118,7 +118,7 @@ impl SharedStateMetrics {
     fn new(registry: &Registry) -> Result<SharedStateMetrics, RouterError> {
         let m = SharedStateMetrics {
             ops: IntCounterVec::new(
-                Opts::new("switchyard_shared_state_total", "Operations on the group's shared state (duplicate window, reversal index), by operation and result (ok, unreachable; lost: a claim written behind found another instance's)."),
+                Opts::new("switchyard_shared_state_total", "Operations on the group's shared state (duplicate window, reversal index), by operation and result (ok, unreachable; claim-behind recorded: claimed by its audit record alone, answered before its claim was due; lost: a request another instance forwarded too)."),
                 &["op", "result"],
             )?,
             duration: HistogramVec::new(
@@ -135,15 +135,16 @@ impl SharedStateMetrics {
             "claim-behind",
             "come-home",
             "settle",
-            "forwarded",
-            "original",
+            "followed",
             "count",
         ] {
             for result in ["ok", "unreachable"] {
                 m.ops.with_label_values(&[op, result]);
             }
         }
-        m.ops.with_label_values(&["claim-behind", "lost"]);
+        for result in ["lost", "recorded"] {
+            m.ops.with_label_values(&["claim-behind", result]);
+        }
         registry.register(Box::new(m.ops.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         Ok(m)
@@ -256,6 +257,12 @@ impl RouterMetrics {
     /// A shared-state operation, how it went and how long it took.
     pub(crate) fn shared(&self, op: &str, ok: bool, took: Duration) {
         self.shared_result(op, if ok { "ok" } else { "unreachable" }, took);
+    }
+
+    /// Another instance's record of a request this instance took too: the group forwarded
+    /// it twice (`claim-behind` `lost`).
+    pub fn forwarded_twice(&self) {
+        self.shared_result("claim-behind", "lost", Duration::ZERO);
     }
 
     /// A shared-state operation with another result than ok or unreachable.

@@ -85,15 +85,6 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     fn claim<'a>(&'a self, key: &'a [u8]) -> SharedFuture<'a, Claim>;
     /// The claimed request's answer (`None`: it had none, forget it).
     fn settle<'a>(&'a self, key: &'a [u8], answer: Option<SharedAnswer>) -> SharedFuture<'a, ()>;
-    /// Where a forwarded request (its original key) went: the link and the issuer's STAN.
-    fn forwarded<'a>(
-        &'a self,
-        key: &'a [u8],
-        link: &'a str,
-        issuer_stan: &'a str,
-    ) -> SharedFuture<'a, ()>;
-    /// Where the original of a reversal went.
-    fn original<'a>(&'a self, key: &'a [u8]) -> SharedFuture<'a, Option<(String, String)>>;
     /// Count one event of `amount` for `key` (a terminal's or a card's velocity) in the
     /// current window of `window_s` seconds: the window's count and amount, this one
     /// included. Windows are fixed (aligned at multiples of `window_s` since the epoch).
@@ -103,21 +94,6 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
         window_s: u64,
         amount: u64,
     ) -> SharedFuture<'a, (u32, u64)>;
-    /// Claim `key` with its answer already known: one write where a claim and a settle
-    /// would be two (a request claimed behind and answered before its claim was written).
-    fn claim_answered<'a>(
-        &'a self,
-        key: &'a [u8],
-        answer: SharedAnswer,
-    ) -> SharedFuture<'a, Claim> {
-        Box::pin(async move {
-            let claim = self.claim(key).await?;
-            if claim == Claim::Ours {
-                self.settle(key, Some(answer)).await?;
-            }
-            Ok(claim)
-        })
-    }
     /// Whether the group last named this instance the home of `terminal` (the instance its
     /// requests arrive at), from a local copy kept current by the engine: no round trip.
     /// A terminal at home has its requests claimed behind (see [`SharedConfig::claims_behind`]).
@@ -142,8 +118,8 @@ pub enum WhenUnreachable {
     FailClosed,
 }
 
-/// How long a request claimed behind may be in flight before its claim is written (an
-/// answer within it is written with the claim, in one write).
+/// How long a request claimed behind may be in flight before its claim is written (one
+/// answered within it is claimed by its audit record, which the group follows).
 pub const CLAIM_BEHIND_HOLD: Duration = Duration::from_millis(50);
 
 /// Writes behind go out on ticks of this length, all those due in a tick together: the
@@ -208,12 +184,13 @@ impl SharedConfig {
     ///
     /// Only for a terminal at home here (the group named this instance its home, the last it
     /// heard) and only in the `continue` policy with the engine answering. The claim is
-    /// written when the request has been [`CLAIM_BEHIND_HOLD`] in flight, or with its answer
-    /// when that came first (one write then, not two), and lands within
-    /// [`SharedConfig::timeout`] after (or counts as unreachable). A retransmission reaches
-    /// another instance after its terminal's timeout and a reconnection, seconds later;
-    /// there the terminal is not at home, so that instance claims synchronously and finds
-    /// the claim. A terminal's home moves only with a request the group has not seen (a
+    /// written when the request has been [`CLAIM_BEHIND_HOLD`] in flight, and lands within
+    /// [`SharedConfig::timeout`] after (or counts as unreachable); one answered before that
+    /// is claimed by its audit record alone, which the other instances follow on the audit
+    /// stream into their own duplicate windows (milliseconds after the answer). A
+    /// retransmission reaches another instance after its terminal's timeout and a
+    /// reconnection, seconds later; there the terminal is not at home, so that instance
+    /// finds the answer in its window, or claims synchronously and finds the claim. A terminal's home moves only with a request the group has not seen (a
     /// retransmission does not move it), and the engine counts a terminal at home only a
     /// while after it came (`[cluster] home_settle_s`), so the requests it still had
     /// outstanding elsewhere are claimed synchronously where they are retransmitted. A

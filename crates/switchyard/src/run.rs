@@ -292,6 +292,11 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
         links.insert(section.name.clone(), started);
     }
     let saf_stop = CancellationToken::new();
+    let specs: switchyard_router::integrity::ListenerSpecs = plan
+        .listeners
+        .iter()
+        .map(|(l, a, _)| (l.name.clone(), a.spec))
+        .collect();
     let integrity = if plan.config.integrity.enabled {
         let mut journal_config = AuditConfig::new(&plan.saf_dir);
         journal_config.segment_bytes = 16 << 20;
@@ -302,11 +307,6 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
         let saf = Arc::new(SafQueue::new(Arc::new(journal), entries, plan.saf.clone()));
         let window = Duration::from_secs(plan.config.integrity.duplicate_window_s.unwrap_or(600));
         let integrity = Arc::new(Integrity::new(saf, window));
-        let specs: HashMap<String, &'static switchyard_iso8583::Spec> = plan
-            .listeners
-            .iter()
-            .map(|(l, a, _)| (l.name.clone(), a.spec))
-            .collect();
         let remembered = integrity
             .rebuild_duplicates(&plan.audit.dir, &specs)
             .map_err(|e| fail(EX_IOERR)(anyhow!("duplicate window: {e}")))?;
@@ -366,6 +366,7 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
         .partial_amount()
         .map_err(|e| fail(EX_CONFIG)(anyhow!(e)))?;
     let router = router.with_partial_amount(partial);
+    let mut views = switchyard_cluster::follower::Views::default();
     let router = if plan.config.batch.enabled {
         let book = switchyard_router::batch::BatchBook::rebuild(
             &plan.audit.dir,
@@ -373,21 +374,27 @@ async fn serve(mut plan: config::Plan, path: Option<PathBuf>, overrides: Overrid
         )
         .map_err(|e| fail(EX_IOERR)(anyhow!("terminal batches: {e}")))?;
         let book = Arc::new(book);
-        if let Some(section) = &plan.config.cluster {
-            // The other instances' records, from the audit stream, into this book.
-            let config = section
-                .config(&plan.audit.dir)
-                .map_err(|e| fail(EX_CONFIG)(anyhow!(e)))?;
-            tokio::spawn(switchyard_cluster::batches::follow(
-                config,
-                book.clone(),
-                stream_stop.subscribe(),
-            ));
-        }
+        views.book = Some(book.clone());
         router.with_batches(book)
     } else {
         router
     };
+    if let Some(section) = &plan.config.cluster {
+        if let (true, Some(integrity)) = (section.shared_state, &integrity) {
+            views.integrity = Some((integrity.clone(), specs, router.metrics().clone()));
+        }
+        if views.book.is_some() || views.integrity.is_some() {
+            // The other instances' records, from the audit stream, into this one's views.
+            let config = section
+                .config(&plan.audit.dir)
+                .map_err(|e| fail(EX_CONFIG)(anyhow!(e)))?;
+            tokio::spawn(switchyard_cluster::follower::follow(
+                config,
+                views,
+                stream_stop.subscribe(),
+            ));
+        }
+    }
     let router = match &plan.config.business_day {
         None => router,
         Some(b) => {

@@ -83,6 +83,18 @@ async fn claim_in_group<P: IssuerPort>(
     match claimed {
         Ok(Claim::Ours) => {
             tx.shared_claim = true;
+            // Not in the group's claims, nor in this window, which holds what the other
+            // instances answered as far as their followed records tell: all of it only when
+            // those are followed up to the stream's end (otherwise a retransmission of one
+            // answered elsewhere goes forward again: counted, the continue policy). Fail
+            // closed claims and settles every request, so the claims hold all of it.
+            if let (Some(integrity), WhenUnreachable::Continue) =
+                (&switch.integrity, shared.when_unreachable)
+            {
+                let current = integrity.group_current();
+                let took = std::time::Duration::ZERO;
+                switch.metrics.shared("followed", current, took);
+            }
             Step::Continue(())
         }
         Ok(Claim::InFlight) => {
@@ -110,13 +122,15 @@ async fn claim_in_group<P: IssuerPort>(
     }
 }
 
-/// Claim `key` in the group without the request waiting for it: with its answer (sent on
-/// the channel returned) when that comes within [`CLAIM_BEHIND_HOLD`], one write; otherwise
-/// in flight then, settled with the answer later. Answered nothing: nothing to claim (its
-/// repeat is handled afresh). The transaction gone without an answer: claimed in flight (it
-/// may have been forwarded), left to go stale. A claim another instance made first means
-/// both forwarded the request: counted as `claim-behind` `lost` and logged, and that
-/// instance's entry is left as it is.
+/// Claim `key` in the group without the request waiting for it. Answered (the answer sent
+/// on the channel returned) within [`CLAIM_BEHIND_HOLD`]: no write, the transaction's audit
+/// record claims it (the other instances follow the audit stream into their duplicate
+/// windows: [`crate::integrity::Integrity::follow_pair`]), counted as `claim-behind`
+/// `recorded`. Still in flight then: claimed in flight, settled with the answer later.
+/// Answered nothing: nothing to claim (its repeat is handled afresh). The transaction gone
+/// without an answer: claimed in flight (it may have been forwarded), left to go stale. A
+/// claim another instance made first means both forwarded the request: counted as
+/// `claim-behind` `lost` and logged, and that instance's entry is left as it is.
 fn claim_behind<P: IssuerPort>(
     switch: &Switch<P>,
     shared: &SharedConfig,
@@ -128,12 +142,11 @@ fn claim_behind<P: IssuerPort>(
         let due = crate::shared::write_behind_at(CLAIM_BEHIND_HOLD);
         let early = tokio::time::timeout_at(due, &mut answer).await;
         let started = std::time::Instant::now();
-        let held = early.is_err();
         let claimed = match early {
             Ok(Ok(None)) => return,
-            Ok(Ok(Some(kept))) => {
-                let op = shared.state.claim_answered(key.as_bytes(), kept);
-                shared.within(op).await
+            Ok(Ok(Some(_))) => {
+                metrics.shared_result("claim-behind", "recorded", std::time::Duration::ZERO);
+                return;
             }
             Ok(Err(_)) | Err(_) => shared.within(shared.state.claim(key.as_bytes())).await,
         };
@@ -149,7 +162,7 @@ fn claim_behind<P: IssuerPort>(
             );
         }
         // Claimed while still in flight: its answer settles it.
-        let (Ok(Claim::Ours), true) = (claimed, held) else {
+        let Ok(Claim::Ours) = claimed else {
             return;
         };
         let Ok(kept) = answer.await else {
@@ -167,7 +180,7 @@ fn claim_behind<P: IssuerPort>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::testing::{request, Fixture};
+    use crate::stages::testing::{request, shared, Fixture};
 
     #[tokio::test]
     async fn answers_a_request_in_flight_94_and_an_answered_one_as_before() {
@@ -196,6 +209,56 @@ mod tests {
         assert_eq!(third.answered().map(|(_, o)| o), Some(Outcome::Duplicate));
     }
 
+    /// Another instance's audit record of a request it answered (from the audit stream): a
+    /// retransmission here gets that answer from this instance's window and is not
+    /// forwarded; a record of a request this instance took itself says the group forwarded
+    /// it twice.
+    #[tokio::test]
+    async fn another_instances_record_answers_a_retransmission_here() {
+        let f = Fixture::new();
+        let keys = switchyard_audit::AuditKeys::demo();
+        let specs = std::collections::HashMap::from([(
+            "terminals".to_string(),
+            crate::stages::testing::spec(),
+        )]);
+        let answered_elsewhere = |stan| {
+            let request = request("0200", "4761730000000119", 1000, stan);
+            let mut b = switchyard_iso8583::MessageBuilder::new(request.spec(), request.mti());
+            b.respond_to(&request, b"00").unwrap();
+            b.set(38, "A1B2C3").unwrap();
+            let response = MessageView::decode(request.spec(), b.encode()).unwrap();
+            let now = crate::flow::now_us();
+            let mut pair =
+                switchyard_audit::PairRecord::from_request("terminals", &request, &keys, now);
+            pair.set_response(&response);
+            pair.forwarded_us = Some(now);
+            pair
+        };
+        assert!(!f.integrity().follow_pair(&answered_elsewhere(7), &specs));
+        let mut again = f.transaction(request("0200", "4761730000000119", 1000, 7));
+        assert!(DuplicateCheck.run(&f.switch, &mut again).await.is_break());
+        assert_eq!(again.answered().map(|(_, o)| o), Some(Outcome::Duplicate));
+        let response = again.answer.as_ref().and_then(|a| a.response.as_ref());
+        let field = |n| response.and_then(|r| r.field(n)).map(|f| f.text());
+        assert_eq!(
+            (field(39), field(38)),
+            (Some("00".into()), Some("A1B2C3".into()))
+        );
+        assert_eq!(field(2), None, "no card number kept");
+
+        // Taken here before the other instance's record came: forwarded twice, and this
+        // instance's entry kept.
+        let mut here = f.transaction(request("0200", "4761730000000119", 1000, 8));
+        assert!(DuplicateCheck.run(&f.switch, &mut here).await.is_continue());
+        assert!(f.integrity().follow_pair(&answered_elsewhere(8), &specs));
+        let mut repeat = f.transaction(request("0200", "4761730000000119", 1000, 8));
+        assert!(DuplicateCheck.run(&f.switch, &mut repeat).await.is_break());
+        assert_eq!(
+            repeat.answered(),
+            Some((Some("94".into()), Outcome::Duplicate))
+        );
+    }
+
     #[tokio::test]
     async fn passes_what_it_does_not_check() {
         let f = Fixture::new();
@@ -209,15 +272,6 @@ mod tests {
             assert!(DuplicateCheck.run(&f.switch, &mut tx).await.is_continue());
             assert!(tx.answer.is_none());
         }
-    }
-
-    fn shared(
-        f: &mut Fixture,
-        state: std::sync::Arc<dyn crate::shared::SharedState>,
-        when: WhenUnreachable,
-    ) {
-        let timeout = std::time::Duration::from_millis(100);
-        f.switch.shared = Some(SharedConfig::new(state, timeout, when));
     }
 
     /// Two instances on one shared window: the second sees the first's request in flight
@@ -379,10 +433,11 @@ mod tests {
         .await;
     }
 
-    /// At home: an answer within the hold is written with its claim (one write); a request
-    /// answered nothing leaves nothing in the group.
+    /// At home: a request answered within the hold is claimed by its audit record alone
+    /// (nothing written to the group, counted as recorded); a request answered nothing
+    /// leaves nothing in the group either.
     #[tokio::test]
-    async fn an_answer_within_the_hold_is_written_with_its_claim() {
+    async fn an_answer_within_the_hold_writes_no_claim() {
         use crate::stages::testing::{Member, MemoryShared};
         let group = std::sync::Arc::new(MemoryShared::default());
         let mut one = Fixture::new();
@@ -413,11 +468,17 @@ mod tests {
             .is_continue());
         let key = fourth.duplicate.unwrap().as_bytes().to_vec();
         let behind = fourth.settle_behind.take().expect("at home on a");
-        behind.send(kept.clone()).unwrap();
-        until("claimed answered", || {
-            group.claims.lock().unwrap().get(&key) == Some(&kept)
+        behind.send(kept).unwrap();
+        let recorded = [("op", "claim-behind"), ("result", "recorded")];
+        until("claimed by its record", || {
+            one.counter("switchyard_shared_state_total", &recorded) == 1.0
         })
         .await;
+        tokio::time::sleep(CLAIM_BEHIND_HOLD * 3).await;
+        assert!(
+            !group.claims.lock().unwrap().contains_key(&key),
+            "nothing written"
+        );
         let mut fifth = one.transaction(request("0200", pan, 1000, 5));
         assert!(DuplicateCheck
             .run(&one.switch, &mut fifth)

@@ -4,8 +4,6 @@
 //! unusable answer) queues a reversal in the store-and-forward queue; an approval is kept
 //! until its answer has surely left (an undelivered one is reversed).
 
-use std::time::Duration;
-
 use switchyard_audit::{Outcome, ShortText};
 
 use super::{Stage, Switch};
@@ -36,22 +34,8 @@ impl<P: IssuerPort> Stage<P> for Reversals {
                     .map(|f| ShortText::of_field(&f, false))
                     .unwrap_or_default();
                 let issuer_stan = pair.issuer_stan.as_ref().unwrap_or(s);
+                // The other instances learn it from this transaction's audit record.
                 integrity.forwarded(t, s, &f7, route.link_name, issuer_stan);
-                let key = crate::integrity::Integrity::forwarded_key(t, s, &f7);
-                if let (Some(shared), Some(key)) = (&switch.shared, key) {
-                    let (shared, metrics) = (shared.clone(), switch.metrics.clone());
-                    let (link, issuer_stan) =
-                        (route.link_name.to_string(), issuer_stan.to_string());
-                    tokio::spawn(async move {
-                        // Needed by a reversal on another instance, later: written behind.
-                        tokio::time::sleep_until(crate::shared::write_behind_at(Duration::ZERO))
-                            .await;
-                        let started = std::time::Instant::now();
-                        let op = shared.state.forwarded(key.as_bytes(), &link, &issuer_stan);
-                        let kept = shared.within(op).await;
-                        metrics.shared("forwarded", kept.is_ok(), started.elapsed());
-                    });
-                }
             }
         }
         let basis = |kept: Option<ReversalBasis>| {
@@ -140,5 +124,33 @@ mod tests {
         let entries = f.integrity().saf.list();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].reason, "terminal gone before its approval");
+    }
+
+    #[test]
+    fn another_instances_record_says_where_its_request_went() {
+        let f = Fixture::new();
+        let keys = switchyard_audit::AuditKeys::demo();
+        let forwarded_elsewhere = |mti: &str, at: Option<i64>| {
+            let request = request("0200", "4761730000000119", 1000, 7);
+            let mut pair = switchyard_audit::PairRecord::from_request("t", &request, &keys, 1);
+            pair.request_mti = mti.into();
+            pair.forwarded_us = at;
+            pair.issuer = Some("issuer".into());
+            pair.issuer_stan = Some("314159".into());
+            pair
+        };
+        let f90 = "020000000711240930000000000000000000000000";
+        let reversal = request_with("0400", "4761730000000119", 1000, 8, &[(90, f90)]);
+        let specs = std::collections::HashMap::new();
+        // Not forwarded (answered by the switch), or a network message: nothing to reverse.
+        f.integrity()
+            .follow_pair(&forwarded_elsewhere("0200", None), &specs);
+        f.integrity()
+            .follow_pair(&forwarded_elsewhere("0800", Some(1)), &specs);
+        assert!(f.integrity().original_of(&reversal).is_none());
+        f.integrity()
+            .follow_pair(&forwarded_elsewhere("0200", Some(1)), &specs);
+        let (link, issuer_stan) = f.integrity().original_of(&reversal).expect("followed");
+        assert_eq!((link.as_str(), issuer_stan.as_str()), ("issuer", "314159"));
     }
 }

@@ -16,35 +16,27 @@ pub(crate) struct Routing;
 
 impl<P: IssuerPort> Stage<P> for Routing {
     async fn run<'a>(&self, switch: &'a Switch<P>, tx: &mut Transaction<'a, P>) -> Step {
-        let mut original = switch
+        let original = switch
             .integrity
             .as_ref()
             .and_then(|i| i.original_of(tx.request()));
-        if let (None, Some(shared), Some(key)) = (
+        if let (None, Some(shared), Some(integrity), Some(_)) = (
             &original,
             &switch.shared,
+            &switch.integrity,
             crate::integrity::Integrity::original_key(tx.request()),
         ) {
-            // A reversal of a request another instance forwarded.
-            let started = std::time::Instant::now();
-            let found = shared.within(shared.state.original(key.as_bytes())).await;
-            switch
-                .metrics
-                .shared("original", found.is_ok(), started.elapsed());
-            match found {
-                Ok(o) => {
-                    original =
-                        o.map(|(l, s)| (ShortText::from(l.as_str()), ShortText::from(s.as_str())))
-                }
-                Err(why)
-                    if shared.when_unreachable == crate::shared::WhenUnreachable::FailClosed =>
-                {
-                    tracing::debug!(reason = %why.0, "shared reversal index unreachable: 91");
+            // A reversal of a request neither this instance nor, as far as the audit stream
+            // has told, another one forwarded: certain only while the stream is followed.
+            let current = integrity.group_current();
+            let metrics = &switch.metrics;
+            metrics.shared("followed", current, std::time::Duration::ZERO);
+            if !current {
+                if shared.when_unreachable == crate::shared::WhenUnreachable::FailClosed {
+                    tracing::debug!("the group's records not followed: a reversal not found, 91");
                     return tx.answer_code(b"91", Outcome::LinkDown);
                 }
-                Err(why) => {
-                    tracing::debug!(reason = %why.0, "shared reversal index unreachable: routed by its card");
-                }
+                tracing::debug!("the group's records not followed: a reversal routed by its card");
             }
         }
         let routes = tx.routes;
@@ -103,7 +95,8 @@ fn quote_issuer_stan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::testing::{request, request_with, Fixture};
+    use crate::shared::WhenUnreachable;
+    use crate::stages::testing::{request, request_with, shared, Fixture, MemoryShared};
 
     #[tokio::test]
     async fn routes_by_bin_and_refuses_an_unknown_card_15() {
@@ -149,5 +142,29 @@ mod tests {
             reversal.buffer(),
             "the terminal's request is kept as received"
         );
+    }
+
+    /// In a group, a reversal whose original neither this instance nor the followed audit
+    /// stream knows: while the stream is not followed to its end, fail closed answers 91
+    /// and continue routes it by its card; once it is, by its card either way.
+    #[tokio::test]
+    async fn a_reversal_not_in_the_groups_records_waits_for_them_to_be_followed() {
+        let f90 = "020000000711240930000000000000000000000000";
+        let reversal = || request_with("0400", "4761730000000119", 1000, 8, &[(90, f90)]);
+        for (when, behind) in [
+            (WhenUnreachable::FailClosed, Some("91")),
+            (WhenUnreachable::Continue, None),
+        ] {
+            let mut f = Fixture::new();
+            shared(&mut f, std::sync::Arc::new(MemoryShared::default()), when);
+            let mut tx = f.transaction(reversal());
+            let step = Routing.run(&f.switch, &mut tx).await;
+            assert_eq!(step.is_break(), behind.is_some(), "{when:?}");
+            assert_eq!(tx.answered().and_then(|(code, _)| code).as_deref(), behind);
+            f.integrity().set_group_current(true);
+            let mut tx = f.transaction(reversal());
+            assert!(Routing.run(&f.switch, &mut tx).await.is_continue());
+            assert_eq!(tx.route.map(|r| r.name), Some("visa"), "by its card");
+        }
     }
 }

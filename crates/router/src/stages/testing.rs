@@ -263,22 +263,6 @@ impl crate::shared::SharedState for Member {
         self.group.settle(key, answer)
     }
 
-    fn forwarded<'a>(
-        &'a self,
-        key: &'a [u8],
-        link: &'a str,
-        stan: &'a str,
-    ) -> crate::shared::SharedFuture<'a, ()> {
-        self.group.forwarded(key, link, stan)
-    }
-
-    fn original<'a>(
-        &'a self,
-        key: &'a [u8],
-    ) -> crate::shared::SharedFuture<'a, Option<(String, String)>> {
-        self.group.original(key)
-    }
-
     fn count<'a>(
         &'a self,
         key: &'a [u8],
@@ -340,22 +324,6 @@ impl crate::shared::SharedState for MemoryShared {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn forwarded<'a>(
-        &'a self,
-        _: &'a [u8],
-        _: &'a str,
-        _: &'a str,
-    ) -> crate::shared::SharedFuture<'a, ()> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn original<'a>(
-        &'a self,
-        _: &'a [u8],
-    ) -> crate::shared::SharedFuture<'a, Option<(String, String)>> {
-        Box::pin(std::future::ready(Ok(None)))
-    }
-
     fn count<'a>(
         &'a self,
         _: &'a [u8],
@@ -366,4 +334,14 @@ impl crate::shared::SharedState for MemoryShared {
             "not kept".into(),
         ))))
     }
+}
+
+/// `f` joined to a group on `state`, its policy `when`.
+pub(crate) fn shared(
+    f: &mut Fixture,
+    state: Arc<dyn crate::shared::SharedState>,
+    when: crate::shared::WhenUnreachable,
+) {
+    let timeout = Duration::from_millis(100);
+    f.switch.shared = Some(crate::shared::SharedConfig::new(state, timeout, when));
 }
