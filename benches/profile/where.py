@@ -8,7 +8,16 @@ up; samples of the audit threads go to those threads. Prints a markdown table of
 CPU per transaction (perf sampling sees less than /proc: read shares, not sums).
 """
 import sys, re, collections
+# Whole tasks of the group (group.sh): a sample with one of these frames anywhere in its
+# stack is theirs, whatever the leaf (their decode, their NATS client, their allocations).
+owners = [
+ ('cluster: following the other instances\' records (read, decode, apply)', r'^(<)?switchyard_cluster::follower'),
+ ('cluster: audit shipper and merchant feed (read the log, publish, acks)', r'^(<)?switchyard_cluster::(AuditShipper|feed|Tail)'),
+ ('cluster: shared state (claims, homes, buckets)', r'^(<)?switchyard_cluster::(shared|homes)'),
+]
 cats = [
+ ('shared state on the request path (router::shared)', r'^(<)?switchyard_router::shared'),
+ ('NATS client (async-nats) outside the tasks above', r'^(<)?async_nats'),
  ('audit: building records (protect, MessagePack, PairRecord)', r'^(<)?(switchyard_audit::record|switchyard_audit::payload|rmp|switchyard_audit::keys)'),
  ('audit: append (digest, queue) on the runtime', r'^(<)?switchyard_audit::log::AuditLog'),
  ('integrity indexes (duplicates, originals, approvals)', r'^(<)?switchyard_router::integrity'),
@@ -44,6 +53,8 @@ for s in samples:
     elif s['c'].startswith('audit-acker'): cat='audit acker thread (waking waiters)'
     elif s['c'].startswith('audit'): cat='audit other threads (zero-filling)'
     else:
+        cat=next((n for n,p in owners if any(re.search(p,sym) for sym,_ in f)), None)
+    if cat is None and not s['c'].startswith('audit'):
         for sym,dso in f:
             for n,p in cats:
                 if re.search(p,sym): cat=n; break

@@ -126,7 +126,8 @@ async fn session(
     };
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: format!("{}.>", config.audit_subject),
+            // One token: every instance's records but their in-flight ones.
+            filter_subject: format!("{}.*", config.audit_subject),
             deliver_policy,
             ..Default::default()
         })
@@ -137,7 +138,6 @@ async fn session(
         .await
         .map_err(|e| failed("consumer")(e.to_string()))?;
     let own = config.instance_subject();
-    let prefix = format!("{}.", config.audit_subject);
     tracing::info!(
         from = *position + 1,
         "the group's records: following the audit stream"
@@ -172,7 +172,7 @@ async fn session(
         if subject == own {
             continue;
         }
-        let instance = subject.strip_prefix(&prefix).unwrap_or(subject);
+        let instance = config.instance_of(subject);
         let Ok(record) = switchyard_audit::read_frame(&message.payload) else {
             tracing::warn!(
                 instance,

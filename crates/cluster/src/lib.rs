@@ -229,9 +229,27 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// The subject this instance's audit records go to.
+    /// The subject this instance's audit records go to (all but its in-flight records).
     pub fn instance_subject(&self) -> String {
         format!("{}.{}", self.audit_subject, self.instance)
+    }
+
+    /// The subject this instance's in-flight records go to: one token below
+    /// [`ClusterConfig::instance_subject`], so that `<audit_subject>.*` (what the other
+    /// instances follow) leaves them out and `<audit_subject>.>` (the stream) holds them.
+    pub fn in_flight_subject(&self) -> String {
+        format!("{}.{}.{IN_FLIGHT_TOKEN}", self.audit_subject, self.instance)
+    }
+
+    /// The instance an audit subject is of (the subject itself when it is not one).
+    pub fn instance_of<'s>(&self, subject: &'s str) -> &'s str {
+        let rest = subject
+            .strip_prefix(self.audit_subject.as_str())
+            .and_then(|r| r.strip_prefix('.'))
+            .unwrap_or(subject);
+        rest.strip_suffix(IN_FLIGHT_TOKEN)
+            .and_then(|r| r.strip_suffix('.'))
+            .unwrap_or(rest)
     }
 }
 
@@ -432,6 +450,11 @@ impl Cursor {
     }
 }
 
+/// The last token of an in-flight record's subject. Each transaction writes two records,
+/// its in-flight record and its pair; only the pair is of use to the other instances, and
+/// the broker delivering the in-flight records too was half of what following cost it.
+const IN_FLIGHT_TOKEN: &str = "in-flight";
+
 /// How often the shipper looks for new records when it has caught up.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 /// Records read from the log at a time.
@@ -540,16 +563,21 @@ impl AuditShipper {
                 .inspect_err(|_| self.metrics.error("stream"))?;
         }
         let subject = self.config.instance_subject();
-        let in_stream = match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => switchyard_audit::read_frame(&m.payload)
-                .map(|r| r.seq)
-                .map_err(|e| broker("last audit record")(e))?,
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
-            Err(e) => {
-                self.metrics.error("stream");
-                return Err(broker("last audit record")(e.to_string()));
-            }
-        };
+        let in_flight_subject = self.config.in_flight_subject();
+        let mut in_stream = 0;
+        for subject in [&subject, &in_flight_subject] {
+            let last = match stream.get_last_raw_message_by_subject(subject).await {
+                Ok(m) => switchyard_audit::read_frame(&m.payload)
+                    .map(|r| r.seq)
+                    .map_err(|e| broker("last audit record")(e))?,
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
+                Err(e) => {
+                    self.metrics.error("stream");
+                    return Err(broker("last audit record")(e.to_string()));
+                }
+            };
+            in_stream = in_stream.max(last);
+        }
         if in_stream > progress.acked {
             tracing::info!(
                 in_stream,
@@ -591,16 +619,20 @@ impl AuditShipper {
                     })?;
                     pending.push_back((seq, false, ack));
                 }
+                let in_flight = switchyard_audit::read_frame(&frame)
+                    .is_ok_and(|r| r.kind == switchyard_audit::RecordKind::InFlight.code());
                 let message = jetstream::message::PublishMessage::build()
                     .message_id(&id)
                     .payload(frame);
-                let ack = js
-                    .send_publish(subject.clone(), message)
-                    .await
-                    .map_err(|e| {
-                        self.metrics.error("publish");
-                        broker("publish")(e.to_string())
-                    })?;
+                let to = if in_flight {
+                    &in_flight_subject
+                } else {
+                    &subject
+                };
+                let ack = js.send_publish(to.clone(), message).await.map_err(|e| {
+                    self.metrics.error("publish");
+                    broker("publish")(e.to_string())
+                })?;
                 pending.push_back((seq, true, ack));
                 next = seq + 1;
             }
@@ -733,7 +765,6 @@ pub async fn read_audit_stream(
         })
         .await
         .map_err(|e| broker("consumer")(e.to_string()))?;
-    let prefix = format!("{}.", config.audit_subject);
     let mut read = 0;
     let mut at = 0;
     while at < last {
@@ -751,12 +782,10 @@ pub async fn read_audit_stream(
                 .info()
                 .map_err(|e| broker("message")(e.to_string()))?;
             at = info.stream_sequence;
-            let instance = message
-                .subject
-                .as_str()
-                .strip_prefix(&prefix)
-                .unwrap_or(message.subject.as_str());
-            each(instance, &message.payload);
+            each(
+                config.instance_of(message.subject.as_str()),
+                &message.payload,
+            );
             read += 1;
         }
         if at == before {
@@ -776,6 +805,15 @@ mod tests {
         let ok = ClusterConfig::new(vec!["nats://127.0.0.1:4222".into()], "sw-0", "c".into());
         assert!(ok.check().is_ok());
         assert_eq!(ok.instance_subject(), "switchyard.audit.sw-0");
+        assert_eq!(ok.in_flight_subject(), "switchyard.audit.sw-0.in-flight");
+        for (subject, instance) in [
+            ("switchyard.audit.sw-0", "sw-0"),
+            ("switchyard.audit.sw-1.in-flight", "sw-1"),
+            ("switchyard.audit.in-flight", "in-flight"),
+            ("switchyard.audit.in-flight.in-flight", "in-flight"),
+        ] {
+            assert_eq!(ok.instance_of(subject), instance, "{subject}");
+        }
         for bad in ["", "a.b", "a b", "a*", &"x".repeat(65)] {
             let c = ClusterConfig {
                 instance: bad.to_string(),
