@@ -5,7 +5,8 @@
 # Starts `nats-server -js`, `switchyard sim issuer` and two durable switches with
 # `[cluster]` on 127.0.0.1, sends RATE requests a second for SECONDS (half to each switch,
 # 25 connections each, their own terminal ids) after a second of warm-up, and prints each
-# process's CPU per transaction of the group from /proc/PID/stat (utime + stime), and 3 s
+# process's CPU per transaction of the group from /proc/PID/stat (utime + stime), the
+# broker's messages in and out per transaction (its /varz), and 3 s
 # of `perf record` (Debian's linux-perf) of the first switch, grouped by where.py
 # (PERF_SCRIPT=FILE keeps the `perf script` text for a closer look).
 set -euo pipefail
@@ -22,11 +23,11 @@ cargo build --release -q -p switchyard
 BIN=target/release/switchyard
 D=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-np=$(port); ip=$(port)
+np=$(port); ip=$(port); mp=$(port)
 PIDS=()
 cleanup() { kill -TERM "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"; }
 trap cleanup EXIT
-"$NATS" -js -a 127.0.0.1 -p $np -sd $D/nats >/dev/null 2>&1 & NP=$!; PIDS+=($NP)
+"$NATS" -js -a 127.0.0.1 -p $np -m $mp -sd $D/nats >/dev/null 2>&1 & NP=$!; PIDS+=($NP)
 $BIN sim issuer --listen 127.0.0.1:$ip >/dev/null 2>&1 & IP=$!; PIDS+=($IP)
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$np) 2>/dev/null && break; sleep 0.05; done
 SW=(); TARGETS=()
@@ -76,23 +77,26 @@ terminals() { # SECONDS RATE_EACH: both halves at once, their JSON reports in $D
 half=$((RATE / 2))
 terminals 1 $half
 cpu() { awk '{print $14 + $15}' /proc/$1/stat; }
-c0=($(cpu ${SW[0]}) $(cpu ${SW[1]}) $(cpu $NP) $(cpu $IP))
+msgs() { curl -sf http://127.0.0.1:$mp/varz | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["in_msgs"], v["out_msgs"])'; }
+c0=($(cpu ${SW[0]}) $(cpu ${SW[1]}) $(cpu $NP) $(cpu $IP) $(msgs))
 (sleep 1; timeout -s INT 3 perf record -q -F 1999 --call-graph=dwarf,16384 -p ${SW[0]} -o $D/perf.data >/dev/null 2>&1 || true) &
 PERF=$!
 terminals $S $half
-c1=($(cpu ${SW[0]}) $(cpu ${SW[1]}) $(cpu $NP) $(cpu $IP))
+c1=($(cpu ${SW[0]}) $(cpu ${SW[1]}) $(cpu $NP) $(cpu $IP) $(msgs))
 wait $PERF || true
 python3 - "$MODE" "$D" "${c0[@]}" "${c1[@]}" <<'PY'
 import json, sys
 mode, d = sys.argv[1], sys.argv[2]
-c = [float(x) for x in sys.argv[3:]]; c0, c1 = c[:4], c[4:]
+c = [float(x) for x in sys.argv[3:]]; c0, c1 = c[:6], c[6:]
 loads = [json.load(open(f'{d}/load-{n}.json')) for n in (0, 1)]
 n = max(sum(l['answered'] for l in loads), 1)
 tps = sum(l['throughput'] for l in loads)
-per = [(b - a) * 1e4 / n for a, b in zip(c0, c1)]
+per = [(b - a) * 1e4 / n for a, b in zip(c0[:4], c1[:4])]
+msgs_in, msgs_out = ((c1[i] - c0[i]) / n for i in (4, 5))
 print(f'{mode}: {tps:.0f} tx/s; CPU per transaction of the group (/proc): switch 0 {per[0]:.1f} µs, '
       f'switch 1 {per[1]:.1f} µs, nats-server {per[2]:.1f} µs, issuer simulator {per[3]:.1f} µs; '
-      f'switches + broker {per[0] + per[1] + per[2]:.1f} µs')
+      f'switches + broker {per[0] + per[1] + per[2]:.1f} µs; broker messages per transaction: '
+      f'{msgs_in:.2f} in, {msgs_out:.2f} out')
 open(f'{d}/tps', 'w').write(str(tps / 2))
 PY
 perf script -i $D/perf.data 2>/dev/null > $D/perf.txt

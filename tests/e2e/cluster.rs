@@ -457,7 +457,8 @@ fn a_retransmission_or_a_reversal_on_the_other_instance_is_handled_as_one_switch
 /// A request answered at once on A, where its terminal is at home, is claimed by its
 /// audit record alone (no write to the duplicates bucket); its retransmission on B, a
 /// second later, gets the same answer from B's copy of the group's records (the audit
-/// stream) and the issuer sees the request once.
+/// stream) and the issuer sees the request once. Each instance's follower reads the other's
+/// subject only.
 #[test]
 fn a_retransmission_of_a_request_answered_at_home_is_answered_from_the_followed_records() {
     use std::sync::atomic::Ordering;
@@ -505,6 +506,23 @@ fn a_retransmission_of_a_request_answered_at_home_is_answered_from_the_followed_
     for s in [&a, &b] {
         assert_eq!(shared(s, "claim-behind", "lost"), 0.0);
     }
+    // Each follows the other's subject alone: the broker sends neither its own records.
+    let filters = rt.block_on(async {
+        use futures_util::StreamExt;
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let stream = async_nats::jetstream::new(client)
+            .get_stream("SWITCHYARD_AUDIT")
+            .await
+            .unwrap();
+        let mut filters: Vec<String> = stream
+            .consumers()
+            .map(|c| c.unwrap().config.filter_subject)
+            .collect()
+            .await;
+        filters.sort();
+        filters
+    });
+    assert_eq!(filters, ["switchyard.audit.sw-0", "switchyard.audit.sw-1"]);
     drop(sims);
 }
 

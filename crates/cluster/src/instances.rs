@@ -79,6 +79,16 @@ async fn instances_bucket(
     .await
 }
 
+/// The bucket the group's ids are held in.
+pub(crate) fn bucket_name(config: &ClusterConfig) -> String {
+    format!("{}_instances", config.audit_stream.to_ascii_lowercase())
+}
+
+/// The instance id a key of the bucket is (none: a STAN block's).
+pub(crate) fn instance_of_key(key: &str) -> Option<&str> {
+    (!key.contains('.')).then_some(key)
+}
+
 /// The key a STAN block is held by (a dot: no instance id has one).
 fn stan_block_key(block: u32) -> String {
     format!("stan_block.{block}")
@@ -92,7 +102,7 @@ pub async fn take(config: &ClusterConfig, holder: Holder) -> Result<Lease, Clust
     let js = jetstream::ContextBuilder::new()
         .timeout(config.ack_timeout)
         .build(client);
-    let bucket = format!("{}_instances", config.audit_stream.to_ascii_lowercase());
+    let bucket = bucket_name(config);
     let store = instances_bucket(&js, &bucket, config.replicas)
         .await
         .map_err(|e| broker("instances bucket")(e.0))?;

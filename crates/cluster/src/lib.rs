@@ -235,8 +235,8 @@ impl ClusterConfig {
     }
 
     /// The subject this instance's in-flight records go to: one token below
-    /// [`ClusterConfig::instance_subject`], so that `<audit_subject>.*` (what the other
-    /// instances follow) leaves them out and `<audit_subject>.>` (the stream) holds them.
+    /// [`ClusterConfig::instance_subject`] (what the other instances follow), so that they
+    /// are not sent them and `<audit_subject>.>` (the stream) holds them.
     pub fn in_flight_subject(&self) -> String {
         format!("{}.{}.{IN_FLIGHT_TOKEN}", self.audit_subject, self.instance)
     }
