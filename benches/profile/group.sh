@@ -6,7 +6,8 @@
 # `[cluster]` on 127.0.0.1, sends RATE requests a second for SECONDS (half to each switch,
 # 25 connections each, their own terminal ids) after a second of warm-up, and prints each
 # process's CPU per transaction of the group from /proc/PID/stat (utime + stime), the
-# broker's messages in and out per transaction (its /varz), and 3 s
+# broker's messages in and out per transaction (its /varz), the first switch's records
+# per group commit, and 3 s
 # of `perf record` (Debian's linux-perf) of the first switch, grouped by where.py
 # (PERF_SCRIPT=FILE keeps the `perf script` text for a closer look).
 set -euo pipefail
@@ -30,7 +31,7 @@ trap cleanup EXIT
 "$NATS" -js -a 127.0.0.1 -p $np -m $mp -sd $D/nats >/dev/null 2>&1 & NP=$!; PIDS+=($NP)
 $BIN sim issuer --listen 127.0.0.1:$ip >/dev/null 2>&1 & IP=$!; PIDS+=($IP)
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$np) 2>/dev/null && break; sleep 0.05; done
-SW=(); TARGETS=()
+SW=(); TARGETS=(); ADMINS=()
 for n in 0 1; do
   sp=$(port); ap=$(port)
   cat > $D/switch-$n.toml <<CFG
@@ -66,7 +67,7 @@ home_settle_s = 0
 CFG
   $BIN run --config $D/switch-$n.toml >/dev/null 2>$D/switch-$n.err & SW+=($!); PIDS+=($!)
   for _ in $(seq 200); do curl -sf http://127.0.0.1:$ap/readyz >/dev/null 2>&1 && break; sleep 0.05; done
-  TARGETS+=(127.0.0.1:$sp)
+  TARGETS+=(127.0.0.1:$sp); ADMINS+=(127.0.0.1:$ap)
 done
 terminals() { # SECONDS RATE_EACH: both halves at once, their JSON reports in $D/load-*.json
   $BIN sim terminal --target ${TARGETS[0]} --connections 25 --first-terminal 1 --rate $2 --duration $1 --json >$D/load-0.json 2>/dev/null &
@@ -84,6 +85,9 @@ PERF=$!
 terminals $S $half
 c1=($(cpu ${SW[0]}) $(cpu ${SW[1]}) $(cpu $NP) $(cpu $IP) $(msgs))
 wait $PERF || true
+# Records per group commit (whole run, switch 0): what shipping a commit's records as one
+# stream message would save in messages.
+curl -sf http://${ADMINS[0]}/metrics | awk '/^switchyard_audit_batch_records_sum/{s=$2} /^switchyard_audit_batch_records_count/{c=$2} END{if (c > 0) printf "switch 0: %.2f records per group commit (%d commits)\n", s/c, c}'
 python3 - "$MODE" "$D" "${c0[@]}" "${c1[@]}" <<'PY'
 import json, sys
 mode, d = sys.argv[1], sys.argv[2]
