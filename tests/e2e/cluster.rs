@@ -708,10 +708,19 @@ fn each_merchant_reads_its_own_transactions_and_no_message_holds_a_pan() {
         7,
         "merchant 2's reports were there, refused to m1"
     );
-    assert!(on("switchyard.audit.sw-0") >= 17, "and the audit records");
-    // Each forwarded request's in-flight record one token below, where the instances
-    // following `switchyard.audit.*` are not sent it.
-    assert_eq!(on("switchyard.audit.sw-0.in-flight"), 17);
+    // And the audit records, in batches on the instance's subject: each forwarded
+    // request's in-flight record and its pair.
+    let kinds: Vec<u8> = everything
+        .iter()
+        .filter(|m| m.subject.as_str() == "switchyard.audit.sw-0")
+        .flat_map(|m| switchyard_audit::split_frames(&m.payload))
+        .map(|f| switchyard_audit::read_frame(f.unwrap()).unwrap().kind)
+        .collect();
+    let of =
+        |kind: switchyard_audit::RecordKind| kinds.iter().filter(|k| **k == kind.code()).count();
+    assert_eq!(of(switchyard_audit::RecordKind::InFlight), 17, "{kinds:?}");
+    assert_eq!(of(switchyard_audit::RecordKind::Pair), 17, "{kinds:?}");
+    assert_eq!(on("switchyard.audit.sw-0.in-flight"), 0);
     for m in &everything {
         let text = String::from_utf8_lossy(&m.payload);
         let headers = format!("{:?}", m.headers);

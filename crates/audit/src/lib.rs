@@ -40,4 +40,4 @@ pub use record::{
     additional_amount, protect, FieldTexts, Outcome, PairRecord, PartialAmount, ProtectedMessage,
     ProtectedPan, ShortText,
 };
-pub use tail::{read_frame, ChainCheck, Tail};
+pub use tail::{read_frame, split_frames, ChainCheck, Tail};

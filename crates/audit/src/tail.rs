@@ -201,6 +201,40 @@ pub fn read_frame(frame: &[u8]) -> std::result::Result<RawRecord<'_>, String> {
     }
 }
 
+/// The records of a message that holds several frames one after another (the audit
+/// stream ships a batch of records as one message): each frame's bytes in order, each
+/// checked as [`read_frame`] checks one. The first that does not read ends the list with
+/// its reason and its offset in `frames`.
+pub fn split_frames(frames: &[u8]) -> Vec<std::result::Result<&[u8], (usize, String)>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < frames.len() {
+        match read_slot(frames, offset, MAX_PAYLOAD) {
+            Slot::Record(r) => {
+                let end = offset + r.len();
+                let Some(frame) = frames.get(offset..end) else {
+                    out.push(Err((offset, "record runs past the end".into())));
+                    break;
+                };
+                out.push(Ok(frame));
+                offset = end;
+            }
+            Slot::End => {
+                out.push(Err((offset, "an empty record".into())));
+                break;
+            }
+            Slot::Invalid(reason) => {
+                out.push(Err((offset, reason)));
+                break;
+            }
+        }
+    }
+    if frames.is_empty() {
+        out.push(Err((0, "an empty record".into())));
+    }
+    out
+}
+
 /// A chain checked record by record, as the records of one log arrive from elsewhere: each
 /// must follow the one before it (sequence number and keyed chain value). The first one
 /// anchors the chain when it is not record 1 (a stream that no longer holds the start).

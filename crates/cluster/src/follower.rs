@@ -208,23 +208,30 @@ async fn session(
             member.behind = info.pending != 0 && lag_ns >= CURRENT_WITHIN.as_nanos() as i128;
         }
         let instance = config.instance_of(subject);
-        let Ok(record) = switchyard_audit::read_frame(&message.payload) else {
-            tracing::warn!(
-                instance,
-                "the group's records: a record that does not read, skipped"
-            );
-            continue;
-        };
-        if record.seq <= member.applied {
-            continue;
-        }
-        member.applied = record.seq;
-        if let Err(e) = views.apply(
-            record.seq,
-            RecordKind::from_code(record.kind),
-            record.payload,
-        ) {
-            tracing::warn!(instance, seq = record.seq, error = %e, "the group's records: record not applied");
+        // A message is a batch of the member's records, its in-flight records among them
+        // (of no use here: the pair that follows is what the views hold).
+        for frame in switchyard_audit::split_frames(&message.payload) {
+            let Ok(record) = frame
+                .map_err(|(_, e)| e)
+                .and_then(switchyard_audit::read_frame)
+            else {
+                tracing::warn!(
+                    instance,
+                    "the group's records: a record that does not read, the rest of its batch skipped"
+                );
+                break;
+            };
+            if record.seq <= member.applied {
+                continue;
+            }
+            member.applied = record.seq;
+            let kind = RecordKind::from_code(record.kind);
+            if kind == Some(RecordKind::InFlight) {
+                continue;
+            }
+            if let Err(e) = views.apply(record.seq, kind, record.payload) {
+                tracing::warn!(instance, seq = record.seq, error = %e, "the group's records: record not applied");
+            }
         }
         views.current(members.values().all(|m| !m.behind));
     }

@@ -2,9 +2,11 @@
 //!
 //! This crate holds the group's connection and the **audit stream**: every record an
 //! instance writes to its local audit log is also published to a JetStream stream, on the
-//! subject `<subject>.<instance id>`, with the message id `<instance id>-<sequence>` (the
-//! stream's duplicate window drops a repeat) and the record's stored bytes as the payload,
-//! so that each instance's chain can be verified from the stream as it is from the files.
+//! subject `<subject>.<instance id>`, in batches: a message holds the stored bytes of the
+//! records `first..=last` one after another, its message id `<instance id>-<first>-<last>`
+//! (the stream's duplicate window drops a repeat), so that each instance's chain can be
+//! verified from the stream as it is from the files. The broker's cost is per message:
+//! one a batch instead of one a record.
 //!
 //! The local log stays the source of truth and the switch never waits on the broker: a
 //! [`AuditShipper`] task follows the log ([`switchyard_audit::Tail`]), ships only records
@@ -56,6 +58,17 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
+}
+
+/// The sequence number of the last record in a message of the audit stream (a batch of
+/// frames; an error names the first that does not read).
+fn last_seq_of(message: &[u8]) -> Result<u64, String> {
+    let mut last = None;
+    for frame in switchyard_audit::split_frames(message) {
+        let frame = frame.map_err(|(offset, reason)| format!("at byte {offset}: {reason}"))?;
+        last = Some(switchyard_audit::read_frame(frame)?.seq);
+    }
+    last.ok_or_else(|| "an empty message".to_string())
 }
 
 fn broker(what: &'static str) -> impl Fn(String) -> ClusterError {
@@ -229,14 +242,14 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// The subject this instance's audit records go to (all but its in-flight records).
+    /// The subject this instance's audit records go to.
     pub fn instance_subject(&self) -> String {
         format!("{}.{}", self.audit_subject, self.instance)
     }
 
-    /// The subject this instance's in-flight records go to: one token below
-    /// [`ClusterConfig::instance_subject`] (what the other instances follow), so that they
-    /// are not sent them and `<audit_subject>.>` (the stream) holds them.
+    /// The subject this instance's in-flight records went to before records were shipped
+    /// in batches (one token below [`ClusterConfig::instance_subject`]): a stream written
+    /// then still holds them there.
     pub fn in_flight_subject(&self) -> String {
         format!("{}.{}.{IN_FLIGHT_TOKEN}", self.audit_subject, self.instance)
     }
@@ -450,15 +463,17 @@ impl Cursor {
     }
 }
 
-/// The last token of an in-flight record's subject. Each transaction writes two records,
-/// its in-flight record and its pair; only the pair is of use to the other instances, and
-/// the broker delivering the in-flight records too was half of what following cost it.
+/// The last token of the subject in-flight records went to on their own, one message each,
+/// before records were shipped in batches; read at resume and by the stream's readers.
 const IN_FLIGHT_TOKEN: &str = "in-flight";
 
 /// How often the shipper looks for new records when it has caught up.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 /// Records read from the log at a time.
 const READ_BATCH: usize = 512;
+/// A message of the audit stream holds records up to about this many bytes (NATS's
+/// default maximum payload is 1 MiB; a record is at most the audit log's maximum).
+const BATCH_BYTES: usize = 128 * 1024;
 /// The cursor is written at most this often (and when caught up).
 const CURSOR_EVERY: Duration = Duration::from_millis(200);
 
@@ -567,9 +582,7 @@ impl AuditShipper {
         let mut in_stream = 0;
         for subject in [&subject, &in_flight_subject] {
             let last = match stream.get_last_raw_message_by_subject(subject).await {
-                Ok(m) => switchyard_audit::read_frame(&m.payload)
-                    .map(|r| r.seq)
-                    .map_err(|e| broker("last audit record")(e))?,
+                Ok(m) => last_seq_of(&m.payload).map_err(broker("last audit record"))?,
                 Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
                 Err(e) => {
                     self.metrics.error("stream");
@@ -589,10 +602,10 @@ impl AuditShipper {
         self.metrics.connected.set(1);
         tracing::info!(resume_after = progress.acked, %subject, "audit stream: shipping");
         let mut tail = Tail::new(self.log.dir());
-        // (sequence, whether it is the audit record's own publish, its acknowledgement): a
-        // record counts as shipped when its audit publish is acknowledged, after its feed
-        // report's (queued before it).
-        let mut pending: VecDeque<(u64, bool, PublishAckFuture)> = VecDeque::new();
+        // (last sequence, audit records in the publish (0: a feed report), its
+        // acknowledgement): records count as shipped when their batch is acknowledged,
+        // after their feed reports' (queued before it).
+        let mut pending: VecDeque<(u64, u64, PublishAckFuture)> = VecDeque::new();
         let mut next = progress.acked + 1;
         loop {
             let durable = self
@@ -606,54 +619,57 @@ impl AuditShipper {
                 frames.push((seq, bytes::Bytes::copy_from_slice(frame)))
             })
             .inspect_err(|_| self.metrics.error("read"))?;
+            // One message per batch of records read (all an idle poll's worth, up to
+            // BATCH_BYTES): the broker's cost is per message, not per byte.
+            let mut batch: Vec<u8> = Vec::new();
+            let mut first = next;
             for (seq, frame) in frames {
-                let id = format!("{}-{seq}", self.config.instance);
                 if let Some((token, report)) = self.feed_report(seq, &frame) {
                     let message = jetstream::message::PublishMessage::build()
-                        .message_id(&id)
+                        .message_id(format!("{}-{seq}", self.config.instance))
                         .payload(report.into());
                     let feed_subject = format!("{}.{token}", self.config.feed_subject);
                     let ack = js.send_publish(feed_subject, message).await.map_err(|e| {
                         self.metrics.error("publish");
                         broker("publish")(e.to_string())
                     })?;
-                    pending.push_back((seq, false, ack));
+                    pending.push_back((seq, 0, ack));
                 }
-                let in_flight = switchyard_audit::read_frame(&frame)
-                    .is_ok_and(|r| r.kind == switchyard_audit::RecordKind::InFlight.code());
-                let message = jetstream::message::PublishMessage::build()
-                    .message_id(&id)
-                    .payload(frame);
-                let to = if in_flight {
-                    &in_flight_subject
-                } else {
-                    &subject
-                };
-                let ack = js.send_publish(to.clone(), message).await.map_err(|e| {
-                    self.metrics.error("publish");
-                    broker("publish")(e.to_string())
-                })?;
-                pending.push_back((seq, true, ack));
+                batch.extend_from_slice(&frame);
                 next = seq + 1;
+                if batch.len() >= BATCH_BYTES {
+                    let ack = self
+                        .publish_batch(&js, &subject, first, seq, &mut batch)
+                        .await?;
+                    pending.push_back((seq, next - first, ack));
+                    first = next;
+                }
+            }
+            if !batch.is_empty() {
+                let last = next - 1;
+                let ack = self
+                    .publish_batch(&js, &subject, first, last, &mut batch)
+                    .await?;
+                pending.push_back((last, next - first, ack));
             }
             // Wait for the oldest acknowledgement when the window is full or nothing is new.
             let caught_up = next > durable;
             while !pending.is_empty() && (pending.len() >= self.config.max_pending || caught_up) {
-                let Some((seq, audit, ack)) = pending.pop_front() else {
+                let Some((seq, records, ack)) = pending.pop_front() else {
                     break;
                 };
                 let ack = ack.await.map_err(|e| {
                     self.metrics.error("ack");
                     broker("acknowledgement")(e.to_string())
                 })?;
-                if !audit {
+                if records == 0 {
                     self.metrics.feed.inc();
                     continue;
                 }
                 if ack.duplicate {
-                    self.metrics.duplicates.inc();
+                    self.metrics.duplicates.inc_by(records);
                 }
-                self.metrics.published.inc();
+                self.metrics.published.inc_by(records);
                 progress.acked = seq;
                 self.metrics
                     .acked
@@ -668,6 +684,27 @@ impl AuditShipper {
                 }
             }
         }
+    }
+
+    /// Publishes the frames of records `first..=last` (taken from `batch`) as one message,
+    /// its id `<instance>-<first>-<last>`.
+    async fn publish_batch(
+        &self,
+        js: &jetstream::Context,
+        subject: &str,
+        first: u64,
+        last: u64,
+        batch: &mut Vec<u8>,
+    ) -> Result<PublishAckFuture, ClusterError> {
+        let message = jetstream::message::PublishMessage::build()
+            .message_id(format!("{}-{first}-{last}", self.config.instance))
+            .payload(std::mem::take(batch).into());
+        js.send_publish(subject.to_string(), message)
+            .await
+            .map_err(|e| {
+                self.metrics.error("publish");
+                broker("publish")(e.to_string())
+            })
     }
 
     /// The merchant feed's report of a pair record (none for other records, or without a
@@ -782,11 +819,20 @@ pub async fn read_audit_stream(
                 .info()
                 .map_err(|e| broker("message")(e.to_string()))?;
             at = info.stream_sequence;
-            each(
-                config.instance_of(message.subject.as_str()),
-                &message.payload,
-            );
-            read += 1;
+            let instance = config.instance_of(message.subject.as_str());
+            // Each frame of the batch on its own; one that does not read is handed on as
+            // the rest of the message, for the reader to report (and fail on).
+            let mut offset = 0;
+            for frame in switchyard_audit::split_frames(&message.payload) {
+                match frame {
+                    Ok(frame) => {
+                        offset += frame.len();
+                        each(instance, frame);
+                    }
+                    Err(_) => each(instance, message.payload.get(offset..).unwrap_or_default()),
+                }
+                read += 1;
+            }
         }
         if at == before {
             // Nothing more came: the rest was removed from the stream meanwhile.

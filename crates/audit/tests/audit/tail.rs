@@ -84,3 +84,34 @@ async fn a_tail_hands_on_each_durable_record_once_across_segments_and_the_chain_
     }
     assert_eq!(anchored.anchored_at, Some(101));
 }
+
+/// A batch of frames shipped as one message splits back into the same frames; a damaged
+/// frame ends the list with its offset, and the frames before it stand.
+#[tokio::test]
+async fn frames_shipped_as_one_message_split_back_and_a_damaged_one_is_named() {
+    let dir = disk_dir();
+    let (log, _) = open(small(dir.path()));
+    let log = Arc::new(log);
+    append_many(&log, 5, 1).await;
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    Tail::new(dir.path())
+        .read(1, u64::MAX, 100, |_, f| frames.push(f.to_vec()))
+        .unwrap();
+    assert_eq!(frames.len(), 5);
+    let message: Vec<u8> = frames.concat();
+    let split = switchyard_audit::split_frames(&message);
+    let back: Vec<Vec<u8>> = split.iter().map(|f| f.clone().unwrap().to_vec()).collect();
+    assert_eq!(back, frames);
+    let mut damaged = message.clone();
+    let second = frames[0].len() + frames[1].len();
+    damaged[second + 20] ^= 1;
+    let split = switchyard_audit::split_frames(&damaged);
+    assert_eq!(split.len(), 3, "two good frames, then the damaged one");
+    let (offset, reason) = split[2].clone().unwrap_err();
+    assert_eq!(offset, second);
+    assert!(reason.contains("CRC"), "{reason}");
+    assert!(switchyard_audit::split_frames(&[])
+        .first()
+        .unwrap()
+        .is_err());
+}
