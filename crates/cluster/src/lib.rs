@@ -563,8 +563,8 @@ impl AuditShipper {
         let js = jetstream::ContextBuilder::new()
             .timeout(self.config.ack_timeout)
             .ack_timeout(self.config.ack_timeout)
-            // Each record is up to two publishes (its feed report and itself), all held
-            // until acknowledged: the client's own bound must not be met first, or a
+            // A read of `room` records is up to `room` feed reports and `room` batches,
+            // all held until acknowledged: the client's own bound must not be met first, or a
             // publish waits for a permit only an acknowledgement behind it would free.
             .max_ack_inflight(self.config.max_pending * 2 + 2)
             .backpressure_on_inflight(true)
@@ -822,14 +822,12 @@ pub async fn read_audit_stream(
             let instance = config.instance_of(message.subject.as_str());
             // Each frame of the batch on its own; one that does not read is handed on as
             // the rest of the message, for the reader to report (and fail on).
-            let mut offset = 0;
             for frame in switchyard_audit::split_frames(&message.payload) {
                 match frame {
-                    Ok(frame) => {
-                        offset += frame.len();
-                        each(instance, frame);
+                    Ok(frame) => each(instance, frame),
+                    Err((at_byte, _)) => {
+                        each(instance, message.payload.get(at_byte..).unwrap_or_default())
                     }
-                    Err(_) => each(instance, message.payload.get(offset..).unwrap_or_default()),
                 }
                 read += 1;
             }
