@@ -332,6 +332,38 @@ fn two_instances_ship_every_record_once_through_a_broker_outage() {
         &[],
     );
     assert_eq!(duplicates, 0.0, "resumed after the stream's last record");
+    // A batch damaged on the broker (one byte of its last frame changed, put in place of
+    // the original) fails the verification: every frame of a message is checked.
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("SWITCHYARD_AUDIT").await.unwrap();
+        let last = stream
+            .get_last_raw_message_by_subject("switchyard.audit.sw-1")
+            .await
+            .unwrap();
+        let mut damaged = last.payload.to_vec();
+        let at = damaged.len() - 40;
+        damaged[at] ^= 1;
+        // In place of the original, so that the damage is the only fault.
+        assert!(stream.delete_message(last.sequence).await.unwrap());
+        js.publish("switchyard.audit.sw-1", damaged.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+    let out = crate::support::switchyard(
+        &["audit", "verify", "--stream", &nats.url(), "--demo-keys"],
+        b"",
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "a damaged batch verified: {said}");
+    assert!(said.contains("sw-1"), "{said}");
     drop(sims);
 }
 
